@@ -1,0 +1,109 @@
+"""The one storage interface every backend implements.
+
+Keys are '/'-separated strings relative to the store's root (bucket + optional
+prefix for S3, a directory for the local store). Listing is always in key
+order (S3's lexicographic order of UTF-8 bytes). Writes are atomic: a reader
+sees either the previous object or the complete new one, never a part.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as a listing or a HEAD describes it."""
+
+    key: str
+    size: int
+    etag: str
+
+
+class StoreError(Exception):
+    """Base of every storage failure. `retryable` says whether trying later may help."""
+
+    retryable = False
+
+
+class NotFound(StoreError):
+    """The key (or the bucket, see StoreConfigError) does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: If-Match ETag differs, or If-None-Match found an object."""
+
+
+class TransientStoreError(StoreError):
+    """Throttling, 5xx, resets, timeouts: retries ran out, a later run may succeed."""
+
+    retryable = True
+
+
+class StoreConfigError(StoreError):
+    """The store itself is unusable: missing bucket, bad credentials, unreachable endpoint.
+
+    The job stops with exit code 2 on this; it is never a per-partition failure.
+    """
+
+
+class Store(ABC):
+    """Object storage with S3 semantics. Implementations: S3Store, LocalStore."""
+
+    #: Printable location, e.g. 's3://quantlab-raw' or '/data/raw'. Never holds secrets.
+    uri: str
+
+    @abstractmethod
+    def check(self) -> None:
+        """Verify the store is reachable and usable; raise StoreConfigError naming the problem."""
+
+    @abstractmethod
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """Common prefixes one level below `prefix` (a LIST with Delimiter='/').
+
+        `prefix` is '' or ends with '/'; results are full prefixes ending with '/',
+        in key order.
+        """
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, recursively, in key order."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> tuple[bytes, str]:
+        """(content, etag). Raises NotFound."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> ObjectInfo:
+        """Download `key` to local `path` (written atomically). Raises NotFound."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """Upload local `path` to `key` (multipart when large); visible only when complete."""
+
+    @abstractmethod
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write `data` to `key`, return the new ETag.
+
+        if_match: write only if the current object's ETag equals it.
+        if_none_match: write only if no object exists at `key`.
+        Either condition failing raises PreconditionFailed.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete `key`; deleting a missing key is not an error."""
