@@ -1,0 +1,487 @@
+"""A directory on the local filesystem with the semantics of an S3 bucket.
+
+Keys map to files under `root` ('a/b/c' -> root/a/b/c). The guarantees the job
+relies on, and how they are kept:
+
+- Atomic writes: content goes to a temp file in the target's directory, is
+  fsynced, then `os.replace`d over the target; the directory is fsynced too.
+- Conditional writes (if_match / if_none_match) and every commit step (replace,
+  unlink, removal of emptied directories) run under an exclusive `flock` on
+  the key's parent directory, so they are atomic between threads and between
+  processes on this machine. No lock files are left behind.
+- Listing follows S3: key order is lexicographic by UTF-8 bytes, prefixes are
+  plain string prefixes, a "directory" exists only while it holds an object,
+  and the store's own temp files are never listed.
+- No key can leave the root: '..', '.', empty segments, absolute keys, NUL and
+  backslashes are rejected, and symlinks are neither listed nor followed out
+  of the root.
+- ETag: md5 hex of the content (unquoted, like S3Store). It is computed while
+  writing and cached in an extended attribute, so listings don't re-read files.
+
+S3 allows both 'a' and 'a/b' as keys; a filesystem does not. Writing one while
+the other exists raises StoreError naming the key.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from .base import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    Store,
+    StoreConfigError,
+    StoreError,
+)
+
+#: Names of this store's temp files start with this; keys may not use it.
+TMP_MARK = ".qlc-tmp-"
+_XATTR = "user.qlc.md5"
+_CHUNK = 1 << 20
+#: How often a write is retried when a concurrent delete removed its directory.
+_DIR_RACE_RETRIES = 50
+
+
+def _tmp_name(name: str) -> str:
+    return f"{TMP_MARK}{uuid.uuid4().hex}.{name}"[:255]
+
+
+def _norm_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+class LocalStore(Store):
+    """S3 semantics on a local directory; see the module docstring."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    # ----------------------------------------------------------------- checks
+
+    def check(self) -> None:
+        if not self.root.exists():
+            raise StoreConfigError(f"local store root {self.uri!r} does not exist")
+        if not self.root.is_dir():
+            raise StoreConfigError(f"local store root {self.uri!r} is not a directory")
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreConfigError(f"local store root {self.uri!r} is not readable and writable")
+
+    def _real_root(self) -> str:
+        real = os.path.realpath(self.root)
+        if not os.path.isdir(real):
+            raise StoreConfigError(f"local store root {self.uri!r} is missing or not a directory")
+        return real
+
+    def _path(self, key: str) -> str:
+        """The file path of an object key; StoreError if the key is not a safe object key."""
+        _validate_key(key)
+        root = self._real_root()
+        path = os.path.join(root, *key.split("/"))
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != root and not parent.startswith(root + os.sep):
+            raise StoreError(f"key {key!r} resolves outside the store root")
+        if os.path.islink(path):
+            raise StoreError(f"key {key!r} is a symlink; the local store does not follow them")
+        return path
+
+    # ---------------------------------------------------------------- listing
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        dir_part, _, start = prefix.rpartition("/")
+        found = []
+        for name, is_dir, path in self._children(dir_part, start):
+            if is_dir and _has_object(path):
+                found.append(f"{dir_part}/{name}/" if dir_part else f"{name}/")
+        return found
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        dir_part, _, start = prefix.rpartition("/")
+        base = f"{dir_part}/" if dir_part else ""
+        yield from self._walk(dir_part, base, start)
+
+    def _walk(self, dir_key: str, base: str, start: str) -> Iterator[ObjectInfo]:
+        for name, is_dir, path in self._children(dir_key, start):
+            if is_dir:
+                yield from self._walk(base + name, f"{base}{name}/", "")
+            else:
+                info = _file_info(base + name, path)
+                if info is not None:
+                    yield info
+
+    def _children(self, dir_key: str, start: str) -> list[tuple[str, bool, str]]:
+        """Entries of a directory whose names start with `start`, in S3 key order.
+
+        A directory sorts as its name plus '/', which puts every key below it
+        exactly where S3 would (e.g. 'a-b' < 'a/x' < 'a0').
+        """
+        directory = self._real_root()
+        if dir_key:
+            _validate_prefix_dir(dir_key)
+            directory = os.path.join(directory, *dir_key.split("/"))
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {dir_key or '/'!r}: {exc.strerror}") from None
+        out = []
+        for entry in entries:
+            if not _listable(entry.name) or not entry.name.startswith(start):
+                continue
+            if entry.is_symlink():
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir or entry.is_file(follow_symlinks=False):
+                out.append((entry.name, is_dir, entry.path))
+        out.sort(key=lambda e: (e[0] + "/" if e[1] else e[0]).encode("utf-8"))
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return _file_info(key, self._path(key))
+
+    def get_bytes(self, key: str) -> tuple[bytes, str]:
+        path = self._path(key)
+        with self._open_object(key, path) as src:
+            data = src.read()
+        return data, hashlib.md5(data).hexdigest()
+
+    def get_file(self, key: str, path: Path) -> ObjectInfo:
+        src_path = self._path(key)
+        with self._open_object(key, src_path) as src:
+            size, etag = _atomic_copy(src, Path(path))
+        return ObjectInfo(key, size, etag)
+
+    @contextmanager
+    def _open_object(self, key: str, path: str) -> Iterator[BinaryIO]:
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"key {key!r} not found in {self.uri}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
+        with fh:
+            yield fh
+
+    # ----------------------------------------------------------------- writes
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        target = self._path(key)
+        try:
+            src = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
+        with src:
+            tmp, size, etag = self._write_tmp(key, target, lambda out: _copy(src, out))
+        self._commit(key, target, tmp, lambda: None)
+        return ObjectInfo(key, size, etag)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        target = self._path(key)
+        tmp, _, etag = self._write_tmp(key, target, lambda out: _write_all(out, data))
+
+        def precondition() -> None:
+            self._check_condition(key, target, if_match, if_none_match)
+
+        self._commit(key, target, tmp, precondition)
+        return etag
+
+    def _check_condition(
+        self, key: str, target: str, if_match: str | None, if_none_match: bool
+    ) -> None:
+        """Runs under the directory lock, right before the replace."""
+        if if_match is None and not if_none_match:
+            return
+        current = _file_info(key, target)
+        if if_none_match and current is not None:
+            raise PreconditionFailed(f"key {key!r} already exists (if_none_match)")
+        if if_match is not None:
+            if current is None:
+                raise PreconditionFailed(f"key {key!r} does not exist (if_match)")
+            if current.etag != _norm_etag(if_match):
+                raise PreconditionFailed(f"key {key!r} changed since it was read (if_match)")
+
+    def _write_tmp(
+        self, key: str, target: str, fill: Callable[[BinaryIO], str]
+    ) -> tuple[str, int, str]:
+        """Write a temp file beside `target`; returns (tmp path, size, md5 hex)."""
+        directory, name = os.path.split(target)
+        for _ in range(_DIR_RACE_RETRIES):
+            self._makedirs(key, directory)
+            tmp = os.path.join(directory, _tmp_name(name))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                continue  # a concurrent delete removed the emptied directory
+            except OSError as exc:
+                raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    etag = fill(out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    size = os.fstat(out.fileno()).st_size
+                    _remember_etag(out.fileno(), etag)
+            except BaseException as exc:
+                _unlink_quietly(tmp)
+                if isinstance(exc, OSError):
+                    raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+                raise
+            return tmp, size, etag
+        raise StoreError(f"cannot write key {key!r}: its directory keeps disappearing")
+
+    def _makedirs(self, key: str, directory: str) -> None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(
+                f"cannot write key {key!r}: a parent of it is an existing object"
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+
+    def _commit(self, key: str, target: str, tmp: str, precondition: Callable[[], None]) -> None:
+        """Check the precondition and replace the target, atomically under the dir lock."""
+        directory = os.path.dirname(target)
+        try:
+            with _dir_lock(directory):
+                precondition()
+                os.replace(tmp, target)
+                _fsync_dir(directory)
+        except IsADirectoryError:
+            raise StoreError(
+                f"cannot write key {key!r}: other keys exist below it as a prefix"
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+        finally:
+            _unlink_quietly(tmp)
+
+    def delete(self, key: str) -> None:
+        target = self._path(key)
+        directory = os.path.dirname(target)
+        try:
+            with _dir_lock(directory):
+                try:
+                    os.unlink(target)
+                except (FileNotFoundError, NotADirectoryError):
+                    return
+                except IsADirectoryError:
+                    return  # a prefix, not an object: S3 has nothing to delete either
+                _fsync_dir(directory)
+                self._prune_dirs(directory)
+        except FileNotFoundError:
+            return  # the directory does not exist, so neither does the key
+        except OSError as exc:
+            raise StoreError(f"cannot delete key {key!r}: {exc.strerror}") from None
+
+    def _prune_dirs(self, directory: str) -> None:
+        """Remove emptied directories up to the root, as S3 prefixes vanish with their keys.
+
+        The caller holds the lock of `directory`; writers re-check after locking
+        that their directory still exists (see _dir_lock).
+        """
+        root = self._real_root()
+        while directory != root and directory.startswith(root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _validate_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"invalid key {key!r}: empty")
+    if key.startswith("/"):
+        raise StoreError(f"invalid key {key!r}: absolute")
+    if "\x00" in key or "\\" in key:
+        raise StoreError(f"invalid key {key!r}: contains NUL or backslash")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise StoreError(f"invalid key {key!r}: empty, '.' or '..' segment")
+        if segment.startswith(TMP_MARK):
+            raise StoreError(f"invalid key {key!r}: segment reserved for temp files")
+        if len(segment.encode("utf-8", "surrogatepass")) > 255:
+            raise StoreError(f"invalid key {key!r}: segment longer than 255 bytes")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"invalid key {key!r}: not valid UTF-8") from None
+
+
+def _validate_prefix_dir(dir_key: str) -> None:
+    """The directory part of a listing prefix must itself be a safe key path."""
+    try:
+        _validate_key(dir_key)
+    except StoreError:
+        raise StoreError(f"invalid listing prefix {dir_key + '/'!r}") from None
+
+
+def _listable(name: str) -> bool:
+    if name.startswith(TMP_MARK):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # not representable as an S3 key
+    return True
+
+
+def _has_object(directory: str) -> bool:
+    """Whether a directory holds at least one listable object, at any depth."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return False
+    for entry in entries:
+        if not _listable(entry.name) or entry.is_symlink():
+            continue
+        if entry.is_file(follow_symlinks=False):
+            return True
+        if entry.is_dir(follow_symlinks=False) and _has_object(entry.path):
+            return True
+    return False
+
+
+def _file_info(key: str, path: str) -> ObjectInfo | None:
+    """ObjectInfo of a file, its ETag from the xattr cache when still valid."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            etag = _cached_etag(fh.fileno(), st)
+            if etag is None:
+                etag = _md5_stream(fh)
+                _remember_etag(fh.fileno(), etag, st)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
+    return ObjectInfo(key, st.st_size, etag)
+
+
+def _cached_etag(fd: int, st: os.stat_result) -> str | None:
+    try:
+        value = os.getxattr(fd, _XATTR).decode()
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return None
+    parts = value.split(" ")
+    if len(parts) == 3 and parts[1] == str(st.st_size) and parts[2] == str(st.st_mtime_ns):
+        return parts[0]
+    return None
+
+
+def _remember_etag(fd: int, etag: str, st: os.stat_result | None = None) -> None:
+    """Cache the md5 with the size and mtime it is valid for; best effort."""
+    st = st or os.fstat(fd)
+    try:
+        os.setxattr(fd, _XATTR, f"{etag} {st.st_size} {st.st_mtime_ns}".encode())
+    except (OSError, AttributeError):
+        pass
+
+
+def _md5_stream(src: BinaryIO) -> str:
+    digest = hashlib.md5()
+    while chunk := src.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy(src: BinaryIO, out: BinaryIO) -> str:
+    digest = hashlib.md5()
+    while chunk := src.read(_CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest()
+
+
+def _write_all(out: BinaryIO, data: bytes) -> str:
+    out.write(data)
+    return hashlib.md5(data).hexdigest()
+
+
+def _atomic_copy(src: BinaryIO, dest: Path) -> tuple[int, str]:
+    """Copy an open object to a local path via a temp file and rename; (size, md5)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / _tmp_name(dest.name)
+    try:
+        with open(tmp, "wb") as out:
+            etag = _copy(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        os.replace(tmp, dest)
+    except OSError as exc:
+        _unlink_quietly(str(tmp))
+        raise StoreError(f"cannot write local file {str(dest)!r}: {exc.strerror}") from None
+    except BaseException:
+        _unlink_quietly(str(tmp))
+        raise
+    return size, etag
+
+
+@contextmanager
+def _dir_lock(directory: str) -> Iterator[None]:
+    """Exclusive flock on a directory, re-checked to be the directory now at that path.
+
+    A concurrent delete may remove (and a writer recreate) the directory while
+    we wait for the lock; a lock on the removed inode protects nothing, so we
+    retry until the locked inode is the live one. FileNotFoundError escapes if
+    the directory is gone for good.
+    """
+    for _ in range(_DIR_RACE_RETRIES):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = os.fstat(fd)
+            try:
+                live = os.stat(directory)
+            except FileNotFoundError:
+                live = None
+            if live is not None and (live.st_ino, live.st_dev) == (locked.st_ino, locked.st_dev):
+                yield
+                return
+        finally:
+            os.close(fd)  # also releases the flock
+        if live is None:
+            raise FileNotFoundError(errno.ENOENT, "directory removed", directory)
+    raise OSError(errno.EAGAIN, "directory keeps being replaced", directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+__all__ = ["LocalStore", "TMP_MARK"]
