@@ -1,0 +1,693 @@
+"""The job's state at `compacted/_state.json`: shape, strict validation, merge, CAS writes.
+
+Document (readers rely on it, BRIEF §2)::
+
+    {
+      "schema_version": 1,
+      "last_compacted_date": "YYYYMMDD" | null,
+      "updated_at": "2024-01-02T02:31:00.123Z",
+      "partitions": {
+        "<ex>/<stream>/<sym>/<YYYYMMDD>": {
+          "status": "success" | "failed" | "quarantined" | "in_progress",
+          "rows": int, "total_size_bytes": int, "attempts": int,
+          "updated_at": ISO-8601 UTC "Z", "started_at": ISO-8601 UTC "Z",
+          "error": one line (failed/quarantined only), "failed_key": str (on failure),
+          "day_quality_post": str | object (optional), "skipped_files": [str] (optional)
+        }
+      }
+    }
+
+Serialized compactly and deterministically (sorted keys, no whitespace). Unknown
+keys are rejected: `schema_version` is how the shape evolves.
+
+Merge rule (see `merge_entries`): an entry belongs to one *attempt*, identified by
+`started_at` (when the attempt began, after it took the partition lease). Between two
+entries for the same partition the newer attempt wins; within one attempt the later
+`updated_at` wins; exact ties go to the more final status (success > quarantined >
+failed > in_progress), then to the canonical JSON. `attempts` is the max of both.
+So a `success` is never replaced by the `in_progress` or `failed` of an attempt that
+started before it (e.g. a paused run that lost its lease and reports it late), but a
+newer attempt (an `--overwrite` re-run, new raw files) that fails does replace it:
+the state tells the truth about the latest attempt while the published meta.json and
+data.parquet stay the previous, consistent pair. The rule is a max over a total
+order, so it is commutative, associative and idempotent: the order in which
+concurrent runs flush, and retries of a write whose outcome was unknown, never
+change the result.
+
+`last_compacted_date` only moves forward (`advance_last_compacted`): the larger
+value wins, whoever wrote it. `ready_date` computes the candidate value.
+
+Repair: a malformed state is never overwritten by the job (`StateCorruptError`,
+exit 2). `StateStore.backup_and_reset()` copies the bad object to
+`compacted/_state.json.corrupt-<UTC stamp>` and writes a fresh state that keeps
+whatever still validates (see its docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from compressor.layout import STATE_KEY, PartitionId, parse_day
+from compressor.storage.base import (
+    NotFound,
+    PreconditionFailed,
+    Store,
+    TransientStoreError,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STATUSES = ("success", "failed", "quarantined", "in_progress")
+FAILURE_STATUSES = ("failed", "quarantined")
+#: Tie-break between entries of the same attempt with the same updated_at.
+_STATUS_RANK = {"in_progress": 0, "failed": 1, "quarantined": 2, "success": 3}
+_TOP_KEYS = {"schema_version", "last_compacted_date", "updated_at", "partitions"}
+_ENTRY_KEYS = {
+    "status", "rows", "total_size_bytes", "attempts", "updated_at", "started_at",
+    "error", "failed_key", "day_quality_post", "skipped_files",
+}
+_ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_DAY_RE = re.compile(r"\d{8}")
+_PARTITION_KEY_RE = re.compile(r"[^/]+/[^/]+/[^/]+/\d{8}")
+_MAX_ERROR_CHARS = 1000
+REPAIR_HINT = "run with --repair-state to back it up and start a fresh state"
+
+
+# ---------------------------------------------------------------- time helpers
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds -> '2024-01-02T03:04:05.123Z' (UTC, millisecond precision)."""
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_utc_iso(text: str) -> float:
+    """'...Z' ISO-8601 UTC -> epoch seconds; ValueError on anything else."""
+    if not isinstance(text, str) or not _ISO_RE.fullmatch(text):
+        raise ValueError(f"not an ISO-8601 UTC time ending in Z: {text!r}")
+    return datetime.fromisoformat(text).timestamp()
+
+
+def one_line(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
+    """Collapse whitespace (newlines included) and cap the length."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- errors
+
+
+class StateCorruptError(Exception):
+    """_state.json exists but is not a valid state; the message is one line naming the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: malformed state: {problem}; {REPAIR_HINT}")
+
+
+class StateConflictError(TransientStoreError):
+    """Compare-and-swap kept losing against other writers; the queued updates are kept."""
+
+
+# ---------------------------------------------------------------- one partition
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+
+
+def _check_time(name: str, value: Any) -> None:
+    if isinstance(value, str) and _ISO_RE.fullmatch(value):
+        try:
+            datetime.fromisoformat(value)
+            return
+        except ValueError:
+            pass
+    raise ValueError(f"{name}: not an ISO-8601 UTC time ending in Z: {value!r}")
+
+
+def _check_optional_str(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string or null, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One `partitions[...]` entry. Construct with the `success`/`failed`/... factories."""
+
+    status: str
+    updated_at: str
+    rows: int = 0
+    total_size_bytes: int = 0
+    attempts: int = 1
+    started_at: str | None = None
+    error: str | None = None
+    failed_key: str | None = None
+    day_quality_post: str | dict[str, Any] | None = None
+    skipped_files: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status: expected one of {'|'.join(STATUSES)}, got {self.status!r}")
+        _check_time("updated_at", self.updated_at)
+        if self.started_at is not None:
+            _check_time("started_at", self.started_at)
+        for name in ("rows", "total_size_bytes", "attempts"):
+            _check_int(name, getattr(self, name))
+        self._check_failure_fields()
+        self._check_optional_fields()
+
+    def _check_failure_fields(self) -> None:
+        _check_optional_str("error", self.error)
+        _check_optional_str("failed_key", self.failed_key)
+        if self.status in FAILURE_STATUSES and not self.error:
+            raise ValueError(f"error: required when status is {self.status!r}")
+        if self.error is not None and ("\n" in self.error or "\r" in self.error):
+            raise ValueError("error: must be one line")
+
+    def _check_optional_fields(self) -> None:
+        dq = self.day_quality_post
+        if dq is not None and not isinstance(dq, str | dict):
+            raise ValueError(f"day_quality_post: expected a string or object, got {dq!r}")
+        files = self.skipped_files
+        if files is not None and (
+            not isinstance(files, tuple) or not all(isinstance(f, str) for f in files)
+        ):
+            raise ValueError("skipped_files: expected a list of strings")
+
+    # -- factories -------------------------------------------------------------
+
+    @classmethod
+    def in_progress(cls, *, started_at: str, attempts: int = 1) -> PartitionState:
+        return cls(status="in_progress", updated_at=started_at, started_at=started_at,
+                   attempts=attempts)
+
+    @classmethod
+    def success(
+        cls, *, rows: int, total_size_bytes: int, started_at: str, attempts: int = 1,
+        updated_at: str | None = None, day_quality_post: str | dict[str, Any] | None = None,
+        skipped_files: Iterable[str] | None = None,
+    ) -> PartitionState:
+        return cls(
+            status="success", updated_at=updated_at or utc_iso(time.time()),
+            started_at=started_at, rows=rows, total_size_bytes=total_size_bytes,
+            attempts=attempts, day_quality_post=day_quality_post,
+            skipped_files=tuple(skipped_files) if skipped_files is not None else None,
+        )
+
+    @classmethod
+    def failure(
+        cls, *, status: str, error: str, started_at: str, failed_key: str | None = None,
+        attempts: int = 1, updated_at: str | None = None,
+    ) -> PartitionState:
+        """A `failed` (retryable) or `quarantined` (bad input) entry; `error` made one line."""
+        if status not in FAILURE_STATUSES:
+            raise ValueError(f"status: expected failed|quarantined, got {status!r}")
+        return cls(
+            status=status, updated_at=updated_at or utc_iso(time.time()),
+            started_at=started_at, error=one_line(error) or status,
+            failed_key=failed_key, attempts=attempts,
+        )
+
+    # -- JSON ------------------------------------------------------------------
+
+    @property
+    def attempt_started_at(self) -> str:
+        """When the attempt this entry belongs to began (entries without it: updated_at)."""
+        return self.started_at or self.updated_at
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status, "rows": self.rows,
+            "total_size_bytes": self.total_size_bytes, "attempts": self.attempts,
+            "updated_at": self.updated_at, "started_at": self.attempt_started_at,
+        }
+        for name in ("error", "failed_key", "day_quality_post"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.skipped_files is not None:
+            out["skipped_files"] = list(self.skipped_files)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PartitionState:
+        """Validate one entry; ValueError('<field>: <problem>') when it is not valid."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected an object, got {type(raw).__name__}")
+        if not raw.keys() <= _ENTRY_KEYS:
+            raise ValueError(f"unknown field {sorted(raw.keys() - _ENTRY_KEYS)[0]!r}")
+        for name in ("status", "updated_at", "rows", "total_size_bytes", "attempts"):
+            if name not in raw:
+                raise ValueError(f"{name}: missing")
+        files = raw.get("skipped_files")
+        if files is not None and not isinstance(files, list):
+            raise ValueError("skipped_files: expected a list of strings")
+        kwargs = dict(raw)
+        if files is not None:
+            kwargs["skipped_files"] = tuple(files)
+        return cls(**kwargs)
+
+
+def _merge_key(entry: PartitionState) -> tuple[float, float, int, str]:
+    canonical = entry.to_json()
+    canonical.pop("attempts")
+    return (
+        parse_utc_iso(entry.attempt_started_at),
+        parse_utc_iso(entry.updated_at),
+        _STATUS_RANK[entry.status],
+        json.dumps(canonical, sort_keys=True),
+    )
+
+
+def merge_entries(a: PartitionState, b: PartitionState) -> PartitionState:
+    """The entry to keep when two writers recorded the same partition (module docstring)."""
+    winner = max(a, b, key=_merge_key)
+    attempts = max(a.attempts, b.attempts)
+    return winner if winner.attempts == attempts else replace(winner, attempts=attempts)
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def ready_date(previous: str | None, days: Iterable[tuple[str, bool]]) -> str | None:
+    """New last_compacted_date after a run.
+
+    `days`: the days this run processed, ascending, each with True when every one of
+    its partitions is done (success or already up to date). The date advances to the
+    last day D such that every processed day up to D is done; the first day not done
+    holds it back even when later days were compacted. Never moves backward; days at
+    or before `previous` do not count.
+    """
+    result = previous
+    last_seen: str | None = None
+    for day, done in days:
+        parse_day(day)
+        if last_seen is not None and day <= last_seen:
+            raise ValueError(f"days must be ascending and unique: {day} after {last_seen}")
+        last_seen = day
+        if previous is not None and day <= previous:
+            continue
+        if not done:
+            break
+        result = day
+    return result
+
+
+def _max_day(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
+# ---------------------------------------------------------------- the document
+
+
+def empty_document() -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "last_compacted_date": None,
+            "updated_at": None, "partitions": {}}
+
+
+def _check_top(doc: Any) -> None:
+    if not isinstance(doc, dict):
+        raise ValueError(f"top level: expected an object, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown top-level field {unknown[0]!r}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ValueError(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
+    lcd = doc.get("last_compacted_date")
+    if lcd is not None and not (isinstance(lcd, str) and _DAY_RE.fullmatch(lcd)):
+        raise ValueError(f"last_compacted_date: expected YYYYMMDD or null, got {lcd!r}")
+    if lcd is not None:
+        parse_day(lcd)
+    updated = doc.get("updated_at")
+    if updated is not None:
+        _check_time("updated_at", updated)
+    if not isinstance(doc.get("partitions"), dict):
+        raise ValueError("partitions: expected an object")
+
+
+def _check_entry(key: Any, raw: Any) -> None:
+    if not isinstance(key, str) or not _PARTITION_KEY_RE.fullmatch(key):
+        raise ValueError(f"partitions: key {key!r} is not <ex>/<stream>/<sym>/<YYYYMMDD>")
+    try:
+        PartitionState.from_json(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"partitions[{key!r}].{exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON number {name}")
+
+
+def parse_document(data: bytes, key: str = STATE_KEY) -> dict[str, Any]:
+    """Decode and strictly validate a state document; StateCorruptError otherwise."""
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StateCorruptError(key, f"not JSON ({one_line(str(exc), 200)})") from None
+    try:
+        _check_top(doc)
+        for pkey, raw in doc["partitions"].items():
+            _check_entry(pkey, raw)
+    except ValueError as exc:
+        raise StateCorruptError(key, one_line(str(exc), 300)) from None
+    return doc
+
+
+def serialize_document(doc: Mapping[str, Any]) -> bytes:
+    """Compact, deterministic JSON (sorted keys, no whitespace)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _salvage(data: bytes) -> tuple[dict[str, Any], int, int]:
+    """(fresh document keeping what validates, entries kept, entries dropped)."""
+    doc = empty_document()
+    try:
+        old = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        return doc, 0, 0
+    if not isinstance(old, dict):
+        return doc, 0, 0
+    lcd = old.get("last_compacted_date")
+    if isinstance(lcd, str) and _DAY_RE.fullmatch(lcd):
+        try:
+            doc["last_compacted_date"] = format(parse_day(lcd), "%Y%m%d")
+        except ValueError:
+            pass
+    parts = old.get("partitions")
+    kept = dropped = 0
+    for pkey, raw in (parts.items() if isinstance(parts, dict) else ()):
+        try:
+            _check_entry(pkey, raw)
+        except ValueError:
+            dropped += 1
+            continue
+        doc["partitions"][pkey] = raw
+        kept += 1
+    return doc, kept, dropped
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What `backup_and_reset` did. backup_key is None when there was nothing to repair."""
+
+    backup_key: str | None
+    kept_entries: int
+    dropped_entries: int
+    last_compacted_date: str | None
+
+
+@dataclass
+class FlushStats:
+    """Counters since the StateStore was made (tests and logs use them)."""
+
+    writes: int = 0
+    conflicts: int = 0
+    reads: int = 0
+    bytes_written: int = 0
+    last_size: int = 0
+    last_seconds: float = 0.0
+    seconds: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the store
+
+
+class StateStore:
+    """Reads and updates `_state.json` in `store` with batched compare-and-swap writes.
+
+    `record` and `advance_last_compacted` queue updates; `flush` applies them onto the
+    latest document (read with its ETag) and writes it with If-Match (If-None-Match
+    when absent), retrying with jittered backoff when another writer got in first.
+    `record` flushes by itself once `flush_every` updates are queued or the oldest one
+    has waited `flush_interval_s`; call `flush()` at the end of each day and at exit.
+    Thread-safe. A malformed document is never overwritten: StateCorruptError.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        key: str = STATE_KEY,
+        flush_every: int = 500,
+        flush_interval_s: float = 30.0,
+        max_attempts: int = 30,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.flush_every = max(1, flush_every)
+        self.flush_interval_s = flush_interval_s
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.clock = clock
+        self.sleep = sleep
+        self.stats = FlushStats()
+        self._lock = threading.Lock()  # guards _pending*, _doc, _etag
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._pending: dict[str, PartitionState] = {}
+        self._pending_lcd: str | None = None
+        self._pending_since: float | None = None
+        self._doc: dict[str, Any] | None = None
+        self._etag: str | None = None
+
+    # -- reading -----------------------------------------------------------------
+
+    def _fetch(self) -> tuple[dict[str, Any], str | None]:
+        """Latest document and ETag; reuses the cached one when the ETag is unchanged."""
+        cached, cached_etag = self._doc, self._etag
+        if cached is not None and cached_etag is not None:
+            info = self.store.head(self.key)
+            if info is not None and info.etag == cached_etag:
+                return cached, cached_etag
+        try:
+            data, etag = self.store.get_bytes(self.key)
+        except NotFound:
+            return empty_document(), None
+        self.stats.reads += 1
+        return parse_document(data, self.key), etag
+
+    def load(self) -> None:
+        """Read and validate the current state (missing = empty). StateCorruptError if bad."""
+        doc, etag = self._fetch()
+        with self._lock:
+            self._doc, self._etag = doc, etag
+
+    def _document(self) -> dict[str, Any]:
+        if self._doc is None:
+            self.load()
+        assert self._doc is not None
+        return self._doc
+
+    @property
+    def last_compacted_date(self) -> str | None:
+        """Loaded value merged with any queued advance."""
+        doc = self._document()
+        with self._lock:
+            return _max_day(doc["last_compacted_date"], self._pending_lcd)
+
+    @property
+    def updated_at(self) -> str | None:
+        return self._document()["updated_at"]
+
+    def get(self, pid: PartitionId | str) -> PartitionState | None:
+        """The partition's entry as loaded, merged with queued updates; None if absent."""
+        skey = pid if isinstance(pid, str) else pid.state_key
+        doc = self._document()
+        with self._lock:
+            raw = doc["partitions"].get(skey)
+            queued = self._pending.get(skey)
+        stored = PartitionState.from_json(raw) if raw is not None else None
+        if stored is None or queued is None:
+            return queued or stored
+        return merge_entries(stored, queued)
+
+    def partition_keys(self) -> list[str]:
+        """Keys of the loaded document's partitions and the queued ones, sorted."""
+        doc = self._document()
+        with self._lock:
+            return sorted(set(doc["partitions"]) | set(self._pending))
+
+    def counts(self) -> dict[str, int]:
+        """Number of partitions per status (loaded document + queued updates)."""
+        out = dict.fromkeys(STATUSES, 0)
+        for skey in self.partition_keys():
+            entry = self.get(skey)
+            if entry is not None:
+                out[entry.status] += 1
+        return out
+
+    # -- queueing ----------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending) + (self._pending_lcd is not None)
+
+    def record(self, pid: PartitionId | str, entry: PartitionState) -> None:
+        """Queue `entry` for the partition; flushes when the batch is full or old enough."""
+        skey = pid if isinstance(pid, str) else pid.state_key
+        if not _PARTITION_KEY_RE.fullmatch(skey):
+            raise ValueError(f"not a partition state key: {skey!r}")
+        with self._lock:
+            self._queue(skey, entry)
+        self.flush_if_due()
+
+    def advance_last_compacted(self, day: str | None) -> None:
+        """Queue a move of last_compacted_date to `day`; never moves it backward."""
+        if day is None:
+            return
+        parse_day(day)
+        with self._lock:
+            self._pending_lcd = _max_day(self._pending_lcd, day)
+            if self._pending_since is None:
+                self._pending_since = self.clock()
+
+    def _queue(self, skey: str, entry: PartitionState) -> None:
+        old = self._pending.get(skey)
+        self._pending[skey] = entry if old is None else merge_entries(old, entry)
+        if self._pending_since is None:
+            self._pending_since = self.clock()
+
+    def flush_if_due(self) -> bool:
+        with self._lock:
+            due = len(self._pending) >= self.flush_every or (
+                self._pending_since is not None
+                and self.clock() - self._pending_since >= self.flush_interval_s
+            )
+        return self.flush() if due else False
+
+    # -- writing -----------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write every queued update with CAS. False when nothing was queued.
+
+        On failure (StateCorruptError, StateConflictError, store errors) the updates
+        stay queued for the next flush.
+        """
+        with self._flush_lock:
+            with self._lock:
+                updates, lcd = self._pending, self._pending_lcd
+                self._pending, self._pending_lcd, self._pending_since = {}, None, None
+            if not updates and lcd is None:
+                return False
+            try:
+                self._write(updates, lcd)
+            except BaseException:
+                self._requeue(updates, lcd)
+                raise
+            return True
+
+    def _requeue(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
+        with self._lock:
+            for skey, entry in updates.items():
+                self._queue(skey, entry)
+            self._pending_lcd = _max_day(self._pending_lcd, lcd)
+            if self._pending_since is None:
+                self._pending_since = self.clock()
+
+    def _write(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
+        started = time.perf_counter()
+        for attempt in range(self.max_attempts):
+            doc, etag = self._fetch()
+            new_doc = self._apply(doc, updates, lcd)
+            data = serialize_document(new_doc)
+            try:
+                new_etag = self.store.put_bytes(
+                    self.key, data, if_match=etag, if_none_match=etag is None
+                )
+            except (PreconditionFailed, NotFound):
+                self.stats.conflicts += 1
+                with self._lock:
+                    self._doc, self._etag = None, None
+                self.sleep(self._backoff(attempt))
+                continue
+            self._written(new_doc, new_etag, len(data), time.perf_counter() - started)
+            return
+        raise StateConflictError(
+            f"{self.key}: compare-and-swap lost {self.max_attempts} times in a row; "
+            "updates kept for the next flush"
+        )
+
+    def _written(self, doc: dict[str, Any], etag: str, size: int, seconds: float) -> None:
+        with self._lock:
+            self._doc, self._etag = doc, etag
+        self.stats.writes += 1
+        self.stats.bytes_written += size
+        self.stats.last_size = size
+        self.stats.last_seconds = seconds
+        self.stats.seconds.append(seconds)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+
+    def _apply(
+        self, doc: dict[str, Any], updates: Mapping[str, PartitionState], lcd: str | None
+    ) -> dict[str, Any]:
+        """A new document: `doc` (not modified) with the updates merged in."""
+        partitions = dict(doc["partitions"])
+        for skey, entry in updates.items():
+            raw = partitions.get(skey)
+            merged = entry if raw is None else merge_entries(PartitionState.from_json(raw), entry)
+            partitions[skey] = merged.to_json()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "last_compacted_date": _max_day(doc["last_compacted_date"], lcd),
+            "updated_at": utc_iso(self.clock()),
+            "partitions": partitions,
+        }
+
+    # -- repair --------------------------------------------------------------------
+
+    def backup_and_reset(self, *, salvage: bool = True) -> RepairResult:
+        """Repair a malformed state: back it up, then write a fresh valid one.
+
+        Copies the object to `<key>.corrupt-<YYYYMMDDTHHMMSSZ>` (If-None-Match), then
+        replaces it with If-Match on the bad object's ETag (so a concurrent repair or
+        write is never clobbered). With `salvage`, the fresh state keeps every
+        partition entry that validates and a well-formed last_compacted_date;
+        without it, it starts empty (catch-up then behaves as a fresh start).
+        A valid state is left alone: RepairResult(backup_key=None, ...).
+        """
+        try:
+            data, etag = self.store.get_bytes(self.key)
+        except NotFound:
+            return RepairResult(None, 0, 0, None)
+        try:
+            doc = parse_document(data, self.key)
+        except StateCorruptError:
+            pass
+        else:
+            return RepairResult(None, len(doc["partitions"]), 0, doc["last_compacted_date"])
+        stamp = datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+        backup_key = f"{self.key}.corrupt-{stamp}"
+        self.store.put_bytes(backup_key, data, if_none_match=True)
+        fresh, kept, dropped = _salvage(data) if salvage else (empty_document(), 0, 0)
+        fresh["updated_at"] = utc_iso(self.clock())
+        new_etag = self.store.put_bytes(self.key, serialize_document(fresh), if_match=etag)
+        with self._lock:
+            self._doc, self._etag = fresh, new_etag
+        log.warning("%s: malformed state backed up to %s; kept %d entries, dropped %d",
+                    self.key, backup_key, kept, dropped)
+        return RepairResult(backup_key, kept, dropped, fresh["last_compacted_date"])
