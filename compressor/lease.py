@@ -1,0 +1,407 @@
+"""Partition leases: one run at a time works on a partition-day (issue 4).
+
+A lease is the object `compacted/locks/<ex>/<stream>/<sym>/<YYYYMMDD>.lock`::
+
+    {"owner": {"host": str, "pid": int, "run_id": str},
+     "acquired_at": ISO-8601 UTC "Z", "expires_at": ISO-8601 UTC "Z", "token": str}
+
+- acquire: create it with If-None-Match. When it exists, take it over with If-Match
+  on the ETag just read if it expired (now > expires_at + skew), if its owner ran on
+  this host and that pid is gone (a crashed run must not block the next one for a
+  TTL), or if it is not a lease document at all. Otherwise someone holds it: None.
+- renew: rewrite it with a later expires_at, If-Match on the ETag of our own last
+  write. Losing that CAS means someone took it over: the lease is lost. A background
+  thread renews every held lease every TTL/3.
+- check_held (fencing, right before publishing meta.json): re-read the object; it must
+  carry our token and still have more than `skew` seconds to live, else LeaseLost.
+- release: CAS-renew (proves it is still ours and pushes expiry a TTL away, so no one
+  can take it over in between), then delete. A lease that is no longer ours is never
+  deleted.
+
+Clocks: time.time() of each host. Another host's lease counts as expired only `skew`
+seconds after its expires_at, and the holder considers it lost `skew` seconds before,
+so clocks that differ by less than `skew` never let two holders overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from compressor.layout import PartitionId
+from compressor.state import one_line, parse_utc_iso, utc_iso
+from compressor.storage.base import NotFound, PreconditionFailed, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 600.0
+DEFAULT_SKEW_S = 30.0
+#: How many times acquire retries when the object vanishes between its create and read.
+_ACQUIRE_ROUNDS = 5
+
+
+class LeaseLost(Exception):
+    """We no longer hold the lease: taken over, deleted or expired. Do not publish."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: lease lost: {reason}")
+
+
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Who holds a lease."""
+
+    host: str
+    pid: int
+    run_id: str
+
+    @classmethod
+    def current(cls, run_id: str | None = None) -> LeaseOwner:
+        return cls(socket.gethostname(), os.getpid(), run_id or uuid.uuid4().hex)
+
+    def describe(self) -> str:
+        return f"host {self.host} pid {self.pid} run {self.run_id}"
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The content of a lock object; times are epoch seconds."""
+
+    owner: LeaseOwner
+    acquired_at: float
+    expires_at: float
+    token: str
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "owner": {"host": self.owner.host, "pid": self.owner.pid,
+                      "run_id": self.owner.run_id},
+            "acquired_at": utc_iso(self.acquired_at),
+            "expires_at": utc_iso(self.expires_at),
+            "token": self.token,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LeaseRecord:
+        """Parse a lock object; ValueError naming what is wrong."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"not JSON ({one_line(str(exc), 120)})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("owner"), dict):
+            raise ValueError("expected an object with an owner object")
+        owner = doc["owner"]
+        host, pid, run_id = owner.get("host"), owner.get("pid"), owner.get("run_id")
+        if not isinstance(host, str) or not isinstance(run_id, str):
+            raise ValueError("owner.host and owner.run_id must be strings")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise ValueError(f"owner.pid: expected an integer, got {pid!r}")
+        token = doc.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValueError("token: expected a non-empty string")
+        return cls(
+            owner=LeaseOwner(host, pid, run_id),
+            acquired_at=_time_field(doc, "acquired_at"),
+            expires_at=_time_field(doc, "expires_at"),
+            token=token,
+        )
+
+
+def _time_field(doc: dict[str, Any], name: str) -> float:
+    value = doc.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected an ISO-8601 UTC time, got {value!r}")
+    try:
+        return parse_utc_iso(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
+class Lease:
+    """A lease this process holds on one partition. Made by LeaseManager.acquire."""
+
+    def __init__(
+        self, manager: LeaseManager, partition: PartitionId, record: LeaseRecord, etag: str
+    ) -> None:
+        self.manager = manager
+        self.partition = partition
+        self.key = partition.lock_key
+        self._record = record
+        self._etag = etag
+        self._lock = threading.Lock()
+        self._lost_reason: str | None = None
+        self._released = False
+        self.last_renewed = manager.clock()
+
+    @property
+    def token(self) -> str:
+        return self._record.token
+
+    @property
+    def owner(self) -> LeaseOwner:
+        return self._record.owner
+
+    @property
+    def expires_at(self) -> float:
+        return self._record.expires_at
+
+    @property
+    def lost(self) -> bool:
+        return self._lost_reason is not None
+
+    @property
+    def active(self) -> bool:
+        return not self._released and self._lost_reason is None
+
+    def _mark_lost(self, reason: str) -> LeaseLost:
+        if self._lost_reason is None:
+            self._lost_reason = reason
+            log.warning("%s: lease lost: %s", self.key, reason)
+            self.manager._forget(self)
+        return LeaseLost(self.key, self._lost_reason)
+
+    def renew(self) -> None:
+        """Push expires_at a TTL away by CAS on our last ETag; LeaseLost if we lost it."""
+        with self._lock:
+            self._renew_locked()
+
+    def _renew_locked(self) -> None:
+        if self._lost_reason is not None:
+            raise LeaseLost(self.key, self._lost_reason)
+        if self._released:
+            raise LeaseLost(self.key, "already released")
+        now = self.manager.clock()
+        record = replace(self._record, expires_at=now + self.manager.ttl_s)
+        try:
+            etag = self.manager.store.put_bytes(self.key, record.to_bytes(), if_match=self._etag)
+        except (PreconditionFailed, NotFound):
+            raise self._mark_lost("the lock object changed: taken over or deleted") from None
+        self._record, self._etag, self.last_renewed = record, etag, now
+
+    def check_held(self) -> None:
+        """Fencing: re-read the lock; raise LeaseLost unless it is ours and not expiring."""
+        with self._lock:
+            if self._lost_reason is not None or self._released:
+                raise LeaseLost(self.key, self._lost_reason or "already released")
+            try:
+                data, _ = self.manager.store.get_bytes(self.key)
+            except NotFound:
+                raise self._mark_lost("the lock object was deleted") from None
+            try:
+                current = LeaseRecord.from_bytes(data)
+            except ValueError as exc:
+                raise self._mark_lost(f"the lock object is malformed: {exc}") from None
+            if current.token != self.token:
+                raise self._mark_lost(f"taken over by {current.owner.describe()}")
+            if self.manager.clock() > current.expires_at - self.manager.skew_s:
+                raise self._mark_lost(f"expired at {utc_iso(current.expires_at)}")
+
+    def release(self) -> bool:
+        """Delete the lock if it is still ours. False when it was not (nothing deleted).
+
+        Store errors are logged, not raised: an unreleased lease expires by itself.
+        """
+        with self._lock:
+            if self._released or self._lost_reason is not None:
+                return False
+            try:
+                self._renew_locked()
+                self.manager.store.delete(self.key)
+            except LeaseLost:
+                return False
+            except StoreError as exc:
+                log.warning("%s: could not release lease (%s); it expires by itself",
+                            self.key, one_line(str(exc), 200))
+                return False
+            finally:
+                self._released = True
+                self.manager._forget(self)
+            return True
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class LeaseManager:
+    """Acquires partition leases for one run and renews them in one background thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: LeaseOwner | None = None,
+        run_id: str | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        skew_s: float = DEFAULT_SKEW_S,
+        auto_renew: bool = True,
+        clock: Callable[[], float] = time.time,
+        is_alive: Callable[[int], bool] = pid_alive,
+    ) -> None:
+        if ttl_s <= 2 * skew_s:
+            raise ValueError(f"lease ttl {ttl_s}s must exceed twice the clock skew {skew_s}s")
+        self.store = store
+        self.owner = owner or LeaseOwner.current(run_id)
+        self.ttl_s = ttl_s
+        self.skew_s = skew_s
+        self.auto_renew = auto_renew
+        self.clock = clock
+        self.is_alive = is_alive
+        self._held: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- acquiring -----------------------------------------------------------------
+
+    def acquire(self, partition: PartitionId) -> Lease | None:
+        """The partition's lease, or None when another live run holds it."""
+        key = partition.lock_key
+        for _ in range(_ACQUIRE_ROUNDS):
+            record = self._new_record()
+            try:
+                etag = self.store.put_bytes(key, record.to_bytes(), if_none_match=True)
+                return self._hold(partition, record, etag)
+            except PreconditionFailed:
+                pass
+            try:
+                data, etag = self.store.get_bytes(key)
+            except NotFound:
+                continue  # released between our create and our read: try again
+            reason = self._takeover_reason(data)
+            if reason is None:
+                return None
+            try:
+                new_etag = self.store.put_bytes(key, record.to_bytes(), if_match=etag)
+            except PreconditionFailed:
+                return None  # renewed or taken over by someone else meanwhile
+            except NotFound:
+                continue
+            log.info("%s: took over lease: %s", key, reason)
+            return self._hold(partition, record, new_etag)
+        return None
+
+    def _new_record(self) -> LeaseRecord:
+        now = self.clock()
+        return LeaseRecord(self.owner, now, now + self.ttl_s, uuid.uuid4().hex)
+
+    def _takeover_reason(self, data: bytes) -> str | None:
+        """Why the existing lock may be taken over, or None when its holder is alive."""
+        try:
+            current = LeaseRecord.from_bytes(data)
+        except ValueError as exc:
+            return f"the lock object is malformed ({exc})"
+        now = self.clock()
+        if now > current.expires_at + self.skew_s:
+            return f"{current.owner.describe()} let it expire at {utc_iso(current.expires_at)}"
+        owner = current.owner
+        if owner.host == self.owner.host and not self.is_alive(owner.pid):
+            return f"{owner.describe()} is no longer running on this host"
+        return None
+
+    def _hold(self, partition: PartitionId, record: LeaseRecord, etag: str) -> Lease:
+        lease = Lease(self, partition, record, etag)
+        with self._lock:
+            self._held[lease.key] = lease
+            if self.auto_renew and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._renew_loop, name="lease-renewer", daemon=True
+                )
+                self._thread.start()
+        return lease
+
+    def _forget(self, lease: Lease) -> None:
+        with self._lock:
+            if self._held.get(lease.key) is lease:
+                del self._held[lease.key]
+
+    def held(self) -> list[Lease]:
+        with self._lock:
+            return list(self._held.values())
+
+    # -- renewing ------------------------------------------------------------------
+
+    @property
+    def renew_interval_s(self) -> float:
+        return self.ttl_s / 3
+
+    def renew_due(self) -> int:
+        """Renew every held lease whose last renewal is a renew interval old; returns count.
+
+        A lease whose renewal failed on a store error is retried on the next call; one
+        that could not be renewed before it would expire is marked lost.
+        """
+        renewed = 0
+        now = self.clock()
+        for lease in self.held():
+            if now - lease.last_renewed < self.renew_interval_s:
+                continue
+            try:
+                lease.renew()
+                renewed += 1
+            except LeaseLost:
+                pass
+            except StoreError as exc:
+                self._renew_failed(lease, exc)
+        return renewed
+
+    def _renew_failed(self, lease: Lease, exc: StoreError) -> None:
+        log.warning("%s: lease renewal failed (%s); retrying", lease.key, one_line(str(exc), 200))
+        if self.clock() > lease.expires_at - self.skew_s:
+            with lease._lock:
+                lease._mark_lost("could not renew it before it expired")
+
+    def _renew_loop(self) -> None:
+        tick = max(0.05, self.renew_interval_s / 6)
+        while not self._stop.wait(tick):
+            try:
+                self.renew_due()
+            except Exception:  # keep renewing the others whatever happens
+                log.exception("lease renewer")
+
+    def close(self) -> None:
+        """Stop the renewer and release every lease still held."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        for lease in self.held():
+            lease.release()
+
+    def __enter__(self) -> LeaseManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
