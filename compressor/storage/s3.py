@@ -1,0 +1,470 @@
+"""S3 and S3-compatible object stores (AWS, MinIO, Ceph, moto) through boto3.
+
+Retries of throttling, 5xx, resets and timeouts are botocore's ('standard' mode,
+exponential backoff with jitter); what survives them becomes
+TransientStoreError. Errors are built from the error code, HTTP status and the
+bucket/key/endpoint only, never from server text or the exception's own string,
+so no credential can leak into a message. Credentials are handed to the boto3
+session and not kept on the store object.
+
+ETags are returned without the surrounding quotes S3 puts on them, as the local
+store does; `if_match` accepts either form.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ResponseStreamingError,
+)
+
+from .base import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    Store,
+    StoreConfigError,
+    StoreError,
+    TransientStoreError,
+)
+
+MiB = 1 << 20
+_TMP_MARK = ".qlc-tmp-"
+_LIST_PAGE = 1000
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+_PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+_CONFIG = {
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidBucketName",
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "RequestTimeTooSkewed",
+    "403",
+    "301",
+}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
+}
+#: Errors of the HTTP layer that botocore already retried: the network, not the request.
+_NETWORK_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
+
+
+class S3Store(Store):
+    """A bucket (optionally under a key prefix) on S3 or an S3-compatible server."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str | None = None,
+        *,
+        max_attempts: int = 8,
+        retry_mode: Literal["standard", "adaptive"] = "standard",
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        multipart_threshold: int = 64 * MiB,
+        multipart_chunksize: int = 16 * MiB,
+        max_concurrency: int = 4,
+        max_pool_connections: int = 32,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise StoreConfigError(f"invalid bucket name {bucket!r}")
+        if bool(access_key) != bool(secret_key):
+            raise StoreConfigError(
+                f"S3 credentials for bucket {bucket!r}: access key and secret key must be "
+                "given together"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint = _redact(endpoint_url) if endpoint_url else f"AWS S3 ({region or 'default'})"
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
+        self.max_concurrency = max(1, max_concurrency)
+        self._max_attempts = max(1, max_attempts)
+        session = boto3.session.Session(
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            region_name=region or None,
+        )
+        common: dict[str, Any] = {
+            "signature_version": "s3v4",
+            "max_pool_connections": max_pool_connections,
+            # Checksums only where S3 requires them: many S3-compatible servers
+            # reject the CRC trailers newer botocore sends by default. We send
+            # Content-MD5 ourselves on every upload instead.
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        if endpoint_url:
+            common["s3"] = {"addressing_style": "path"}
+        config = Config(
+            retries={"mode": retry_mode, "max_attempts": self._max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            **common,
+        )
+        # check() must answer fast when the endpoint is down, so it retries little.
+        check_config = Config(
+            retries={"mode": "standard", "max_attempts": min(2, self._max_attempts)},
+            connect_timeout=min(connect_timeout, 3.0),
+            read_timeout=min(read_timeout, 10.0),
+            **common,
+        )
+        try:
+            self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+            self._check_client = session.client(
+                "s3", endpoint_url=endpoint_url, config=check_config
+            )
+        except (BotoCoreError, ValueError) as exc:
+            raise StoreConfigError(
+                f"cannot set up S3 client for bucket {bucket!r} at {self.endpoint}: "
+                f"{type(exc).__name__}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
+
+    # ----------------------------------------------------------------- checks
+
+    def check(self) -> None:
+        try:
+            self._check_client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise StoreConfigError(
+                f"cannot reach S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
+                f"{type(exc).__name__}"
+            ) from None
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "check", None) from None
+
+    # ---------------------------------------------------------------- listing
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        full = self.prefix + prefix
+        found: list[str] = []
+        with self._mapped("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=full,
+                Delimiter="/",
+                PaginationConfig={"PageSize": _LIST_PAGE},
+            )
+            for page in pages:
+                found.extend(
+                    cp["Prefix"][len(self.prefix) :] for cp in page.get("CommonPrefixes", [])
+                )
+        return found
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = self.prefix + prefix
+        with self._mapped("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": _LIST_PAGE}
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix) :]
+                    yield ObjectInfo(key, int(obj["Size"]), _strip(obj["ETag"]))
+
+    # ------------------------------------------------------------------ reads
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with self._mapped("head", key):
+                resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except NotFound:
+            return None
+        return ObjectInfo(key, int(resp["ContentLength"]), _strip(resp["ETag"]))
+
+    def get_bytes(self, key: str) -> tuple[bytes, str]:
+        for attempt in range(self._max_attempts):
+            with self._mapped("get", key):
+                resp = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+                try:
+                    data = resp["Body"].read()
+                except _NETWORK_ERRORS:
+                    if attempt + 1 == self._max_attempts:
+                        raise
+                    continue  # botocore does not retry a body cut off mid-stream
+            if len(data) != int(resp["ContentLength"]):
+                continue
+            return data, _strip(resp["ETag"])
+        raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
+
+    def get_file(self, key: str, path: Path) -> ObjectInfo:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_MARK}{uuid.uuid4().hex}.{path.name}"[:255]
+        try:
+            for attempt in range(self._max_attempts):
+                with self._mapped("get", key):
+                    resp = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+                    try:
+                        size = _stream_to(resp["Body"], tmp)
+                    except _NETWORK_ERRORS:
+                        if attempt + 1 == self._max_attempts:
+                            raise
+                        continue
+                if size == int(resp["ContentLength"]):
+                    os.replace(tmp, path)
+                    return ObjectInfo(key, size, _strip(resp["ETag"]))
+            raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
+        except OSError as exc:
+            raise StoreError(f"cannot write local file {str(path)!r}: {exc.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------- writes
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        try:
+            size = os.path.getsize(path)
+            if size >= self.multipart_threshold:
+                return self._put_multipart(key, Path(path), size)
+            with open(path, "rb") as fh:
+                md5 = _md5_file(fh)
+                fh.seek(0)
+                with self._mapped("put", key):
+                    resp = self._client.put_object(
+                        Bucket=self.bucket, Key=self._full(key), Body=fh, ContentMD5=_b64(md5)
+                    )
+        except OSError as exc:
+            raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
+        return ObjectInfo(key, size, _strip(resp["ETag"]))
+
+    def _put_multipart(self, key: str, path: Path, size: int) -> ObjectInfo:
+        """Parts in parallel, then complete; aborted on any failure so nothing half shows."""
+        full = self._full(key)
+        chunk = max(self.multipart_chunksize, -(-size // 10_000))
+        with self._mapped("put", key):
+            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=full)[
+                "UploadId"
+            ]
+        try:
+            offsets = list(range(0, size, chunk))
+            numbers = range(1, len(offsets) + 1)
+
+            def put_part(number: int, offset: int) -> str:
+                return self._put_part(key, path, upload_id, number, offset, chunk)
+
+            with ThreadPoolExecutor(self.max_concurrency) as pool:
+                etags = list(pool.map(put_part, numbers, offsets))
+            parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
+            with self._mapped("put", key):
+                resp = self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                )
+        except BaseException:
+            self._abort_quietly(full, upload_id)
+            raise
+        return ObjectInfo(key, size, _strip(resp["ETag"]))
+
+    def _put_part(
+        self, key: str, path: Path, upload_id: str, number: int, offset: int, chunk: int
+    ) -> str:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(chunk)
+        with self._mapped("put", key):
+            resp = self._client.upload_part(
+                Bucket=self.bucket,
+                Key=self._full(key),
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_b64(hashlib.md5(data).digest()),
+            )
+        return str(resp["ETag"])
+
+    def _abort_quietly(self, full_key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError):
+            pass  # a bucket lifecycle rule should reap leftover uploads
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        digest = hashlib.md5(data)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._full(key),
+            "Body": data,
+            "ContentMD5": _b64(digest.digest()),
+        }
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{_strip(if_match)}"'
+        try:
+            resp = self._client.put_object(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            return self._conditional_put_failed(exc, key, digest.hexdigest(), if_match)
+        return _strip(resp["ETag"])
+
+    def _conditional_put_failed(
+        self, exc: ClientError | BotoCoreError, key: str, md5: str, if_match: str | None
+    ) -> str:
+        """Map a failed put; recognise a conditional put that won on an earlier attempt.
+
+        When an attempt commits but its response is lost (reset, timeout),
+        botocore retries and the retry finds its own object: 412. If a retry
+        happened and the object now holds exactly our bytes, the write won.
+        """
+        err = self._error(exc, "put", key)
+        if isinstance(err, NotFound) and if_match is not None:
+            err = PreconditionFailed(f"put {self._where(key)}: object is gone (if_match)")
+        if isinstance(err, PreconditionFailed) and _retried(exc):
+            current = self.head(key)
+            if current is not None and current.etag == md5:
+                return md5
+        raise err from None
+
+    def delete(self, key: str) -> None:
+        with self._mapped("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _full(self, key: str) -> str:
+        if not key or len((self.prefix + key).encode("utf-8")) > 1024:
+            raise StoreError(f"invalid key {key!r}: empty or longer than 1024 bytes")
+        return self.prefix + key
+
+    def _where(self, key: str | None) -> str:
+        if key is None:
+            return f"bucket {self.bucket!r} at {self.endpoint}"
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    @contextmanager
+    def _mapped(self, op: str, key: str | None) -> Iterator[None]:
+        """Turn boto errors raised in the block into StoreError subclasses."""
+        try:
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, op, key) from None
+
+    def _error(self, exc: ClientError | BotoCoreError, op: str, key: str | None) -> StoreError:
+        where = self._where(key)
+        if isinstance(exc, ClientError):
+            return self._client_error(exc, op, where)
+        name = type(exc).__name__
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreConfigError(f"{op} {where}: no usable S3 credentials ({name})")
+        if isinstance(exc, _NETWORK_ERRORS):
+            return TransientStoreError(
+                f"{op} {where}: {name} from {self.endpoint} after {self._max_attempts} attempts"
+            )
+        return StoreError(f"{op} {where}: {name}")
+
+    def _client_error(self, exc: ClientError, op: str, where: str) -> StoreError:
+        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        text = f"{op} {where}: {code} (HTTP {status})"
+        if code in _NOT_FOUND and status in (0, 404):
+            return NotFound(text)
+        if code in _PRECONDITION or status == 412:
+            return PreconditionFailed(text)
+        if code == "NoSuchBucket":
+            return StoreConfigError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
+        if code in _CONFIG or status == 403:
+            return StoreConfigError(
+                f"{text}: check the bucket name, the credentials and the endpoint {self.endpoint}"
+            )
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            return TransientStoreError(f"{text} after {self._max_attempts} attempts")
+        return StoreError(text)
+
+
+def _retried(exc: ClientError | BotoCoreError) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
+
+
+def _stream_to(body: Any, tmp: Path) -> int:
+    size = 0
+    with open(tmp, "wb") as out:
+        while chunk := body.read(MiB):
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size
+
+
+def _md5_file(fh: BinaryIO) -> bytes:
+    digest = hashlib.md5()
+    while chunk := fh.read(MiB):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _strip(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _redact(url: str) -> str:
+    """An endpoint URL without any user:password@ part, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,187 @@
+"""Shared fixtures: a real S3 server (moto, as a subprocess over HTTP), buckets, envs, stores.
+
+No boto3 mocking anywhere: every S3 test talks HTTP to a moto server process
+on 127.0.0.1, optionally through tests/s3proxy.py to count requests or inject
+faults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from compressor.storage import LocalStore, S3Store, Store
+from tests.s3proxy import S3Proxy
+
+#: Fake credentials the tests use; moto accepts any.
+TEST_ACCESS_KEY = "qlc-test-access-key"
+TEST_SECRET_KEY = "qlc-test-secret-key-do-not-leak"
+TEST_REGION = "us-east-1"
+
+# moto checks If-Match / If-None-Match on PutObject and then writes in a
+# separate step, without a lock, in a threaded server; real S3 makes the check
+# and the write one atomic step. Serialising mutating requests makes the test
+# server honest for the concurrency tests (leases, state CAS) without changing
+# anything else about moto.
+_MOTO_LAUNCHER = """
+import sys, threading
+import moto.server as ms
+_lock = threading.Lock()
+_call = ms.DomainDispatcherApplication.__call__
+def _serialised(self, environ, start_response):
+    if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+        with _lock:
+            return _call(self, environ, start_response)
+    return _call(self, environ, start_response)
+ms.DomainDispatcherApplication.__call__ = _serialised
+ms.main(sys.argv[1:])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited early: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server did not answer at {url} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint URL of a moto S3 server subprocess on 127.0.0.1, for the whole session."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "MOTO_PORT": str(port)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_LAUNCHER, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, proc, log, timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def bucket_factory(moto_server: str) -> Callable[[], str]:
+    """Creates a fresh, empty bucket with a unique name on each call."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+        region_name=TEST_REGION,
+    )
+
+    def make() -> str:
+        name = f"qlc-test-{uuid.uuid4().hex[:16]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def s3_bucket(bucket_factory: Callable[[], str]) -> str:
+    """A fresh empty bucket for this test."""
+    return bucket_factory()
+
+
+@pytest.fixture
+def s3_env(moto_server: str) -> dict[str, str]:
+    """Only the S3_* variables pointing at the test server: for open_store(uri, env, ...)."""
+    return {
+        "S3_ENDPOINT": moto_server,
+        "S3_ACCESS_KEY": TEST_ACCESS_KEY,
+        "S3_SECRET_KEY": TEST_SECRET_KEY,
+        "S3_REGION": TEST_REGION,
+    }
+
+
+@pytest.fixture
+def cli_env(s3_env: dict[str, str], bucket_factory: Callable[[], str]) -> dict[str, str]:
+    """A full environment for running the CLI as a subprocess against the test server.
+
+    Fresh raw and compact buckets (S3_BUCKET, S3_COMPACT_BUCKET); AWS_* variables
+    and config files of the machine are masked so nothing real is ever used.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    env.update(s3_env)
+    env.update(
+        {
+            "S3_BUCKET": bucket_factory(),
+            "S3_COMPACT_BUCKET": bucket_factory(),
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+            ).rstrip(os.pathsep),
+        }
+    )
+    return env
+
+
+def make_s3_store(endpoint: str, bucket: str, **kwargs: object) -> S3Store:
+    """An S3Store on the test server with the test credentials; kwargs tune retries etc."""
+    return S3Store(
+        bucket,
+        endpoint_url=endpoint,
+        access_key=TEST_ACCESS_KEY,
+        secret_key=TEST_SECRET_KEY,
+        region=TEST_REGION,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The same contract, once per backend: a LocalStore, then an S3Store on a fresh bucket."""
+    if request.param == "local":
+        root = tmp_path / "store-root"
+        root.mkdir()
+        return LocalStore(root)
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return make_s3_store(endpoint, bucket, max_attempts=3, read_timeout=10.0)
+
+
+@pytest.fixture
+def s3proxy(moto_server: str) -> Iterator[S3Proxy]:
+    """A counting, fault-injecting proxy in front of the moto server (see tests/s3proxy.py)."""
+    with S3Proxy(moto_server) as proxy:
+        yield proxy

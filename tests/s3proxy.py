@@ -1,0 +1,324 @@
+"""A counting, fault-injecting HTTP proxy for tests, in front of the moto S3 server.
+
+Stdlib only. Every request is read in full, classified, counted, then either
+forwarded to the upstream server or answered with an injected fault:
+
+- ``slowdown``: 503 with an S3 ``SlowDown`` XML error (throttling)
+- ``internal``: 500 with an S3 ``InternalError`` XML error
+- ``reset``: the connection is reset (RST) without any response; the request
+  never reaches the server
+- ``delay``: nothing is sent for ``delay`` seconds (set it longer than the
+  client's read timeout), then the connection is closed; the request never
+  reaches the server, so a late duplicate cannot land after the client's retry
+- ``reset_after``: the request IS forwarded and applied, then the connection
+  is reset instead of answering (the "did my write happen?" case). Not in the
+  default mix; ask for it explicitly.
+
+Faults are drawn from a seeded RNG so a run is reproducible for a given order
+of requests. Use it as a context manager or call start()/stop().
+
+    with S3Proxy("http://127.0.0.1:5000") as proxy:
+        proxy.set_faults(0.3, seed=1)
+        ... point the client at proxy.endpoint ...
+        proxy.op_counts["LIST_DELIM"]
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+FAULT_KINDS = ("slowdown", "internal", "reset", "delay")
+ALL_FAULT_KINDS = (*FAULT_KINDS, "reset_after")
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+}
+_ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>{code}</Code><Message>{message}</Message>"
+    "<RequestId>s3proxy</RequestId></Error>"
+)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the proxy saw it."""
+
+    method: str
+    op: str
+    path: str
+    query: str
+    fault: str | None
+
+
+def classify(method: str, path: str, query: str) -> str:
+    """The S3 operation shape of a path-style request, e.g. 'LIST_DELIM', 'GET', 'PUT'."""
+    q = parse_qs(query, keep_blank_values=True)
+    bucket_level = len([p for p in path.split("/") if p]) <= 1
+    if method == "GET" and bucket_level:
+        if "uploads" in q:
+            return "LIST_UPLOADS"
+        if "location" in q or "versioning" in q or "acl" in q:
+            return "GET_BUCKET_CONFIG"
+        return "LIST_DELIM" if "delimiter" in q else "LIST"
+    if method == "HEAD":
+        return "HEAD_BUCKET" if bucket_level else "HEAD"
+    if method == "PUT":
+        if bucket_level:
+            return "CREATE_BUCKET"
+        return "UPLOAD_PART" if "partNumber" in q else "PUT"
+    if method == "POST":
+        if "uploads" in q:
+            return "CREATE_MULTIPART"
+        if "uploadId" in q:
+            return "COMPLETE_MULTIPART"
+        return "DELETE_OBJECTS" if "delete" in q else "POST"
+    if method == "DELETE":
+        if bucket_level:
+            return "DELETE_BUCKET"
+        return "ABORT_MULTIPART" if "uploadId" in q else "DELETE"
+    return method  # GET of an object, or anything unusual
+
+
+class S3Proxy:
+    """Threaded proxy on 127.0.0.1; see the module docstring."""
+
+    def __init__(self, upstream: str, *, timeout: float = 30.0) -> None:
+        parts = urlsplit(upstream)
+        if parts.hostname is None or parts.port is None:
+            raise ValueError(f"upstream must be http://host:port, not {upstream!r}")
+        self.upstream_host = parts.hostname
+        self.upstream_port = parts.port
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self.method_counts: Counter[str] = Counter()
+        self.op_counts: Counter[str] = Counter()
+        self.fault_counts: Counter[str] = Counter()
+        self.requests: list[Seen] = []
+        self._rate = 0.0
+        self._kinds: tuple[str, ...] = FAULT_KINDS
+        self._ops: frozenset[str] | None = None
+        self._rng = random.Random(0)
+        self._forced: list[tuple[str, frozenset[str] | None]] = []
+        self.delay = 2.0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> S3Proxy:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="s3proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> S3Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "proxy not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # ----------------------------------------------------------- test control
+
+    def set_faults(
+        self,
+        rate: float,
+        kinds: Iterable[str] = FAULT_KINDS,
+        *,
+        seed: int = 0,
+        delay: float | None = None,
+        ops: Iterable[str] | None = None,
+    ) -> None:
+        """Fail `rate` (0..1) of requests, each with a kind drawn from `kinds`.
+
+        `ops` limits faults to those operation shapes (see classify()).
+        `delay` is the stall of the 'delay' kind, in seconds.
+        """
+        kinds = tuple(kinds)
+        unknown = set(kinds) - set(ALL_FAULT_KINDS)
+        if unknown or not kinds or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"bad fault setting: rate={rate}, kinds={kinds}")
+        with self._lock:
+            self._rate = rate
+            self._kinds = kinds
+            self._rng = random.Random(seed)
+            self._ops = frozenset(ops) if ops is not None else None
+            if delay is not None:
+                self.delay = delay
+
+    def fail_next(self, kind: str, count: int = 1, *, ops: Iterable[str] | None = None) -> None:
+        """Force `kind` on the next `count` requests (of shapes `ops`), before any random fault."""
+        if kind not in ALL_FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        with self._lock:
+            self._forced.extend([(kind, frozenset(ops) if ops is not None else None)] * count)
+
+    def clear_faults(self) -> None:
+        self.set_faults(0.0)
+        with self._lock:
+            self._forced.clear()
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.method_counts.clear()
+            self.op_counts.clear()
+            self.fault_counts.clear()
+            self.requests.clear()
+
+    def counts(self) -> dict[str, int]:
+        """A snapshot of the per-operation counts."""
+        with self._lock:
+            return dict(self.op_counts)
+
+    # -------------------------------------------------------------- internals
+
+    def _record(self, method: str, path: str, query: str) -> Seen:
+        op = classify(method, path, query)
+        with self._lock:
+            fault = self._take_forced(op)
+            if fault is None and self._rate > 0 and (self._ops is None or op in self._ops):
+                if self._rng.random() < self._rate:
+                    fault = self._rng.choice(self._kinds)
+            seen = Seen(method, op, path, query, fault)
+            self.method_counts[method] += 1
+            self.op_counts[op] += 1
+            if fault:
+                self.fault_counts[fault] += 1
+            self.requests.append(seen)
+        return seen
+
+    def _take_forced(self, op: str) -> str | None:
+        for i, (kind, ops) in enumerate(self._forced):
+            if ops is None or op in ops:
+                del self._forced[i]
+                return kind
+        return None
+
+
+def _make_handler(proxy: S3Proxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(_ProxyHandler):
+        owner = proxy
+
+    return Handler
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as boto3's connection pool expects
+    owner: S3Proxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        parts = urlsplit(self.path)
+        seen = self.owner._record(self.command, parts.path, parts.query)
+        if seen.fault == "slowdown":
+            self._send_error(503, "SlowDown", "Please reduce your request rate.")
+        elif seen.fault == "internal":
+            self._send_error(500, "InternalError", "We encountered an internal error.")
+        elif seen.fault == "reset":
+            self._reset()
+        elif seen.fault == "delay":
+            time.sleep(self.owner.delay)
+            self._reset()
+        else:
+            status, reason, headers, payload = self._forward(body)
+            if seen.fault == "reset_after":
+                self._reset()
+            else:
+                self._send(status, reason, headers, payload)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(out)
+            out += self.rfile.read(size)
+            self.rfile.readline()
+
+    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(
+            self.owner.upstream_host, self.owner.upstream_port, timeout=self.owner.timeout
+        )
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if body or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            return resp.status, resp.reason, resp.getheaders(), payload
+        finally:
+            conn.close()
+
+    def _send(
+        self, status: int, reason: str, headers: list[tuple[str, str]], payload: bytes
+    ) -> None:
+        self.send_response_only(status, reason)
+        for name, value in headers:
+            low = name.lower()
+            if low in _HOP_BY_HOP or (low == "content-length" and self.command != "HEAD"):
+                continue
+            self.send_header(name, value)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _send_error(self, status: int, code: str, message: str) -> None:
+        payload = _ERROR_XML.format(code=code, message=message).encode()
+        headers = [("Content-Type", "application/xml")]
+        self._send(status, code, headers, payload if self.command != "HEAD" else b"")
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP RST and no response at all."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
