@@ -1,0 +1,355 @@
+"""Command line: parse, configure, plan, execute, report. `python3 run.py --help`.
+
+Exit codes: 0 every planned partition succeeded or was already up to date;
+1 at least one failed (the others were still done); 2 usage, configuration or
+store error (one line on stderr); 130 / 143 interrupted by SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import stat
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from dotenv import dotenv_values
+
+from compressor import __version__
+from compressor.discovery import Filters
+from compressor.job import Job, RunReport
+from compressor.layout import format_day, parse_day
+from compressor.lease import LeaseManager, LeaseOwner
+from compressor.logs import FORMATS, setup_logging
+from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
+from compressor.planning import Mode, Plan, PlanOptions, UsageError, build_plan
+from compressor.publish import CompactSettings
+from compressor.quality import summarize_state
+from compressor.state import StateCorruptError, StateStore
+from compressor.storage import Store, StoreError, open_store
+
+log = logging.getLogger("compressor.cli")
+
+PROG = "quantlab-compact"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_RAW_BUCKET = "quantlab-raw"
+DEFAULT_COMPACT_BUCKET = "quantlab-compact"
+DEFAULT_TMP = Path(tempfile.gettempdir()) / "quantlab-compact"
+#: The --demo lake: days before today, and its shape (a few hundred small files).
+DEMO_DAYS = 3
+DEMO_SHAPE: dict[str, Any] = {
+    "exchanges": ("binance", "bybit"),
+    "streams": ("trade", "bbo", "mark_price"),
+    "symbols": ("btcusdt", "ethusdt"),
+    "files_per_partition": 8,
+    "rows_per_file": 300,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2 via UsageError)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Compact a day of small raw Parquet files into one sorted data.parquet "
+        "+ meta.json per exchange/stream/symbol/day, and keep compacted/_state.json true.",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    run = p.add_argument_group("what to compact")
+    run.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.CATCH_UP.value,
+                     help="daily = yesterday; catch-up (default) = every raw day after "
+                     "last_compacted_date and before today; backfill = --date-from..--date-to")
+    run.add_argument("--date-from", metavar="YYYYMMDD", help="first day of a backfill")
+    run.add_argument("--date-to", metavar="YYYYMMDD",
+                     help="last day of a backfill (default: --date-from)")
+    run.add_argument("--today", metavar="YYYYMMDD",
+                     help="pretend today's UTC date is this (reproducible runs, tests)")
+    run.add_argument("--exchanges", metavar="LIST", help="comma list, e.g. binance,okx")
+    run.add_argument("--streams", metavar="LIST", help="comma list, e.g. trade,bbo")
+    run.add_argument("--symbols", metavar="LIST", help="comma list, e.g. btcusdt")
+    run.add_argument("--overwrite", action="store_true",
+                     help="recompact partitions even when they are up to date")
+    run.add_argument("--retry-quarantine", action="store_true",
+                     help="retry partitions quarantined by an earlier run")
+    run.add_argument("--skip-corrupt", action="store_true",
+                     help="compact without corrupt raw objects; list them in meta.json "
+                     "skipped_files and the state")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (days, partitions, files, bytes, skips) and exit")
+    other = p.add_argument_group("other actions")
+    other.add_argument("--quality-report", action="store_true",
+                       help="print a summary of the state's last 14 days and exit (read-only)")
+    other.add_argument("--repair-state", action="store_true",
+                       help="back up a malformed compacted/_state.json and write a fresh one "
+                       "keeping every entry that still validates, then exit")
+    other.add_argument("--demo", metavar="DIR", type=Path,
+                       help="generate a small raw lake in DIR/raw, compact it into "
+                       "DIR/compact (local stores) and print the state summary")
+    where = p.add_argument_group("stores and resources")
+    where.add_argument("--raw", metavar="URI",
+                       help="raw store: s3://bucket[/prefix] or a directory "
+                       "(default s3://$S3_BUCKET, bucket quantlab-raw)")
+    where.add_argument("--compact", metavar="URI",
+                       help="compact store (default s3://$S3_COMPACT_BUCKET, "
+                       "bucket quantlab-compact)")
+    where.add_argument("--env-file", metavar="PATH",
+                       help="dotenv file with S3_* settings (default ./.env if present); "
+                       "real environment variables win")
+    where.add_argument("--tmp-dir", metavar="DIR", type=Path, default=DEFAULT_TMP,
+                       help=f"local scratch space (default {DEFAULT_TMP})")
+    where.add_argument("--memory-budget", metavar="SIZE", default=None,
+                       help="rows buffered by the merge, e.g. 512M or 2G "
+                       f"(default {DEFAULT_MEMORY_BUDGET >> 20}M)")
+    where.add_argument("--log-format", choices=FORMATS, default="human",
+                       help="human (default) or json lines, on stderr")
+    return p
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1.5g', '300000000' -> bytes (binary units). UsageError otherwise."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"--memory-budget: not a size like 512M or 2G: {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    value = int(number * 1024 ** "_kmgt".index(unit or "_"))
+    if value < 1 << 20:
+        raise UsageError(f"--memory-budget: {text!r} is below 1M")
+    return value
+
+
+def load_env(path_arg: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings from the dotenv file (if any) overlaid by the real environment."""
+    path = Path(path_arg) if path_arg else Path(".env")
+    if not path.is_file():
+        if path_arg:
+            raise UsageError(f"--env-file {path_arg}: no such file")
+        return dict(environ)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s is readable by other users (mode %o); chmod 600 it",
+                    path, stat.S_IMODE(mode))
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--env-file {path}: cannot read it ({type(exc).__name__})") from None
+    env = {k: v for k, v in values.items() if v is not None}
+    env.update(environ)
+    return env
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _today(args: argparse.Namespace) -> date:
+    if not args.today:
+        return utc_today()
+    try:
+        return parse_day(args.today)
+    except ValueError:
+        raise UsageError(f"--today: not a YYYYMMDD date: {args.today!r}") from None
+
+
+def open_stores(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Store, Store]:
+    raw_uri = args.raw or f"s3://{env.get('S3_BUCKET') or DEFAULT_RAW_BUCKET}"
+    compact_uri = args.compact or f"s3://{env.get('S3_COMPACT_BUCKET') or DEFAULT_COMPACT_BUCKET}"
+    return open_store(raw_uri, env, role="raw"), open_store(compact_uri, env, role="compact")
+
+
+def merge_settings(args: argparse.Namespace) -> MergeSettings:
+    if args.memory_budget is None:
+        return MergeSettings()
+    return MergeSettings(memory_budget=parse_size(args.memory_budget))
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: stop after the running partition (whose merge aborts).
+
+    A second one exits at once; meta.json being the commit marker, no partial
+    output is visible.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: finishing cleanly (send it again to exit at once)",
+                    signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def state_document(state: StateStore) -> dict[str, Any]:
+    """The state as the readers see it (for summaries)."""
+    partitions = {}
+    for key in state.partition_keys():
+        entry = state.get(key)
+        if entry is not None:
+            partitions[key] = entry.to_json()
+    return {
+        "last_compacted_date": state.last_compacted_date,
+        "updated_at": state.updated_at,
+        "partitions": partitions,
+    }
+
+
+def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
+    try:
+        filters = Filters.parse(args.exchanges, args.streams, args.symbols)
+    except ValueError as exc:
+        raise UsageError(f"--exchanges/--streams/--symbols: {exc}") from None
+    return PlanOptions(
+        mode=Mode(args.mode), today=today, date_from=args.date_from, date_to=args.date_to,
+        filters=filters, overwrite=args.overwrite, retry_quarantine=args.retry_quarantine,
+    )
+
+
+def execute(
+    plan: Plan, raw: Store, compact: Store, state: StateStore, settings: CompactSettings,
+    stop: StopFlag,
+) -> RunReport:
+    run_id = uuid.uuid4().hex[:12]
+    log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
+             len(plan.to_compact), len(plan.partitions))
+    with LeaseManager(compact, owner=LeaseOwner.current(run_id)) as leases:
+        job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop)
+        return job.run()
+
+
+def run_once(args: argparse.Namespace, raw: Store, compact: Store, stop: StopFlag) -> int:
+    today = _today(args)
+    options = plan_options(args, today)
+    settings = CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args),
+                               skip_corrupt=args.skip_corrupt)
+    raw.check()
+    compact.check()
+    state = StateStore(compact)
+    state.load()
+    plan = build_plan(raw, compact, state, options)
+    if args.dry_run:
+        print(plan.render())
+        return EXIT_OK
+    report = execute(plan, raw, compact, state, settings, stop)
+    print(report.render())
+    if stop.exit_code is not None:
+        return stop.exit_code
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def quality_report(args: argparse.Namespace, compact: Store) -> int:
+    compact.check()
+    state = StateStore(compact)
+    state.load()
+    print(summarize_state(state_document(state), format_day(_today(args))))
+    return EXIT_OK
+
+
+def repair_state(compact: Store) -> int:
+    compact.check()
+    result = StateStore(compact).backup_and_reset()
+    if result.backup_key is None:
+        print(f"{compact.uri}: state is valid ({result.kept_entries} entries); nothing done")
+    else:
+        print(f"backed up to {result.backup_key}; kept {result.kept_entries} entries, "
+              f"dropped {result.dropped_entries}; last_compacted_date "
+              f"{result.last_compacted_date or '-'}")
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
+    """Generate a small lake, backfill every demo day, then a catch-up marks them ready."""
+    from compressor.generator import write_demo_lake
+
+    root: Path = args.demo
+    today = _today(args)
+    days = [format_day(today - timedelta(days=n)) for n in range(DEMO_DAYS, 0, -1)]
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "compact").mkdir(parents=True, exist_ok=True)
+    written = write_demo_lake(root / "raw", days, **DEMO_SHAPE)
+    log.info("demo: wrote %d raw partitions for %s into %s", len(written), ", ".join(days),
+             root / "raw")
+    base = ["--raw", str(root / "raw"), "--compact", str(root / "compact"),
+            "--today", format_day(today), "--tmp-dir", str(args.tmp_dir),
+            "--log-format", args.log_format]
+    runs = [["--mode", "backfill", "--date-from", days[0], "--date-to", days[-1]],
+            ["--mode", "catch-up"]]
+    code = EXIT_OK
+    for extra in runs:
+        sub = build_parser().parse_args(base + extra)
+        raw, compact = open_stores(sub, {})
+        code = max(code, run_once(sub, raw, compact, stop))
+        if stop.exit_code is not None:
+            return stop.exit_code
+    state = StateStore(open_store(str(root / "compact"), {}, role="compact"))
+    print()
+    print(summarize_state(state_document(state), format_day(today)))
+    print(f"\noutputs: {root / 'compact'}   state: {root / 'compact/compacted/_state.json'}")
+    return code
+
+
+def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
+    if args.demo is not None:
+        return run_demo(args, stop)
+    env = load_env(args.env_file, os.environ)
+    raw, compact = open_stores(args, env)
+    if args.quality_report:
+        return quality_report(args, compact)
+    if args.repair_state:
+        return repair_state(compact)
+    return run_once(args, raw, compact, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    stop = StopFlag()
+    try:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.log_format)
+        stop.install()
+        return _dispatch(args, stop)
+    except (UsageError, StoreError, StateCorruptError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,291 @@
+"""Execute a Plan: every partition of every day ascending, then report.
+
+One partition failing never stops the others. Each outcome is recorded in the
+state (batched compare-and-swap writes, flushed at the end of every day), and
+last_compacted_date moves per `compressor.state.ready_date`: a day not done
+holds it back while later days are still compacted.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from compressor.layout import PartitionId
+from compressor.lease import LeaseLost, LeaseManager
+from compressor.merge_errors import MergeAborted
+from compressor.planning import DONE_SKIPS, Action, Plan, PlannedPartition, Reason
+from compressor.publish import BadInputError, CompactSettings, VerificationError, compact_partition
+from compressor.state import PartitionState, StateStore, one_line, ready_date, utc_iso
+from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.StrEnum):
+    SUCCESS = "success"
+    UP_TO_DATE = "up to date"
+    NO_DATA = "no data"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+    #: Quarantined by an earlier run and left alone (see --retry-quarantine).
+    STILL_QUARANTINED = "still quarantined"
+    #: Another run holds the partition's lease and is working on it.
+    BUSY = "busy elsewhere"
+    #: The run was asked to stop before reaching the partition.
+    NOT_RUN = "not run"
+
+
+DONE = frozenset({Status.SUCCESS, Status.UP_TO_DATE, Status.NO_DATA})
+PROBLEMS = frozenset({Status.FAILED, Status.QUARANTINED, Status.STILL_QUARANTINED})
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    pid: PartitionId
+    status: Status
+    rows: int = 0
+    size_bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    failed_key: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+
+@dataclass
+class RunReport:
+    """What a run did: one outcome per planned partition and the readiness move."""
+
+    plan: Plan
+    outcomes: list[PartitionOutcome] = field(default_factory=list)
+    last_compacted_before: str | None = None
+    last_compacted_after: str | None = None
+    stopped: bool = False
+    state_error: str | None = None
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status is status)
+
+    @property
+    def problems(self) -> list[PartitionOutcome]:
+        return [o for o in self.outcomes if o.status in PROBLEMS]
+
+    @property
+    def ok(self) -> bool:
+        """Every planned partition succeeded, was up to date, or is being done elsewhere."""
+        return not self.problems and not self.stopped and self.state_error is None
+
+    def render(self) -> str:
+        counts = ", ".join(
+            f"{self.count(s)} {s.value}" for s in Status if self.count(s)
+        ) or "nothing to do"
+        lines = [
+            f"{self.plan.mode.value} run over {', '.join(self.plan.days) or 'no days'}: "
+            f"{counts} in {self.seconds:.1f}s",
+            f"last_compacted_date: {self.last_compacted_before or '-'} -> "
+            f"{self.last_compacted_after or '-'}",
+        ]
+        for o in self.problems:
+            lines.append(f"  {o.status.value}: {o.pid.state_key}: {o.error}")
+        if self.state_error:
+            lines.append(f"  state not saved: {self.state_error}")
+        if self.stopped:
+            lines.append("  stopped by a signal; the remaining partitions run next time")
+        return "\n".join(lines)
+
+
+def _never() -> bool:
+    return False
+
+
+class Job:
+    """Runs one Plan against the stores; build it, then call `run()` once."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        raw: Store,
+        compact: Store,
+        state: StateStore,
+        settings: CompactSettings,
+        *,
+        leases: LeaseManager | None = None,
+        should_stop: Callable[[], bool] = _never,
+    ) -> None:
+        self.plan = plan
+        self.raw = raw
+        self.compact = compact
+        self.state = state
+        self.settings = settings
+        self.leases = leases
+        self.should_stop = should_stop
+        self.report = RunReport(plan)
+
+    def run(self) -> RunReport:
+        started = time.monotonic()
+        report = self.report
+        report.last_compacted_before = self.plan.last_compacted_date
+        report.last_compacted_after = self.plan.last_compacted_date
+        done_days: dict[str, bool] = {}
+        for day in self.plan.days:
+            outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
+            report.outcomes.extend(outcomes)
+            done_days[day] = all(o.done for o in outcomes) and not report.stopped
+            self._advance(done_days)
+            self._flush()
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- readiness + state -------------------------------------------------------
+
+    def _advance(self, done_days: dict[str, bool]) -> None:
+        """Move last_compacted_date over the ready days finished so far."""
+        if not self.plan.ready_days:
+            return
+        seen = max(done_days)
+        days = [(d, done_days.get(d, False)) for d in self.plan.ready_days if d <= seen]
+        new = ready_date(self.plan.last_compacted_date, days)
+        if new != self.report.last_compacted_after:
+            log.info("last_compacted_date -> %s", new)
+            self.state.advance_last_compacted(new)
+            self.report.last_compacted_after = new
+
+    def _record(self, pid: PartitionId, entry: PartitionState) -> None:
+        try:
+            self.state.record(pid, entry)
+        except TransientStoreError as exc:  # kept queued; the next flush retries
+            log.warning("state flush deferred: %s", one_line(str(exc), 300))
+
+    def _flush(self) -> None:
+        try:
+            self.state.flush()
+            self.report.state_error = None
+        except TransientStoreError as exc:
+            self.report.state_error = one_line(str(exc), 300)
+            log.error("state not saved yet: %s", self.report.state_error)
+
+    # -- one partition -------------------------------------------------------------
+
+    def _run_one(self, planned: PlannedPartition) -> PartitionOutcome:
+        pid = planned.pid
+        if self.report.stopped or self.should_stop():
+            self.report.stopped = True
+            return PartitionOutcome(pid, Status.NOT_RUN)
+        if planned.action is Action.SKIP:
+            return self._skip(planned)
+        with self._lease(pid) as fence:
+            if fence is None:
+                log.info("%s: skipped: another run holds its lease", pid.state_key)
+                return PartitionOutcome(pid, Status.BUSY)
+            return self._compact(planned, fence)
+
+    def _skip(self, planned: PlannedPartition) -> PartitionOutcome:
+        pid = planned.pid
+        log.info("%s: skipped: %s", pid.state_key, planned.describe)
+        if planned.reason is Reason.QUARANTINED:
+            entry = self.state.get(pid)
+            return PartitionOutcome(
+                pid, Status.STILL_QUARANTINED,
+                error=entry.error if entry else planned.detail,
+                failed_key=entry.failed_key if entry else None,
+            )
+        assert planned.reason in DONE_SKIPS
+        if planned.reason is Reason.NO_DATA:
+            return PartitionOutcome(pid, Status.NO_DATA)
+        meta = planned.meta or {}
+        rows, size = int(meta.get("rows", 0)), int(meta.get("size_bytes", 0))
+        entry = self.state.get(pid)
+        if entry is None or entry.status != "success" or entry.rows != rows:
+            # meta.json is the truth; the state lost track (crash before a flush).
+            now = utc_iso(time.time())
+            quality = meta.get("day_quality")
+            self._record(pid, PartitionState.success(
+                rows=rows, total_size_bytes=size, started_at=now,
+                attempts=entry.attempts if entry else 1,
+                day_quality_post=quality if isinstance(quality, dict) else None,
+                skipped_files=meta.get("skipped_files"),
+            ))
+        return PartitionOutcome(pid, Status.UP_TO_DATE, rows=rows, size_bytes=size)
+
+    @contextmanager
+    def _lease(self, pid: PartitionId) -> Iterator[Callable[[], None] | None]:
+        """Yields the fencing check to run before publishing, or None when the lease is taken."""
+        if self.leases is None:
+            yield lambda: None
+            return
+        lease = self.leases.acquire(pid)
+        if lease is None:
+            yield None
+            return
+        try:
+            yield lease.check_held
+        finally:
+            lease.release()
+
+    def _compact(self, planned: PlannedPartition, fence: Callable[[], None]) -> PartitionOutcome:
+        pid, part = planned.pid, planned.partition
+        previous = self.state.get(pid)
+        attempts = previous.attempts + 1 if previous else 1
+        started_at = utc_iso(time.time())
+        self._record(pid, PartitionState.in_progress(started_at=started_at, attempts=attempts))
+        log.info("%s: compacting %d files, %d bytes (%s)", pid.state_key, part.file_count,
+                 part.total_bytes, planned.describe)
+        clock = time.monotonic()
+        try:
+            result = compact_partition(part, self.raw, self.compact, self.settings,
+                                       should_stop=self.should_stop, fence=fence)
+        except StoreConfigError:
+            raise  # the store itself is unusable: the run stops (exit 2)
+        except Exception as exc:
+            return self._failed(pid, exc, started_at, attempts, time.monotonic() - clock)
+        seconds = time.monotonic() - clock
+        self._record(pid, PartitionState.success(
+            rows=result.rows, total_size_bytes=result.size_bytes, started_at=started_at,
+            attempts=attempts, day_quality_post=result.quality.to_dict(),
+            skipped_files=result.skipped_files or None,
+        ))
+        log.info("%s: published %d rows, %d bytes in %.1fs%s", pid.state_key, result.rows,
+                 result.size_bytes, seconds,
+                 f", {len(result.skipped_files)} corrupt files skipped"
+                 if result.skipped_files else "")
+        return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds)
+
+    def _failed(
+        self, pid: PartitionId, exc: Exception, started_at: str, attempts: int, seconds: float
+    ) -> PartitionOutcome:
+        status, failed_key, error = classify(exc)
+        if status is Status.FAILED and isinstance(exc, MergeAborted):
+            self.report.stopped = True
+        if status is Status.FAILED and not isinstance(exc, _EXPECTED):
+            log.exception("%s: unexpected error", pid.state_key)
+        log.error("%s: %s: %s", pid.state_key, status.value, error)
+        self._record(pid, PartitionState.failure(
+            status=status.value, error=error, started_at=started_at,
+            failed_key=failed_key, attempts=attempts,
+        ))
+        return PartitionOutcome(pid, status, seconds=seconds, error=error, failed_key=failed_key)
+
+
+#: Failures with a clear one-line story (no traceback in the log).
+_EXPECTED = (StoreError, OSError, VerificationError, MergeAborted, LeaseLost, BadInputError)
+
+
+def classify(exc: Exception) -> tuple[Status, str | None, str]:
+    """(status, failing key, one-line error) for an exception out of compact_partition."""
+    if isinstance(exc, BadInputError):
+        return Status.QUARANTINED, exc.key, one_line(str(exc))
+    if isinstance(exc, MergeAborted):
+        return Status.FAILED, None, "interrupted"
+    if isinstance(exc, LeaseLost):
+        return Status.FAILED, None, one_line(str(exc))
+    if isinstance(exc, StoreError | OSError | VerificationError):
+        return Status.FAILED, None, one_line(f"{type(exc).__name__}: {exc}")
+    return Status.FAILED, None, one_line(f"unexpected {type(exc).__name__}: {exc}")

@@ -1,0 +1,319 @@
+"""Compact one partition: download, merge, verify, publish with meta.json as commit marker.
+
+Publish order (any crash leaves a reader-consistent bucket):
+
+1. delete the old meta.json if there is one (the partition disappears for readers);
+2. upload data.parquet (multipart when large);
+3. put meta.json last.
+
+So whenever meta.json is visible, the data.parquet beside it is the one it
+describes (rows, sha256), also during --overwrite. A lease check (`fence`) runs
+before the first write and again right before meta.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from compressor import __version__
+from compressor.discovery import Partition
+from compressor.merge_errors import MergeAborted, MergeInputError
+from compressor.merge_writer import MergeResult, MergeSettings, merge_files
+from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
+from compressor.storage.base import ObjectInfo, Store, TransientStoreError
+
+log = logging.getLogger(__name__)
+
+META_SCHEMA_VERSION = 1
+ORDERING_COLUMNS = ["ts_event", "seq"]
+#: Raw objects downloaded at once per partition.
+DOWNLOAD_WORKERS = 16
+#: Rows per batch when the output is re-read for verification.
+VERIFY_BATCH_ROWS = 262_144
+#: Name prefix of per-partition temp dirs (issue 4 cleans leftovers of dead runs by it).
+TMP_PREFIX = "qlc-part-"
+
+
+class BadInputError(Exception):
+    """A raw object the merge cannot use; the partition is quarantined. Names the key."""
+
+    def __init__(self, key: str, reason: str, column: str | None = None, corrupt: bool = False):
+        self.key = key
+        self.column = column
+        self.corrupt = corrupt
+        where = key + (f" column {column!r}" if column else "")
+        super().__init__(f"{where}: {reason}")
+
+
+class VerificationError(Exception):
+    """The merged file failed its own check; nothing was published."""
+
+
+class RawChangedError(TransientStoreError):
+    """A raw object changed between listing and download; retry on the next run."""
+
+
+@dataclass(frozen=True)
+class CompactSettings:
+    tmp_root: Path
+    merge: MergeSettings = field(default_factory=MergeSettings)
+    download_workers: int = DOWNLOAD_WORKERS
+    skip_corrupt: bool = False
+
+
+@dataclass
+class CompactResult:
+    """What one compaction published."""
+
+    rows: int
+    size_bytes: int
+    sha256: str
+    quality: DayQuality
+    merge: MergeResult
+    meta: dict[str, Any]
+    skipped_files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Verified:
+    rows: int
+    ts_event_min: int | None
+    ts_event_max: int | None
+    size_bytes: int
+    sha256: str
+
+
+def _never() -> bool:
+    return False
+
+
+def _no_fence() -> None:
+    return None
+
+
+def compact_partition(
+    partition: Partition,
+    raw: Store,
+    compact: Store,
+    settings: CompactSettings,
+    *,
+    should_stop: Callable[[], bool] = _never,
+    fence: Callable[[], None] = _no_fence,
+) -> CompactResult:
+    """Compact and publish one partition; its temp dir is removed whatever happens.
+
+    Raises BadInputError (quarantine), MergeAborted (stop asked), VerificationError,
+    and StoreError/OSError from the stores and the disk.
+    """
+    settings.tmp_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=settings.tmp_root))
+    try:
+        started = time.monotonic()
+        inputs = download(partition, raw, work / "in", settings.download_workers, should_stop)
+        output = work / "data.parquet"
+        merged, quality, skipped = _merge(partition, inputs, output, work, settings, should_stop)
+        expected = sum(pq.read_metadata(path).num_rows for path, _ in inputs if path not in skipped)
+        verified = verify_output(output, expected)
+        skipped_keys = [key for path, key in inputs if path in skipped]
+        meta = build_meta(partition, verified, quality, merged, skipped_keys,
+                          time.monotonic() - started)
+        publish(compact, partition, output, meta, fence)
+        return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
+                             merged, meta, skipped_keys)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download(
+    partition: Partition,
+    raw: Store,
+    directory: Path,
+    workers: int,
+    should_stop: Callable[[], bool] = _never,
+) -> list[tuple[Path, str]]:
+    """Fetch every raw file to `directory` (names keep key order); [(path, key)]."""
+    directory.mkdir(parents=True, exist_ok=True)
+    jobs = [(directory / f"{n:06d}.parquet", info) for n, info in enumerate(partition.files)]
+    stop = threading.Event()
+
+    def fetch(path: Path, listed: ObjectInfo) -> None:
+        if stop.is_set() or should_stop():
+            raise MergeAborted("interrupted while downloading")
+        got = raw.get_file(listed.key, path)
+        if got.size != listed.size or _etag(got.etag) != _etag(listed.etag):
+            raise RawChangedError(f"{listed.key}: raw object changed since it was listed")
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="get") as pool:
+        futures = [pool.submit(fetch, path, info) for path, info in jobs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+    return [(path, info.key) for path, info in jobs]
+
+
+def _etag(value: str) -> str:
+    return value.strip().strip('"')
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _merge(
+    partition: Partition,
+    inputs: Sequence[tuple[Path, str]],
+    output: Path,
+    work: Path,
+    settings: CompactSettings,
+    should_stop: Callable[[], bool],
+) -> tuple[MergeResult, DayQuality, set[Path]]:
+    """merge_files, again without each corrupt object when --skip-corrupt asks for it."""
+    keys = {path: key for path, key in inputs}
+    skipped: set[Path] = set()
+    quality = QualityAccumulator(partition.pid.date)
+    while True:
+        quality.reset()
+        paths = [path for path, _ in inputs if path not in skipped]
+        try:
+            result = merge_files(paths, output, tmp_dir=work / "spill", settings=settings.merge,
+                                 on_batch=quality, should_stop=should_stop)
+            return result, quality.result(), skipped
+        except MergeInputError as exc:
+            key = keys.get(Path(exc.path), exc.path)
+            if not (settings.skip_corrupt and exc.corrupt and Path(exc.path) in keys):
+                raise BadInputError(key, exc.reason, exc.column, exc.corrupt) from exc
+            log.warning("%s: corrupt, skipped (--skip-corrupt): %s", key, exc.reason)
+            skipped.add(Path(exc.path))
+            output.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_output(path: Path, expected_rows: int) -> Verified:
+    """Re-read the merged file: row count, ts_event non-decreasing, seq == 0..N-1."""
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if names[:2] != ORDERING_COLUMNS:
+        raise VerificationError(f"{path.name}: columns start {names[:2]}, not {ORDERING_COLUMNS}")
+    rows = pf.metadata.num_rows
+    if rows != expected_rows:
+        raise VerificationError(f"{path.name}: {rows} rows, but the inputs hold {expected_rows}")
+    seen, ts_min, ts_max = 0, None, None
+    for batch in pf.iter_batches(batch_size=VERIFY_BATCH_ROWS, columns=ORDERING_COLUMNS):
+        ts, seq = batch.column(0), batch.column(1)
+        if ts.null_count or seq.null_count:
+            raise VerificationError(f"{path.name}: null ts_event or seq near row {seen}")
+        ts_int = pc.cast(ts, "int64")
+        first, last = ts_int[0].as_py(), ts_int[-1].as_py()
+        if ts_max is not None and first < ts_max:
+            raise VerificationError(f"{path.name}: ts_event decreases at row {seen}")
+        if len(ts_int) > 1 and pc.min(pc.pairwise_diff(ts_int)).as_py() < 0:
+            raise VerificationError(f"{path.name}: ts_event decreases near row {seen}")
+        if seq[0].as_py() != seen or (
+            len(seq) > 1 and not _all_equal(pc.pairwise_diff(seq), 1)
+        ):
+            raise VerificationError(f"{path.name}: seq is not 0..N-1 near row {seen}")
+        ts_min = first if ts_min is None else ts_min
+        ts_max = last
+        seen += len(batch)
+    if seen != rows:
+        raise VerificationError(f"{path.name}: footer says {rows} rows, read {seen}")
+    return Verified(rows, ts_min, ts_max, path.stat().st_size, file_sha256(path))
+
+
+def _all_equal(values: Any, expected: int) -> bool:
+    valid = pc.drop_null(values)
+    return bool(pc.all(pc.equal(valid, expected)).as_py())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- meta + publish
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_meta(
+    partition: Partition,
+    verified: Verified,
+    quality: DayQuality,
+    merged: MergeResult,
+    skipped_keys: list[str],
+    seconds: float,
+) -> dict[str, Any]:
+    """meta.json: BRIEF §2 keys, the source fingerprint, and the merge figures."""
+    figures = asdict(merged)
+    figures.pop("columns", None)
+    figures["seconds"] = round(seconds, 3)
+    meta: dict[str, Any] = {
+        "schema_version": META_SCHEMA_VERSION,
+        "rows": verified.rows,
+        "ts_event_min": verified.ts_event_min,
+        "ts_event_max": verified.ts_event_max,
+        "ordering_columns": list(ORDERING_COLUMNS),
+        "sha256": verified.sha256,
+        "size_bytes": verified.size_bytes,
+        "source_files": partition.file_count - len(skipped_keys),
+        "source_fingerprint": partition.fingerprint,
+        "stream_type": partition.pid.stream,
+        "day_quality": quality.to_dict(),
+        "post_filter_version": POST_FILTER_VERSION,
+        "compactor_version": __version__,
+        "created_at": utc_now_iso(),
+        "merge": figures,
+    }
+    if skipped_keys:
+        meta["skipped_files"] = list(skipped_keys)
+    return meta
+
+
+def publish(
+    compact: Store,
+    partition: Partition,
+    data_path: Path,
+    meta: dict[str, Any],
+    fence: Callable[[], None] = _no_fence,
+) -> None:
+    """Delete old meta.json, upload data.parquet, put meta.json last (see module doc)."""
+    pid = partition.pid
+    fence()
+    if compact.head(pid.meta_key) is not None:
+        compact.delete(pid.meta_key)
+    uploaded = compact.put_file(pid.data_key, data_path)
+    if uploaded.size != meta["size_bytes"]:
+        raise TransientStoreError(
+            f"{pid.data_key}: uploaded {uploaded.size} bytes, expected {meta['size_bytes']}"
+        )
+    fence()
+    body = json.dumps(meta, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    compact.put_bytes(pid.meta_key, body)

@@ -1,0 +1,205 @@
+"""Per-partition data quality, computed while the merge writes (merge_files(on_batch=...)).
+
+The figures become meta.json `day_quality` and the state's `day_quality_post`.
+`summarize_state` is the minimal `--quality-report`: a text summary of the last
+14 days of `_state.json`; richer formats (and the collector health windows of
+BRIEF §5) are the next issue's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from compressor.layout import parse_day
+
+#: Version of the row filtering applied after the merge. 1: none, every raw row is kept.
+POST_FILTER_VERSION = 1
+#: Columns that never make two rows different for duplicate counting.
+_NOT_IDENTITY = ("seq", "ts_recv")
+#: Lags below this (ms, absolute) are counted exactly; larger ones to the second.
+_EXACT_LAG_MS = 10_000
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class DayQuality:
+    """Quality figures of one compacted partition-day (ts in milliseconds)."""
+
+    rows: int
+    out_of_day_rows: int
+    duplicate_rows: int
+    max_gap_ms: int | None
+    lag_p50_ms: int | None
+    lag_p99_ms: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class QualityAccumulator:
+    """Feed it every output batch in order (`on_batch`); `result()` gives the figures.
+
+    - out_of_day_rows: ts_event outside the partition's UTC day.
+    - duplicate_rows: rows equal to an earlier row in every column but seq and ts_recv
+      (the same event delivered twice); counted across batch boundaries.
+    - max_gap_ms: largest step between consecutive ts_event.
+    - lag_p50_ms / lag_p99_ms: ts_recv - ts_event percentiles (exact below 10 s).
+    """
+
+    def __init__(self, day: str) -> None:
+        start = datetime.combine(parse_day(day), datetime.min.time(), tzinfo=UTC)
+        self._day_start = int(start.timestamp() * 1000)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything fed so far (the merge is being redone)."""
+        self._rows = 0
+        self._out_of_day = 0
+        self._duplicates = 0
+        self._max_gap: int | None = None
+        self._last_ts: int | None = None
+        self._lags: Counter[int] = Counter()
+        self._carry: pa.Table | None = None
+
+    def __call__(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        ts = _as_ms(batch.column("ts_event"))
+        self._rows += batch.num_rows
+        self._count_out_of_day(ts)
+        self._track_gap(ts)
+        if "ts_recv" in batch.schema.names:
+            self._count_lags(ts, _as_ms(batch.column("ts_recv")))
+        self._count_duplicates(pa.Table.from_batches([batch]), ts)
+
+    def result(self) -> DayQuality:
+        if self._carry is not None:
+            self._duplicates += _duplicates_in(self._carry)
+            self._carry = None
+        return DayQuality(
+            rows=self._rows,
+            out_of_day_rows=self._out_of_day,
+            duplicate_rows=self._duplicates,
+            max_gap_ms=self._max_gap,
+            lag_p50_ms=_percentile(self._lags, 0.50),
+            lag_p99_ms=_percentile(self._lags, 0.99),
+        )
+
+    def _count_out_of_day(self, ts: pa.Array) -> None:
+        outside = pc.or_(
+            pc.less(ts, self._day_start), pc.greater_equal(ts, self._day_start + _DAY_MS)
+        )
+        self._out_of_day += int(pc.sum(pc.cast(outside, pa.int64())).as_py() or 0)
+
+    def _track_gap(self, ts: pa.Array) -> None:
+        first, last = ts[0].as_py(), ts[-1].as_py()
+        gaps = [self._max_gap]
+        if self._last_ts is not None:
+            gaps.append(first - self._last_ts)
+        if len(ts) > 1:
+            gaps.append(pc.max(pc.pairwise_diff(ts)).as_py())
+        self._max_gap = max((g for g in gaps if g is not None), default=None)
+        self._last_ts = last
+
+    def _count_lags(self, ts: pa.Array, recv: pa.Array) -> None:
+        lag = pc.subtract(recv, ts)
+        coarse = pc.multiply(pc.divide(lag, 1000), 1000)
+        binned = pc.if_else(pc.less(pc.abs(lag), _EXACT_LAG_MS), lag, coarse)
+        for item in pc.value_counts(pc.drop_null(binned)).to_pylist():
+            self._lags[item["values"]] += item["counts"]
+
+    def _count_duplicates(self, table: pa.Table, ts: pa.Array) -> None:
+        """Rows of the last ts_event wait for the next batch: their group may continue there."""
+        if self._carry is not None:
+            table = pa.concat_tables([self._carry, table], promote_options="permissive")
+        tail = int(pc.sum(pc.cast(pc.equal(ts, ts[-1]), pa.int64())).as_py() or 0)
+        head_rows = table.num_rows - tail
+        self._duplicates += _duplicates_in(table.slice(0, head_rows))
+        self._carry = table.slice(head_rows)
+
+
+def _as_ms(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """int64 milliseconds from an integer (already ms) or timestamp column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("ms"), safe=False)
+    return pc.cast(column, pa.int64())
+
+
+def _duplicates_in(table: pa.Table) -> int:
+    if table.num_rows < 2:
+        return 0
+    keys = [
+        name
+        for name, typ in zip(table.column_names, table.schema.types, strict=True)
+        if name not in _NOT_IDENTITY and not pa.types.is_nested(typ)
+    ]
+    groups = table.group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    return table.num_rows - groups.num_rows
+
+
+def _percentile(counts: Counter[int], q: float) -> int | None:
+    """Nearest-rank percentile of a histogram."""
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    rank = max(1, -(-int(q * total * 1_000_000) // 1_000_000))  # ceil without float drift
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value
+    return max(counts)
+
+
+# --- --quality-report (read-only) -------------------------------------------------
+
+REPORT_DAYS = 14
+
+
+def summarize_state(state: Mapping[str, Any], today: str, days: int = REPORT_DAYS) -> str:
+    """Text summary of the last `days` days before `today` from a `_state.json` document."""
+    end = parse_day(today)
+    wanted = [(end - timedelta(days=n)).strftime("%Y%m%d") for n in range(days, 0, -1)]
+    per_day: dict[str, list[Mapping[str, Any]]] = {d: [] for d in wanted}
+    for key, entry in (state.get("partitions") or {}).items():
+        day = str(key).rsplit("/", 1)[-1]
+        if day in per_day and isinstance(entry, Mapping):
+            per_day[day].append(entry)
+    last = state.get("last_compacted_date")
+    lines = [
+        f"last_compacted_date: {last or '-'}   updated_at: {state.get('updated_at') or '-'}",
+        f"{'day':<9} {'ready':<5} {'parts':>5} {'ok':>5} {'failed':>6} {'quar':>4} "
+        f"{'rows':>13} {'out_of_day':>10} {'dups':>8} {'max_gap_s':>9} {'lag_p99_ms':>10}",
+    ]
+    for day in wanted:
+        lines.append(_day_line(day, per_day[day], last))
+    return "\n".join(lines)
+
+
+def _day_line(day: str, entries: list[Mapping[str, Any]], last: object) -> str:
+    status = Counter(str(e.get("status")) for e in entries)
+    ok = [e for e in entries if e.get("status") == "success"]
+    quality = [e.get("day_quality_post") or {} for e in ok]
+    gaps = [_int(q.get("max_gap_ms")) for q in quality]
+    lags = [_int(q.get("lag_p99_ms")) for q in quality]
+    ready = "yes" if isinstance(last, str) and last >= day else "no"
+    return (
+        f"{day:<9} {ready:<5} {len(entries):>5} {status['success']:>5} {status['failed']:>6} "
+        f"{status['quarantined']:>4} {sum(_int(e.get('rows')) for e in ok):>13,} "
+        f"{sum(_int(q.get('out_of_day_rows')) for q in quality):>10,} "
+        f"{sum(_int(q.get('duplicate_rows')) for q in quality):>8,} "
+        f"{(max(gaps) / 1000 if gaps else 0):>9.1f} {(max(lags) if lags else 0):>10}"
+    )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
