@@ -90,8 +90,9 @@ REPAIR_HINT = "run with --repair-state to back it up and start a fresh state"
 
 def utc_iso(ts: float) -> str:
     """Epoch seconds -> '2024-01-02T03:04:05.123Z' (UTC, millisecond precision)."""
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    seconds, millis = divmod(round(ts * 1000), 1000)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
 
 
 def parse_utc_iso(text: str) -> float:
