@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -96,10 +97,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-@pytest.fixture
-def bucket_factory(moto_server: str) -> Callable[[], str]:
-    """Creates a fresh, empty bucket with a unique name on each call."""
-    client = boto3.client(
+@pytest.fixture(scope="session")
+def _admin_client(moto_server: str) -> Any:
+    return boto3.client(
         "s3",
         endpoint_url=moto_server,
         aws_access_key_id=TEST_ACCESS_KEY,
@@ -107,9 +107,14 @@ def bucket_factory(moto_server: str) -> Callable[[], str]:
         region_name=TEST_REGION,
     )
 
+
+@pytest.fixture
+def bucket_factory(_admin_client: Any) -> Callable[[], str]:
+    """Creates a fresh, empty bucket with a unique name on each call."""
+
     def make() -> str:
         name = f"qlc-test-{uuid.uuid4().hex[:16]}"
-        client.create_bucket(Bucket=name)
+        _admin_client.create_bucket(Bucket=name)
         return name
 
     return make
@@ -185,3 +190,27 @@ def s3proxy(moto_server: str) -> Iterator[S3Proxy]:
     """A counting, fault-injecting proxy in front of the moto server (see tests/s3proxy.py)."""
     with S3Proxy(moto_server) as proxy:
         yield proxy
+
+
+# =============================================================================
+# Job-level helpers (discovery, planning, publish, CLI tests). Appended by the
+# owner of compressor/job.py; everything above belongs to the storage fixtures.
+# =============================================================================
+
+
+def put_partition(store: Store, spec: Any, scratch: Path) -> list[str]:
+    """Generate `spec` (a generator.PartitionSpec) and upload every object it makes,
+    strays included, through the storage layer. Returns the data keys in key order."""
+    from compressor.generator import write_partition
+
+    root = scratch / f"gen-{uuid.uuid4().hex[:8]}"
+    paths = write_partition(spec, root)
+    directory = root / spec.partition.prefix
+    for path in sorted(directory.iterdir()):
+        store.put_file(spec.partition.prefix + path.name, path)
+    return [spec.partition.prefix + p.name for p in paths]
+
+
+def store_listing(store: Store) -> dict[str, tuple[int, str]]:
+    """Every object of a store: key -> (size, etag). For before/after comparisons."""
+    return {o.key: (o.size, o.etag) for o in store.list_objects("")}

@@ -125,7 +125,9 @@ class S3Proxy:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="s3proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="s3proxy", daemon=True
+        )
         self._thread.start()
         return self
 

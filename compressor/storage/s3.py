@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,11 +124,6 @@ class S3Store(Store):
         self.multipart_chunksize = multipart_chunksize
         self.max_concurrency = max(1, max_concurrency)
         self._max_attempts = max(1, max_attempts)
-        session = boto3.session.Session(
-            aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None,
-            region_name=region or None,
-        )
         common: dict[str, Any] = {
             "signature_version": "s3v4",
             "max_pool_connections": max_pool_connections,
@@ -140,23 +136,27 @@ class S3Store(Store):
         if endpoint_url:
             common["s3"] = {"addressing_style": "path"}
         config = Config(
-            retries={"mode": retry_mode, "max_attempts": self._max_attempts},
+            retries={"mode": retry_mode, "total_max_attempts": self._max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             **common,
         )
         # check() must answer fast when the endpoint is down, so it retries little.
         check_config = Config(
-            retries={"mode": "standard", "max_attempts": min(2, self._max_attempts)},
+            retries={"mode": "standard", "total_max_attempts": min(2, self._max_attempts)},
             connect_timeout=min(connect_timeout, 3.0),
             read_timeout=min(read_timeout, 10.0),
             **common,
         )
+        credentials = {
+            "endpoint_url": endpoint_url,
+            "region_name": region or None,
+            "aws_access_key_id": access_key or None,
+            "aws_secret_access_key": secret_key or None,
+        }
         try:
-            self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
-            self._check_client = session.client(
-                "s3", endpoint_url=endpoint_url, config=check_config
-            )
+            self._client = _new_client(config, credentials)
+            self._check_client = _new_client(check_config, credentials)
         except (BotoCoreError, ValueError) as exc:
             raise StoreConfigError(
                 f"cannot set up S3 client for bucket {bucket!r} at {self.endpoint}: "
@@ -426,6 +426,22 @@ class S3Store(Store):
         if code in _TRANSIENT or status >= 500 or status == 429:
             return TransientStoreError(f"{text} after {self._max_attempts} attempts")
         return StoreError(text)
+
+
+_SESSION_LOCK = threading.Lock()
+_SESSION: list[boto3.session.Session] = []
+
+
+def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
+    """An S3 client from one shared boto3 session.
+
+    Sharing the session shares its loaded service models (a new session costs
+    ~0.2 s); credentials are per client. Sessions are not thread-safe, hence the lock.
+    """
+    with _SESSION_LOCK:
+        if not _SESSION:
+            _SESSION.append(boto3.session.Session())
+        return _SESSION[0].client("s3", config=config, **kwargs)
 
 
 def _retried(exc: ClientError | BotoCoreError) -> bool:

@@ -1,0 +1,643 @@
+"""One storage contract, run against LocalStore and S3Store (moto server over HTTP).
+
+Backend-specific sections follow: local path confinement and cross-process
+locking; S3 pagination, multipart, configuration errors and fault handling
+through tests/s3proxy.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+
+from compressor.storage import (
+    LocalStore,
+    NotFound,
+    PreconditionFailed,
+    S3Store,
+    Store,
+    StoreConfigError,
+    StoreError,
+    TransientStoreError,
+    open_store,
+)
+from compressor.storage.local import TMP_MARK
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port, make_s3_store
+from tests.s3proxy import FAULT_KINDS, S3Proxy
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def s3_order(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+def keys_of(store: Store, prefix: str = "") -> list[str]:
+    return [o.key for o in store.list_objects(prefix)]
+
+
+def assert_no_secret(err: BaseException) -> None:
+    text = f"{err} {err!r}"
+    assert TEST_SECRET_KEY not in text
+    assert TEST_ACCESS_KEY not in text
+
+
+# Keys chosen so that naive orderings (by code point of a path component,
+# directories first, case-insensitive, locale) disagree with S3's byte order.
+ODD_KEYS = [
+    "a/b",
+    "a-c",
+    "a0",
+    "a/x/y",
+    "A/z",
+    "b c/with space.parquet",
+    "é/z",
+    "e/z",
+    "日本/データ",
+    "ß",
+    "z",
+    "._hidden",
+]
+
+
+# ------------------------------------------------------------------ contract
+
+
+def test_check_passes_on_a_usable_store(store: Store) -> None:
+    store.check()
+    assert store.uri
+
+
+def test_list_prefixes_one_level_in_key_order(store: Store) -> None:
+    for key in ODD_KEYS:
+        store.put_bytes(key, key.encode())
+    expected = s3_order(["a/", "A/", "b c/", "é/", "e/", "日本/"])
+    assert store.list_prefixes("") == expected
+    assert store.list_prefixes("a/") == ["a/x/"]
+    assert store.list_prefixes("a/x/") == []
+    assert store.list_prefixes("nothing/") == []
+
+
+def test_list_prefixes_of_hive_layout(store: Store) -> None:
+    keys = [
+        f"exchange={ex}/stream={st}/symbol=btcusdt/date=2024010{d}/part-1-000001.parquet"
+        for ex in ("okx", "binance", "bybit")
+        for st in ("trade", "bbo")
+        for d in (2, 1)
+    ]
+    for key in keys:
+        store.put_bytes(key, b"x")
+    assert store.list_prefixes("") == [
+        "exchange=binance/",
+        "exchange=bybit/",
+        "exchange=okx/",
+    ]
+    assert store.list_prefixes("exchange=okx/") == [
+        "exchange=okx/stream=bbo/",
+        "exchange=okx/stream=trade/",
+    ]
+    assert store.list_prefixes("exchange=okx/stream=bbo/symbol=btcusdt/") == [
+        "exchange=okx/stream=bbo/symbol=btcusdt/date=20240101/",
+        "exchange=okx/stream=bbo/symbol=btcusdt/date=20240102/",
+    ]
+
+
+def test_empty_store_lists_nothing(store: Store) -> None:
+    assert store.list_prefixes("") == []
+    assert keys_of(store) == []
+    assert keys_of(store, "a/") == []
+
+
+def test_list_objects_is_recursive_in_s3_key_order(store: Store) -> None:
+    shuffled = ODD_KEYS[:]
+    random.Random(7).shuffle(shuffled)
+    for key in shuffled:
+        store.put_bytes(key, key.encode())
+    assert keys_of(store) == s3_order(ODD_KEYS)
+    assert keys_of(store, "a") == ["a-c", "a/b", "a/x/y", "a0"]
+    assert keys_of(store, "a/") == ["a/b", "a/x/y"]
+    infos = {o.key: o for o in store.list_objects("")}
+    for key in ODD_KEYS:
+        assert infos[key].size == len(key.encode())
+        assert infos[key].etag == md5(key.encode())
+
+
+def test_head_reports_size_and_etag(store: Store) -> None:
+    assert store.head("missing/key") is None
+    store.put_bytes("dir/obj", b"hello")
+    info = store.head("dir/obj")
+    assert info is not None
+    assert (info.key, info.size, info.etag) == ("dir/obj", 5, md5(b"hello"))
+    assert store.head("dir") is None  # a prefix is not an object
+
+
+def test_bytes_roundtrip_with_odd_keys(store: Store) -> None:
+    for key in ODD_KEYS:
+        etag = store.put_bytes(key, f"content of {key}".encode())
+        data, got_etag = store.get_bytes(key)
+        assert data == f"content of {key}".encode()
+        assert got_etag == etag == md5(data)
+
+
+def test_empty_object_roundtrip(store: Store) -> None:
+    etag = store.put_bytes("empty", b"")
+    assert store.get_bytes("empty") == (b"", etag)
+    info = store.head("empty")
+    assert info is not None and info.size == 0
+
+
+def test_file_roundtrip(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    payload = os.urandom(300_000)
+    src.write_bytes(payload)
+    put = store.put_file("deep/er/data.parquet", src)
+    assert (put.key, put.size, put.etag) == ("deep/er/data.parquet", len(payload), md5(payload))
+    dest = tmp_path / "out" / "sub" / "copy.bin"
+    got = store.get_file("deep/er/data.parquet", dest)
+    assert dest.read_bytes() == payload
+    assert got == put
+    assert os.listdir(dest.parent) == ["copy.bin"]  # no temp file left beside it
+
+
+def test_get_file_replaces_an_existing_local_file(store: Store, tmp_path: Path) -> None:
+    store.put_bytes("k", b"new")
+    dest = tmp_path / "k"
+    dest.write_bytes(b"old and longer")
+    store.get_file("k", dest)
+    assert dest.read_bytes() == b"new"
+
+
+def test_etag_follows_content(store: Store) -> None:
+    first = store.put_bytes("k", b"one")
+    second = store.put_bytes("k", b"two")
+    third = store.put_bytes("k", b"one")
+    assert first != second
+    assert first == third
+    info = store.head("k")
+    assert info is not None and info.etag == third
+
+
+def test_if_none_match_second_writer_loses(store: Store) -> None:
+    store.put_bytes("lease", b"first", if_none_match=True)
+    with pytest.raises(PreconditionFailed, match="lease"):
+        store.put_bytes("lease", b"second", if_none_match=True)
+    assert store.get_bytes("lease")[0] == b"first"
+
+
+def test_if_match_guards_against_stale_etag(store: Store) -> None:
+    stale = store.put_bytes("state", b"v1")
+    current = store.put_bytes("state", b"v2", if_match=stale)
+    with pytest.raises(PreconditionFailed, match="state"):
+        store.put_bytes("state", b"v3", if_match=stale)
+    assert store.get_bytes("state")[0] == b"v2"
+    quoted = f'"{current}"'  # ETags as S3 prints them are accepted too
+    store.put_bytes("state", b"v3", if_match=quoted)
+    assert store.get_bytes("state")[0] == b"v3"
+
+
+def test_if_match_on_missing_key_fails(store: Store) -> None:
+    with pytest.raises(PreconditionFailed):
+        store.put_bytes("nothing-here", b"x", if_match=md5(b"x"))
+    assert store.head("nothing-here") is None
+
+
+def test_concurrent_create_exactly_one_wins(store: Store) -> None:
+    for round_ in range(5):
+        key = f"locks/round-{round_}.lock"
+        barrier = threading.Barrier(8)
+
+        def writer(i: int, key: str = key, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            try:
+                store.put_bytes(key, f"writer {i}".encode(), if_none_match=True)
+                return True
+            except PreconditionFailed:
+                return False
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(writer, range(8)))
+        assert results.count(True) == 1
+        winner = results.index(True)
+        assert store.get_bytes(key)[0] == f"writer {winner}".encode()
+
+
+def cas_increment(store: Store, key: str, times: int) -> int:
+    """Read-modify-write a counter with If-Match; returns how many conflicts it retried."""
+    conflicts = 0
+    for _ in range(times):
+        while True:
+            data, etag = store.get_bytes(key)
+            try:
+                store.put_bytes(key, str(int(data) + 1).encode(), if_match=etag)
+                break
+            except PreconditionFailed:
+                conflicts += 1
+    return conflicts
+
+
+def test_concurrent_compare_and_swap_loses_no_update(store: Store) -> None:
+    store.put_bytes("counter", b"0")
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: cas_increment(store, "counter", 8), range(6)))
+    assert store.get_bytes("counter")[0] == b"48"
+
+
+def test_delete_is_idempotent_and_prefixes_vanish(store: Store) -> None:
+    store.put_bytes("p/q/obj", b"x")
+    store.put_bytes("p/other", b"y")
+    store.delete("p/q/obj")
+    store.delete("p/q/obj")
+    store.delete("never/existed")
+    assert store.head("p/q/obj") is None
+    assert keys_of(store) == ["p/other"]
+    assert store.list_prefixes("p/") == []
+    assert store.list_prefixes("") == ["p/"]
+    store.delete("p/other")
+    assert store.list_prefixes("") == []
+
+
+def test_missing_key_raises_not_found(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no/such"):
+        store.get_bytes("no/such")
+    dest = tmp_path / "downloads" / "dest.bin"
+    with pytest.raises(NotFound, match="no/such"):
+        store.get_file("no/such", dest)
+    assert not dest.exists()
+    assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
+
+
+def test_recreate_after_delete(store: Store) -> None:
+    store.put_bytes("x/y", b"1", if_none_match=True)
+    store.delete("x/y")
+    store.put_bytes("x/y", b"2", if_none_match=True)
+    assert store.get_bytes("x/y")[0] == b"2"
+
+
+# ---------------------------------------------------------------- local only
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStore:
+    root = tmp_path / "root"
+    root.mkdir()
+    return LocalStore(root)
+
+
+def snapshot(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+ESCAPES = [
+    "../outside",
+    "../../etc/passwd",
+    "a/../../outside",
+    "a/../b",
+    "/abs/olute",
+    "./here",
+    "a/./b",
+    "a//b",
+    "trailing/",
+    "",
+    "nul\x00byte",
+    "back\\..\\slash",
+    "..",
+    f"a/{TMP_MARK}x",
+]
+
+
+@pytest.mark.parametrize("key", ESCAPES)
+def test_local_rejects_unsafe_keys(local: LocalStore, tmp_path: Path, key: str) -> None:
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError) as put_err:
+        local.put_bytes(key, b"evil")
+    assert repr(key) in str(put_err.value)
+    for op in (local.head, local.get_bytes, local.delete):
+        with pytest.raises(StoreError):
+            op(key)  # type: ignore[operator]
+    with pytest.raises(StoreError):
+        local.get_file(key, tmp_path / "dl")
+    assert snapshot(tmp_path) == before
+
+
+def test_local_does_not_follow_symlinks_out_of_root(local: LocalStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    os.symlink(outside, local.root / "link")
+    os.symlink(outside / "secret", local.root / "filelink")
+    with pytest.raises(StoreError, match="link/x"):
+        local.put_bytes("link/x", b"evil")
+    with pytest.raises(StoreError, match="filelink"):
+        local.get_bytes("filelink")
+    assert sorted(os.listdir(outside)) == ["secret"]
+    assert keys_of(local) == []
+    assert local.list_prefixes("") == []
+
+
+def test_local_listing_ignores_temp_files_and_empty_dirs(local: LocalStore) -> None:
+    (local.root / "d" / "empty" / "deeper").mkdir(parents=True)
+    (local.root / "d" / f"{TMP_MARK}abc.data.parquet").write_bytes(b"partial")
+    assert local.list_prefixes("") == []
+    assert keys_of(local) == []
+    local.put_bytes("d/real", b"x")
+    assert local.list_prefixes("") == ["d/"]
+    assert local.list_prefixes("d/") == []
+    assert keys_of(local) == ["d/real"]
+
+
+def test_local_sees_files_written_by_others(local: LocalStore) -> None:
+    """Files placed without the store (e.g. by a generator) get a correct, fresh ETag."""
+    (local.root / "x").write_bytes(b"outside write")
+    assert [(o.key, o.etag) for o in local.list_objects("")] == [("x", md5(b"outside write"))]
+    local.put_bytes("y", b"one")
+    path = local.root / "y"
+    path.write_bytes(b"two")  # in-place change: the cached ETag must not be reused
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    info = local.head("y")
+    assert info is not None and info.etag == md5(b"two")
+
+
+def test_local_object_and_prefix_of_same_name_conflict(local: LocalStore) -> None:
+    local.put_bytes("a", b"file")
+    with pytest.raises(StoreError, match="'a/b'"):
+        local.put_bytes("a/b", b"x")
+    local.put_bytes("c/d", b"x")
+    with pytest.raises(StoreError, match="'c'"):
+        local.put_bytes("c", b"x")
+    assert keys_of(local) == ["a", "c/d"]
+
+
+def test_local_check_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="does not exist"):
+        LocalStore(tmp_path / "missing").check()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StoreConfigError, match="not a directory"):
+        LocalStore(tmp_path / "file").check()
+
+
+def _process_cas(root: str, times: int, start: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    cas_increment(LocalStore(Path(root)), "counter", times)
+
+
+def test_local_cas_is_safe_across_processes(local: LocalStore) -> None:
+    local.put_bytes("counter", b"0")
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_process_cas, args=(str(local.root), 25, start)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    assert local.get_bytes("counter")[0] == b"100"
+
+
+def test_local_writes_race_with_deletes_of_the_same_dir(local: LocalStore) -> None:
+    """Deleting the last key removes its directory; concurrent writers there must not fail."""
+    errors: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        try:
+            for i in range(60):
+                key = f"shared/dir/w{worker}-{i}"
+                local.put_bytes(key, b"x")
+                assert local.get_bytes(key)[0] == b"x"
+                local.delete(key)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert keys_of(local) == []
+    assert list(local.root.iterdir()) == []
+
+
+# ------------------------------------------------------------------- S3 only
+
+
+@pytest.fixture
+def proxied(s3proxy: S3Proxy, s3_bucket: str) -> Callable[..., S3Store]:
+    """Build S3Stores that talk to the moto server through the proxy."""
+
+    def make(**kwargs: object) -> S3Store:
+        return make_s3_store(s3proxy.endpoint, s3_bucket, **kwargs)
+
+    return make
+
+
+def test_s3_listing_paginates_past_1000(proxied: Callable[..., S3Store], s3proxy: S3Proxy) -> None:
+    store = proxied()
+    keys = [f"p/{i:04d}/part.parquet" for i in range(1005)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.put_bytes(k, b"x"), keys))
+    s3proxy.reset_counts()
+    assert keys_of(store, "p/") == keys
+    assert s3proxy.counts() == {"LIST": 2}
+    s3proxy.reset_counts()
+    assert store.list_prefixes("p/") == [k.rsplit("/", 1)[0] + "/" for k in keys]
+    assert s3proxy.counts() == {"LIST_DELIM": 2}
+
+
+def test_s3_store_prefix_is_transparent(moto_server: str, s3_bucket: str) -> None:
+    inner = S3Store(
+        s3_bucket,
+        "compact/v1",
+        endpoint_url=moto_server,
+        access_key=TEST_ACCESS_KEY,
+        secret_key=TEST_SECRET_KEY,
+    )
+    outer = make_s3_store(moto_server, s3_bucket)
+    inner.put_bytes("a/b", b"x")
+    assert inner.uri == f"s3://{s3_bucket}/compact/v1/"[:-1]
+    assert keys_of(outer) == ["compact/v1/a/b"]
+    assert keys_of(inner) == ["a/b"]
+    assert inner.list_prefixes("") == ["a/"]
+
+
+def test_s3_multipart_upload(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    store = proxied(multipart_threshold=6 << 20, multipart_chunksize=5 << 20)
+    src = tmp_path / "big.parquet"
+    payload = os.urandom(11 << 20)
+    src.write_bytes(payload)
+    info = store.put_file("big/data.parquet", src)
+    counts = s3proxy.counts()
+    assert counts["CREATE_MULTIPART"] == 1
+    assert counts["UPLOAD_PART"] == 3
+    assert counts["COMPLETE_MULTIPART"] == 1
+    assert info.size == len(payload) and info.etag.endswith("-3")
+    assert store.head("big/data.parquet") == info
+    dest = tmp_path / "back.parquet"
+    assert store.get_file("big/data.parquet", dest) == info
+    assert dest.read_bytes() == payload
+
+
+def test_s3_failed_multipart_upload_leaves_nothing(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path, s3_bucket: str
+) -> None:
+    store = proxied(multipart_threshold=6 << 20, multipart_chunksize=5 << 20, max_attempts=1)
+    store.put_bytes("big/data.parquet", b"previous version")
+    src = tmp_path / "big.parquet"
+    src.write_bytes(os.urandom(11 << 20))
+    s3proxy.fail_next("internal", ops={"UPLOAD_PART"})
+    with pytest.raises(TransientStoreError, match="big/data.parquet"):
+        store.put_file("big/data.parquet", src)
+    assert s3proxy.counts()["ABORT_MULTIPART"] == 1
+    assert store.get_bytes("big/data.parquet")[0] == b"previous version"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3proxy.endpoint,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_missing_bucket_is_a_config_error(moto_server: str) -> None:
+    store = make_s3_store(moto_server, "qlc-no-such-bucket")
+    with pytest.raises(StoreConfigError, match="qlc-no-such-bucket") as err:
+        store.check()
+    assert moto_server in str(err.value)
+    assert_no_secret(err.value)
+
+
+def test_s3_unreachable_endpoint_fails_fast(s3_bucket: str) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    store = make_s3_store(endpoint, s3_bucket)  # default, generous retries for normal calls
+    started = time.monotonic()
+    with pytest.raises(StoreConfigError, match="cannot reach") as err:
+        store.check()
+    assert time.monotonic() - started < 5
+    assert endpoint in str(err.value) and s3_bucket in str(err.value)
+    assert "\n" not in str(err.value)
+    assert_no_secret(err.value)
+
+
+def run_workload(store: S3Store, tmp_path: Path) -> None:
+    """A bit of everything the job does, checked for correctness."""
+    for i in range(4):
+        store.put_bytes(f"w/obj-{i}", f"payload {i}".encode())
+    assert keys_of(store, "w/") == [f"w/obj-{i}" for i in range(4)]
+    assert store.list_prefixes("") == ["w/"]
+    for i in range(4):
+        assert store.get_bytes(f"w/obj-{i}")[0] == f"payload {i}".encode()
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"file payload")
+    store.put_file("w/file", src)
+    assert store.get_file("w/file", tmp_path / "g.bin").size == 12
+    etag = store.put_bytes("w/state", b"1", if_none_match=True)
+    store.put_bytes("w/state", b"2", if_match=etag)
+    assert store.get_bytes("w/state")[0] == b"2"
+    info = store.head("w/state")
+    assert info is not None and info.etag == md5(b"2")
+    store.delete("w/obj-0")
+    assert store.head("w/obj-0") is None
+
+
+def test_s3_faults_at_30_percent_are_retried(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    store = proxied(max_attempts=10, read_timeout=0.5, connect_timeout=1.0)
+    s3proxy.set_faults(0.3, seed=3, delay=0.8)
+    run_workload(store, tmp_path)
+    assert set(s3proxy.fault_counts) == set(FAULT_KINDS)  # every kind was really exercised
+    assert sum(s3proxy.fault_counts.values()) >= 4
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_s3_persistent_faults_become_transient_errors(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, kind: str
+) -> None:
+    store = proxied(max_attempts=2, read_timeout=0.5, connect_timeout=1.0)
+    store.put_bytes("k", b"v")
+    s3proxy.set_faults(1.0, [kind], delay=0.8)
+    s3proxy.reset_counts()
+    with pytest.raises(TransientStoreError, match="s3://.*/k") as err:
+        store.get_bytes("k")
+    assert s3proxy.counts() == {"GET": 2}  # botocore retried exactly max_attempts times
+    assert err.value.retryable
+    assert_no_secret(err.value)
+    with pytest.raises(TransientStoreError):
+        store.list_prefixes("")
+
+
+def test_s3_conditional_write_whose_reply_was_lost_still_wins(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    """The PUT commits, the reply is lost, botocore retries and gets 412 from its own write."""
+    store = proxied(max_attempts=3)
+    s3proxy.fail_next("reset_after", ops={"PUT"})
+    etag = store.put_bytes("lease", b"mine", if_none_match=True)
+    assert etag == md5(b"mine")
+    assert s3proxy.counts()["PUT"] == 2
+    s3proxy.fail_next("reset_after", ops={"PUT"})
+    assert store.put_bytes("lease", b"renewed", if_match=etag) == md5(b"renewed")
+
+
+def test_s3_conditional_write_lost_to_another_writer_after_retry(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied(max_attempts=3)
+    store.put_bytes("lease", b"theirs")
+    s3proxy.fail_next("reset", ops={"PUT"})
+    with pytest.raises(PreconditionFailed):
+        store.put_bytes("lease", b"mine", if_none_match=True)
+    assert store.get_bytes("lease")[0] == b"theirs"
+
+
+# ---------------------------------------------------------------- open_store
+
+
+def test_open_store_local_paths(tmp_path: Path) -> None:
+    assert isinstance(open_store(str(tmp_path), {}, role="raw"), LocalStore)
+    store = open_store(f"file://{tmp_path}", {}, role="compact")
+    assert isinstance(store, LocalStore) and store.root == tmp_path
+    with pytest.raises(StoreConfigError, match="gs"):
+        open_store("gs://bucket", {}, role="raw")
+    with pytest.raises(ValueError, match="role"):
+        open_store(str(tmp_path), {}, role="other")
+
+
+def test_open_store_compact_role_falls_back_to_raw_settings(
+    s3_env: dict[str, str], s3_bucket: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    # compact has its own endpoint (the live server); raw's is dead
+    env = {**s3_env, "S3_ENDPOINT": dead, "S3_COMPACT_ENDPOINT": s3_env["S3_ENDPOINT"]}
+    compact = open_store(f"s3://{s3_bucket}/pre/fix", env, role="compact")
+    assert isinstance(compact, S3Store) and compact.uri == f"s3://{s3_bucket}/pre/fix"
+    compact.check()
+    with pytest.raises(StoreConfigError, match="cannot reach"):
+        open_store(f"s3://{s3_bucket}", env, role="raw").check()
+    # without S3_COMPACT_ENDPOINT the compact store uses S3_ENDPOINT
+    open_store(f"s3://{s3_bucket}", s3_env, role="compact").check()
+
+
+def test_open_store_rejects_half_a_credential_pair(s3_env: dict[str, str]) -> None:
+    env = {**s3_env, "S3_COMPACT_ACCESS_KEY": "only-the-id"}
+    with pytest.raises(StoreConfigError, match="S3_COMPACT_SECRET_KEY") as err:
+        open_store("s3://b", env, role="compact")
+    assert "only-the-id" not in str(err.value)
+    open_store("s3://b", env, role="raw")  # the raw role does not look at compact keys
+    with pytest.raises(StoreConfigError, match="S3_MAX_ATTEMPTS"):
+        open_store("s3://b", {**s3_env, "S3_MAX_ATTEMPTS": "many"}, role="raw")
