@@ -118,6 +118,7 @@ class QualityAccumulator:
     def _count_duplicates(self, table: pa.Table, ts: pa.Array) -> None:
         """Rows of the last ts_event wait for the next batch: their group may continue there."""
         if self._carry is not None:
+            ts = pa.concat_arrays([_as_ms(self._carry.column("ts_event")), ts])
             table = pa.concat_tables([self._carry, table], promote_options="permissive")
         tail = int(pc.sum(pc.cast(pc.equal(ts, ts[-1]), pa.int64())).as_py() or 0)
         head_rows = table.num_rows - tail

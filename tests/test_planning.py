@@ -1,0 +1,202 @@
+"""Planning: days per mode, readiness candidates, and the compact/skip decision."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from compressor.discovery import Filters, Partition, list_partition
+from compressor.generator import PartitionSpec
+from compressor.layout import PartitionId, format_day
+from compressor.planning import (
+    Action,
+    Mode,
+    PlanOptions,
+    Reason,
+    UsageError,
+    build_plan,
+    catch_up_days,
+    check_dates,
+    decide,
+    plan_days,
+)
+from compressor.state import PartitionState, StateStore, ready_date, utc_iso
+from compressor.storage import LocalStore
+from compressor.storage.base import ObjectInfo
+from tests.conftest import put_partition, store_listing
+
+TODAY = date(2026, 11, 25)
+PID = PartitionId("binance", "trade", "btcusdt", "20261123")
+FILES = (ObjectInfo(PID.prefix + "part-1-000001.parquet", 10, "a"),
+         ObjectInfo(PID.prefix + "part-2-000002.parquet", 12, "b"))
+PART = Partition(PID, FILES)
+NOW = utc_iso(1_795_500_000)
+
+
+# --------------------------------------------------------------------------- days
+
+
+def test_daily_is_yesterday_and_only_moves_readiness_over_the_pending_days() -> None:
+    days, ready = plan_days(Mode.DAILY, TODAY, "20261121", ["20261122", "20261123", "20261124"])
+    assert days == ["20261124"]
+    assert ready == ["20261122", "20261123", "20261124"]
+
+
+def test_catch_up_runs_every_raw_day_after_the_last_compacted_and_before_today() -> None:
+    raw = ["20261119", "20261120", "20261122", "20261124", "20261125", "20261126"]
+    days, ready = plan_days(Mode.CATCH_UP, TODAY, "20261120", raw)
+    assert days == ready == ["20261122", "20261124"]
+
+
+def test_catch_up_without_state_is_yesterday_only() -> None:
+    days, ready = plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123"])
+    assert days == ready == ["20261124"]
+
+
+def test_backfill_is_the_inclusive_range_and_never_moves_readiness() -> None:
+    rng = check_dates(Mode.BACKFILL, TODAY, "20261120", "20261122")
+    days, ready = plan_days(Mode.BACKFILL, TODAY, "20261101", [], rng)
+    assert days == ["20261120", "20261121", "20261122"]
+    assert ready == []
+    one = check_dates(Mode.BACKFILL, TODAY, "20261124", None)
+    assert plan_days(Mode.BACKFILL, TODAY, None, [], one)[0] == ["20261124"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "date_from", "date_to", "needle"),
+    [
+        (Mode.BACKFILL, None, None, "--date-from"),
+        (Mode.BACKFILL, "2026-11-20", None, "--date-from"),
+        (Mode.BACKFILL, "20261120", "20261340", "--date-to"),
+        (Mode.BACKFILL, "20261122", "20261120", "before"),
+        (Mode.BACKFILL, "20261125", None, "today or in the future"),
+        (Mode.BACKFILL, "20261120", "20261126", "today or in the future"),
+        (Mode.DAILY, "20261120", None, "backfill only"),
+        (Mode.CATCH_UP, None, "20261120", "backfill only"),
+    ],
+)
+def test_bad_date_flags_are_usage_errors(
+    mode: Mode, date_from: str | None, date_to: str | None, needle: str
+) -> None:
+    with pytest.raises(UsageError, match=needle):
+        check_dates(mode, TODAY, date_from, date_to)
+
+
+days_st = st.integers(min_value=0, max_value=60).map(
+    lambda n: format_day(date(2026, 10, 1) + timedelta(days=n))
+)
+
+
+@given(
+    raw=st.lists(days_st, max_size=30),
+    last=st.one_of(st.none(), days_st),
+    today_offset=st.integers(min_value=0, max_value=70),
+    done=st.lists(st.booleans(), min_size=70, max_size=70),
+)
+def test_readiness_never_passes_a_day_not_done(
+    raw: list[str], last: str | None, today_offset: int, done: list[bool]
+) -> None:
+    today = date(2026, 10, 1) + timedelta(days=today_offset)
+    days = catch_up_days(today, last, raw)
+    assert days == sorted(set(days))
+    assert all(d < format_day(today) for d in days)
+    assert all(last is None or d > last for d in days)
+    outcome = dict(zip(days, done, strict=False))
+    new = ready_date(last, [(d, outcome[d]) for d in days])
+    if new is not None and new != last:
+        assert all(outcome[d] for d in days if d <= new)
+        assert new < format_day(today)
+    assert new is None or last is None or new >= last
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def _meta(fingerprint: str, files: int = 2) -> dict[str, object]:
+    return {"source_fingerprint": fingerprint, "source_files": files, "rows": 5}
+
+
+def _quarantined(key: str | None) -> PartitionState:
+    return PartitionState.failure(status="quarantined", error=f"{key}: corrupt",
+                                  failed_key=key, started_at=NOW)
+
+
+def test_decisions() -> None:
+    opts = PlanOptions(today=TODAY)
+    fp = PART.fingerprint
+    assert decide(PART, None, None, opts).reason is Reason.NEW
+    up = decide(PART, _meta(fp), None, opts)
+    assert (up.action, up.reason) == (Action.SKIP, Reason.UP_TO_DATE)
+    changed = decide(PART, _meta("old", 1), None, opts)
+    assert (changed.action, changed.reason) == (Action.COMPACT, Reason.CHANGED)
+    assert "1 files then, 2 now" in changed.describe
+    forced = decide(PART, _meta(fp), None, PlanOptions(today=TODAY, overwrite=True))
+    assert (forced.action, forced.reason) == (Action.COMPACT, Reason.OVERWRITE)
+    empty = decide(Partition(PID, ()), None, None, opts)
+    assert (empty.action, empty.reason) == (Action.SKIP, Reason.NO_DATA)
+    failed = PartitionState.failure(status="failed", error="reset", started_at=NOW)
+    assert decide(PART, None, failed, opts).action is Action.COMPACT
+
+
+def test_quarantined_partitions_wait_for_the_operator() -> None:
+    opts = PlanOptions(today=TODAY)
+    bad = _quarantined(FILES[1].key)
+    skip = decide(PART, None, bad, opts)
+    assert (skip.action, skip.reason) == (Action.SKIP, Reason.QUARANTINED)
+    assert FILES[1].key in skip.describe
+    # even --overwrite does not retry a quarantine by itself
+    assert decide(PART, None, bad, PlanOptions(today=TODAY, overwrite=True)).action is Action.SKIP
+    retry = decide(PART, None, bad, PlanOptions(today=TODAY, retry_quarantine=True))
+    assert (retry.action, retry.reason) == (Action.COMPACT, Reason.RETRY_QUARANTINE)
+    gone = decide(PART, None, _quarantined(PID.prefix + "part-0-000000.parquet"), opts)
+    assert (gone.action, gone.reason) == (Action.COMPACT, Reason.QUARANTINE_KEY_GONE)
+
+
+# --------------------------------------------------------------------------- whole plans
+
+
+def _stores(tmp_path: Path) -> tuple[LocalStore, LocalStore]:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "compact").mkdir()
+    return LocalStore(tmp_path / "raw"), LocalStore(tmp_path / "compact")
+
+
+def test_plan_reads_meta_and_touches_nothing(tmp_path: Path) -> None:
+    raw, compact = _stores(tmp_path)
+    specs = [PartitionSpec(exchange=ex, stream="trade", date=day, files=2, rows_per_file=10)
+             for ex in ("binance", "okx") for day in ("20261123", "20261124")]
+    for spec in specs:
+        put_partition(raw, spec, tmp_path)
+    done = specs[0].partition
+    compact.put_bytes(done.meta_key, json.dumps(
+        _meta(list_partition(raw, done).fingerprint)).encode())
+    before = (store_listing(raw), store_listing(compact))
+    state = StateStore(compact)
+    plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.BACKFILL, today=TODAY,
+                                                       date_from="20261123", date_to="20261124"))
+    assert (store_listing(raw), store_listing(compact)) == before
+    assert plan.days == ["20261123", "20261124"]
+    assert [p.pid for p in plan.partitions] == sorted(
+        (s.partition for s in specs), key=lambda pid: (pid.date, pid))
+    by_pid = {p.pid: p for p in plan.partitions}
+    assert by_pid[done].reason is Reason.UP_TO_DATE
+    assert len(plan.to_compact) == 3
+    text = plan.render()
+    assert "to compact: 3" in text and "up to date" in text and "not moved" in text
+    assert "binance/trade/btcusdt/20261123" in text
+
+
+def test_a_filtered_run_never_moves_readiness(tmp_path: Path) -> None:
+    raw, compact = _stores(tmp_path)
+    put_partition(raw, PartitionSpec(date="20261124", files=1, rows_per_file=5), tmp_path)
+    state = StateStore(compact)
+    plan = build_plan(raw, compact, state, PlanOptions(
+        mode=Mode.CATCH_UP, today=TODAY, filters=Filters.parse("binance", None, None)))
+    assert plan.days == ["20261124"] and len(plan.partitions) == 1
+    assert plan.ready_days == []
+    assert build_plan(raw, compact, state, PlanOptions(today=TODAY)).ready_days == ["20261124"]

@@ -1,0 +1,117 @@
+"""The quality accumulator (meta.json day_quality) and the --quality-report summary."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compressor.generator import PartitionSpec, raw_table
+from compressor.quality import DayQuality, QualityAccumulator, summarize_state
+
+DAY = "20261124"
+DAY0 = 1_795_478_400_000  # 2026-11-24T00:00:00Z in ms
+
+
+def _batch(ts: list[int], recv: list[int], price: list[float]) -> pa.RecordBatch:
+    n = len(ts)
+    return pa.RecordBatch.from_pydict(
+        {
+            "ts_event": pa.array(ts, pa.int64()),
+            "seq": pa.array(range(n), pa.int64()),
+            "ts_recv": pa.array(recv, pa.int64()),
+            "price": pa.array(price, pa.float64()),
+        }
+    )
+
+
+def _feed(batches: list[pa.RecordBatch]) -> DayQuality:
+    acc = QualityAccumulator(DAY)
+    for b in batches:
+        acc(b)
+    return acc.result()
+
+
+def test_figures_on_a_known_day() -> None:
+    ts = [DAY0 - 5, DAY0, DAY0, DAY0 + 10, DAY0 + 3_000, DAY0 + 86_400_000]
+    recv = [t + lag for t, lag in zip(ts, [1, 2, 2, 3, 4, 50_000], strict=True)]
+    price = [1.0, 2.0, 2.0, 3.0, 4.0, 5.0]
+    q = _feed([_batch(ts, recv, price)])
+    assert q.rows == 6
+    assert q.out_of_day_rows == 2  # one before midnight, one at the next midnight
+    assert q.duplicate_rows == 1  # rows 1 and 2 are the same event
+    assert q.max_gap_ms == 86_400_000 - 3_000
+    assert q.lag_p50_ms == 2
+    assert q.lag_p99_ms == 50_000
+
+
+def test_duplicates_need_every_value_equal_but_seq_and_recv() -> None:
+    ts = [DAY0, DAY0, DAY0]
+    q = _feed([_batch(ts, [DAY0 + 1, DAY0 + 9, DAY0 + 1], [1.0, 1.0, 1.5])])
+    assert q.duplicate_rows == 1  # ts_recv differs between the first two: still a duplicate
+
+
+def test_duplicate_groups_spanning_batches_are_counted_once() -> None:
+    a = _batch([DAY0, DAY0 + 1, DAY0 + 1], [DAY0] * 3, [1.0, 2.0, 2.0])
+    b = _batch([DAY0 + 1, DAY0 + 1, DAY0 + 2], [DAY0] * 3, [2.0, 3.0, 2.0])
+    assert _feed([a, b]).duplicate_rows == 2
+
+
+def test_empty_input() -> None:
+    q = _feed([])
+    assert q == DayQuality(0, 0, 0, None, None, None)
+
+
+def test_reset_forgets_everything() -> None:
+    acc = QualityAccumulator(DAY)
+    acc(_batch([DAY0, DAY0], [DAY0, DAY0], [1.0, 1.0]))
+    acc.reset()
+    acc(_batch([DAY0 + 5], [DAY0 + 7], [1.0]))
+    assert acc.result() == DayQuality(1, 0, 0, None, 2, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=599), max_size=6, unique=True))
+def test_batch_boundaries_do_not_change_the_figures(cuts: list[int]) -> None:
+    """Generator rows sorted like the merge output, fed whole or split anywhere."""
+    spec = PartitionSpec(stream="trade", date=DAY, files=3, rows_per_file=200, tie_fraction=0.6)
+    table = pa.concat_tables([raw_table(spec, i) for i in range(3)], promote_options="permissive")
+    table = table.take(pc.sort_indices(table, [("ts_event", "ascending")]))
+    table = table.add_column(1, "seq", pa.array(range(table.num_rows), pa.int64()))
+    # Repeat some rows to make duplicates that straddle any cut.
+    table = pa.concat_tables([table, table.slice(100, 50)])
+    table = table.take(pc.sort_indices(table, [("ts_event", "ascending")]))
+    whole = _feed(table.to_batches())
+    bounds = [0, *sorted(c for c in cuts if c < table.num_rows), table.num_rows]
+    parts = [table.slice(a, b - a).combine_chunks().to_batches()[0]
+             for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    assert _feed(parts) == whole
+    assert whole.duplicate_rows >= 50
+    assert whole.out_of_day_rows > 0  # the generator puts the previous day's tail first
+
+
+def test_summary_lists_fourteen_days_and_readiness() -> None:
+    state = {
+        "last_compacted_date": "20261122",
+        "updated_at": "2026-11-24T02:31:00.000Z",
+        "partitions": {
+            "binance/trade/btcusdt/20261122": {
+                "status": "success", "rows": 1000,
+                "day_quality_post": {"out_of_day_rows": 7, "duplicate_rows": 2,
+                                     "max_gap_ms": 4000, "lag_p99_ms": 30},
+            },
+            "binance/bbo/btcusdt/20261123": {"status": "quarantined", "rows": 0,
+                                             "error": "x: corrupt"},
+            "binance/bbo/btcusdt/20261101": {"status": "success", "rows": 5},
+        },
+    }
+    text = summarize_state(state, "20261124")
+    lines = text.splitlines()
+    assert len(lines) == 2 + 14
+    assert "last_compacted_date: 20261122" in lines[0]
+    day22 = next(line for line in lines if line.startswith("20261122"))
+    assert day22.split()[1] == "yes" and "1,000" in day22 and " 7 " in day22
+    day23 = next(line for line in lines if line.startswith("20261123"))
+    assert day23.split()[1] == "no" and day23.split()[5] == "1"  # one quarantined
+    assert not any(line.startswith("20261101") for line in lines)  # older than 14 days
