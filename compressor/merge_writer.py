@@ -1,27 +1,96 @@
 """K-way merge writer: many small raw Parquet files -> one sorted data.parquet.
 
-(Implementation in progress; the public API below is fixed.)
+Plan, then execute:
+
+1. Footers only (merge_schema.scan_inputs): rows and ts_event range per file,
+   the unified schema, the columns that are constant across the partition.
+2. Runs (plan_runs): the inputs, in key order, are cut into contiguous runs
+   such that streaming each run never buffers more rows than the budget allows.
+   Rows with ts_event <= W, where W is the smallest ts_event any later file of
+   the run can hold (from its footer), are final and leave the buffer. With
+   edge overlaps only (the common day) the whole day is one run, written
+   straight to the output in one pass with a handful of files in memory.
+3. When there are several runs (files that span the day), each is sorted into
+   a spill file and the spills are merged k ways, MAX_OPEN_FILES at a time,
+   in as many passes as needed.
+
+Order: ts_event, then input order, then row order. Within a run that is a
+stable sort of the rows in input order; across runs, which are contiguous
+ranges of the inputs, ties go to the earlier run. Every step is vectorised
+(numpy/Arrow over whole batches), never one Python operation per row.
+
+Output bytes depend only on the inputs: row groups hold exactly
+MERGE_OUTPUT_BUFFER_SIZE rows and are handed to the Parquet writer in
+fixed-size chunks, so page boundaries do not depend on the path taken.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import os
+import queue
+import shutil
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-#: Rows read per batch from a spill run during the k-way merge (upper bound).
-MERGE_BATCH_SIZE = int(os.environ.get("MERGE_BATCH_SIZE", 65_536))
-#: Rows per output row group; the writer never writes a smaller one except the last.
-MERGE_OUTPUT_BUFFER_SIZE = int(os.environ.get("MERGE_OUTPUT_BUFFER_SIZE", 1_048_576))
+from compressor import __version__
+from compressor.merge_errors import CorruptFileError, MergeAborted
+from compressor.merge_schema import (
+    SEQ,
+    TS,
+    FileInfo,
+    InputSchema,
+    conform,
+    read_columns,
+    scan_inputs,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"environment variable {name}={value!r} must be >= 1")
+    return number
+
+
+#: Rows per batch read from a spill run during the k-way merge (upper bound).
+MERGE_BATCH_SIZE = _env_int("MERGE_BATCH_SIZE", 65_536)
+#: Rows per output row group; every row group has exactly this many rows but the last.
+MERGE_OUTPUT_BUFFER_SIZE = _env_int("MERGE_OUTPUT_BUFFER_SIZE", 1_048_576)
 #: Log a progress line every this many output rows.
-MERGE_LOG_INTERVAL = int(os.environ.get("MERGE_LOG_INTERVAL", 5_000_000))
-#: Most files (raw inputs or spill runs) open at once; caps the fan-in of each merge pass.
-MAX_OPEN_FILES = int(os.environ.get("MAX_OPEN_FILES", 64))
+MERGE_LOG_INTERVAL = _env_int("MERGE_LOG_INTERVAL", 5_000_000)
+#: Most spill runs open at once: the fan-in of each merge pass.
+MAX_OPEN_FILES = _env_int("MAX_OPEN_FILES", 64)
+#: zstd level of data.parquet.
+MERGE_ZSTD_LEVEL = _env_int("MERGE_ZSTD_LEVEL", 3)
 #: Default memory budget for buffered rows, bytes.
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
+
+#: Rows handed to the Parquet writer per chunk; a multiple of its 1024-row mini-batch.
+_WRITE_CHUNK_ROWS = 65_536
+#: Target rows read from raw files between two sorts of the buffer.
+_GROUP_ROWS = 131_072
+#: Fewest rows per spill batch: below this, per-batch overhead dominates.
+_MIN_SPILL_CHUNK = 4_096
+#: Copies of a buffered row alive at once while sorting (buffer, concatenation, take).
+_SORT_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -33,6 +102,14 @@ class MergeSettings:
     output_buffer_size: int = MERGE_OUTPUT_BUFFER_SIZE
     log_interval: int = MERGE_LOG_INTERVAL
     max_open_files: int = MAX_OPEN_FILES
+    zstd_level: int = MERGE_ZSTD_LEVEL
+
+    def __post_init__(self) -> None:
+        if self.max_open_files < 2:
+            raise ValueError("max_open_files must be >= 2")
+        for name in ("memory_budget", "batch_size", "output_buffer_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
 
 @dataclass
@@ -54,21 +131,502 @@ class MergeResult:
     columns: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """How the inputs will be merged: contiguous [start, stop) ranges of input indexes."""
+
+    runs: list[tuple[int, int]]
+    row_budget: int
+    group_rows: int
+
+
 def merge_files(
     inputs: Sequence[Path],
     output: Path,
     *,
     tmp_dir: Path,
     settings: MergeSettings | None = None,
-    on_batch: Callable[[pa.RecordBatch], None] | None = None,
+    on_batch: Callable[[pa.Table], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> MergeResult:
     """Merge `inputs` (in raw key order) into one sorted Parquet file at `output`.
 
     Rows are ordered by ts_event; equal ts_event keep input order, then row order.
     A `seq` int64 column (0..N-1) follows ts_event. `on_batch` sees every output
-    batch in order (the quality pass hooks in here). `should_stop` is polled; when
-    it returns True the merge removes its partial output and raises MergeAborted.
-    Raises MergeInputError subclasses naming the file at fault.
+    row group, in order (the quality pass hooks in here). `should_stop` is polled;
+    when it returns True the merge removes its partial output and raises
+    MergeAborted. Raises MergeInputError subclasses naming the file at fault.
+    The output appears at `output` only when complete (written aside, renamed).
     """
-    raise NotImplementedError
+    settings = settings or MergeSettings()
+    paths = [Path(p) for p in inputs]
+    infos, input_schema = scan_inputs(paths)
+    plan = plan_runs(infos, _row_budget(infos, input_schema, settings))
+    result = MergeResult(
+        input_files=len(infos),
+        empty_files=sum(1 for info in infos if info.rows == 0),
+        bytes_in=sum(info.size for info in infos),
+    )
+    work = Path(tempfile.mkdtemp(prefix="merge-", dir=tmp_dir))
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        job = _Merge(infos, input_schema, plan, settings, work, should_stop or _never, result)
+        with _OutputWriter(partial, input_schema, settings, on_batch, result) as writer:
+            job.run(writer)
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.bytes_out = output.stat().st_size
+    return result
+
+
+def _never() -> bool:
+    return False
+
+
+def plan_runs(infos: Sequence[FileInfo], row_budget: int) -> RunPlan:
+    """Cut the inputs into runs whose streaming buffer stays within `row_budget` rows.
+
+    Simulates the streaming pass from footer figures alone: after loading file i,
+    a file's rows may still be buffered while its ts_max exceeds W_i, the smallest
+    ts_min of any later file. The bound is conservative (whole files, W taken over
+    all later inputs), so the real buffer is never larger.
+    """
+    group_rows = max(1, min(_GROUP_ROWS, row_budget // 4))
+    limit = max(1, row_budget - group_rows)
+    later_min = _suffix_min(infos)
+    runs: list[tuple[int, int]] = []
+    start, buffered = 0, 0
+    pending: list[tuple[int, int]] = []
+    for i, info in enumerate(infos):
+        if info.rows == 0 or info.ts_max is None:
+            continue
+        if buffered and buffered + info.rows > limit:
+            runs.append((start, i))
+            start, buffered, pending = i, 0, []
+        heapq.heappush(pending, (info.ts_max, info.rows))
+        buffered += info.rows
+        while pending and pending[0][0] <= later_min[i + 1]:
+            buffered -= heapq.heappop(pending)[1]
+    runs.append((start, len(infos)))
+    return RunPlan(runs, row_budget, group_rows)
+
+
+def _suffix_min(infos: Sequence[FileInfo]) -> list[float]:
+    """later_min[i] = smallest ts_min among infos[i:], +inf past the end."""
+    later_min: list[float] = [float("inf")] * (len(infos) + 1)
+    for i in range(len(infos) - 1, -1, -1):
+        ts_min = infos[i].ts_min
+        later_min[i] = later_min[i + 1] if ts_min is None else min(ts_min, later_min[i + 1])
+    return later_min
+
+
+def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeSettings) -> int:
+    """Rows the sort buffer may hold: the budget less the output buffers, per row copy."""
+    sample = next((info for info in infos if info.rows), None)
+    if sample is None:
+        return 1
+    table = _load(sample, schema)
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    constant_bytes = sum(len(str(v)) + 4 for v in schema.constants.values())
+    output_bytes = 2 * settings.output_buffer_size * (row_bytes + 8 + constant_bytes)
+    return max(1, (settings.memory_budget - output_bytes) // (_SORT_COPIES * row_bytes))
+
+
+def _load(info: FileInfo, schema: InputSchema) -> pa.Table:
+    """One raw file's varying columns, conformed to the partition schema."""
+    table = read_columns(info.path, _present_columns(info, schema))
+    table = conform(info.path, table, schema.varying_schema)
+    if table.num_rows != info.rows:
+        message = f"footer says {info.rows} rows, data has {table.num_rows}"
+        raise CorruptFileError(info.path, message)
+    return table
+
+
+def _present_columns(info: FileInfo, schema: InputSchema) -> list[str]:
+    return [name for name in schema.varying if name in info.columns]
+
+
+class _Merge:
+    """Executes a RunPlan into a sink: the output writer, through spill runs if needed."""
+
+    def __init__(
+        self,
+        infos: Sequence[FileInfo],
+        schema: InputSchema,
+        plan: RunPlan,
+        settings: MergeSettings,
+        work: Path,
+        should_stop: Callable[[], bool],
+        result: MergeResult,
+    ) -> None:
+        self.infos = infos
+        self.schema = schema
+        self.plan = plan
+        self.settings = settings
+        self.work = work
+        self.should_stop = should_stop
+        self.result = result
+        fan_in = settings.max_open_files
+        per_run = plan.row_budget // (fan_in + 1)
+        self.spill_chunk = min(settings.batch_size, max(_MIN_SPILL_CHUNK, per_run))
+
+    def run(self, writer: _OutputWriter) -> None:
+        self.result.passes = 1
+        if len(self.plan.runs) == 1:
+            self._stream_run(self.plan.runs[0], writer)
+            return
+        spills = [self._spill_run(n, run) for n, run in enumerate(self.plan.runs)]
+        self.result.spill_runs = len(spills)
+        fan_in = self.settings.max_open_files
+        while len(spills) > fan_in:
+            groups = [spills[i : i + fan_in] for i in range(0, len(spills), fan_in)]
+            spills = [self._merge_to_spill(group) for group in groups]
+            self.result.passes += 1
+        self._merge_spills(spills, writer)
+        self.result.passes += 1
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise MergeAborted("merge interrupted")
+
+    def _new_spill(self) -> _SpillWriter:
+        path = self.work / f"spill-{self.result.spill_runs:06d}-{len(os.listdir(self.work))}.arrow"
+        return _SpillWriter(path, self.schema.varying_schema, self.spill_chunk, self.result)
+
+    def _spill_run(self, number: int, run: tuple[int, int]) -> Path:
+        log.debug("sorting run %d (inputs %d..%d) to spill", number, *run)
+        with self._new_spill() as sink:
+            self._stream_run(run, sink)
+        return sink.path
+
+    def _stream_run(self, run: tuple[int, int], sink: _Sink) -> None:
+        """Load a run's files in order, releasing rows that no later file can precede."""
+        files = [info for info in self.infos[run[0] : run[1]] if info.rows]
+        later_min = _suffix_min(files)
+        buffer = _SortBuffer()
+        for i, info in enumerate(files):
+            self._check_stop()
+            buffer.add(_load_checked(info, self.schema), info.ts_min)
+            last = i == len(files) - 1
+            if last or buffer.pending_rows >= self.plan.group_rows:
+                self._note_buffered(buffer.rows)
+                released = buffer.release_through(later_min[i + 1])
+                if released is not None:
+                    sink.write(released)
+
+    def _merge_to_spill(self, paths: list[Path]) -> Path:
+        with self._new_spill() as sink:
+            self._merge_spills(paths, sink)
+        for path in paths:
+            path.unlink()
+        return sink.path
+
+    def _merge_spills(self, paths: list[Path], sink: _Sink) -> None:
+        """Vectorised k-way merge of sorted runs that are contiguous in input order.
+
+        Each round finds the run whose current batch ends lowest (ties: the earliest
+        run), bound = that last ts. Every row ordered before (bound, that run's last
+        row) is final: ts < bound in any run; ts == bound in earlier runs, whose
+        batches continue past bound so hold all their ties; the whole batch of
+        the bounding run. Those pieces, concatenated in run order and stably
+        sorted by ts, are the next output rows.
+        """
+        cursors = [cursor for cursor in map(_RunCursor, paths) if cursor.advance()]
+        while cursors:
+            self._check_stop()
+            self._note_buffered(sum(cursor.ts.size for cursor in cursors))
+            lasts = [int(cursor.ts[-1]) for cursor in cursors]
+            bound = min(lasts)
+            first = lasts.index(bound)
+            pieces = []
+            for i, cursor in enumerate(cursors):
+                if i == first:
+                    cut = cursor.ts.size
+                else:
+                    side = "right" if i < first else "left"
+                    cut = int(np.searchsorted(cursor.ts, bound, side=side))
+                if cut:
+                    pieces.append(cursor.take(cut))
+            sink.write(_stable_sort(pa.Table.from_batches(pieces)))
+            cursors = [cursor for cursor in cursors if cursor.ts.size or cursor.advance()]
+        for cursor in cursors:
+            cursor.close()
+
+    def _note_buffered(self, rows: int) -> None:
+        self.result.peak_buffered_rows = max(self.result.peak_buffered_rows, rows)
+
+
+def _load_checked(info: FileInfo, schema: InputSchema) -> pa.Table:
+    """_load, plus a check that the footer's ts_event minimum is true.
+
+    The streaming pass releases rows on the strength of later files' footer minima;
+    a file whose data undercuts its footer would silently break the order.
+    """
+    table = _load(info, schema)
+    actual_min = int(np.min(table.column(TS).to_numpy()))
+    if info.ts_min is None or actual_min < info.ts_min:
+        raise CorruptFileError(
+            info.path, f"ts_event statistics say min {info.ts_min}, data holds {actual_min}", TS
+        )
+    return table
+
+
+def _stable_sort(table: pa.Table) -> pa.Table:
+    ts = table.column(TS).to_numpy()
+    if ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        return table
+    return table.take(np.argsort(ts, kind="stable"))
+
+
+class _SortBuffer:
+    """Rows loaded but not yet released: a sorted part plus loaded tables in input order."""
+
+    def __init__(self) -> None:
+        self._sorted: pa.Table | None = None
+        self._pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self._min: float = float("inf")
+
+    def add(self, table: pa.Table, ts_min: int | None) -> None:
+        self._pending.append(table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if ts_min is not None:
+            self._min = min(self._min, ts_min)
+
+    def release_through(self, bound: float) -> pa.Table | None:
+        """Sort what is buffered and hand out the rows with ts_event <= bound, if any."""
+        if self._min > bound:
+            return None
+        parts = ([self._sorted] if self._sorted is not None else []) + self._pending
+        merged = _stable_sort(pa.concat_tables(parts))
+        self._pending, self.pending_rows = [], 0
+        if bound == float("inf"):
+            cut = merged.num_rows
+        else:
+            ts = merged.column(TS).to_numpy()
+            cut = int(np.searchsorted(ts, int(bound), side="right"))
+        rest = merged.slice(cut)
+        self._sorted = rest if rest.num_rows else None
+        self.rows = rest.num_rows
+        self._min = float(rest.column(TS)[0].as_py()) if rest.num_rows else float("inf")
+        return merged.slice(0, cut) if cut else None
+
+
+class _Sink:
+    """Receives sorted tables, each continuing the order of the previous one."""
+
+    def write(self, table: pa.Table) -> None:
+        raise NotImplementedError
+
+
+class _SpillWriter(_Sink):
+    """A sorted run on local disk: Arrow IPC stream, lz4, batches of `chunk` rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema, chunk: int, result: MergeResult) -> None:
+        self.path = path
+        self._chunk = chunk
+        self._result = result
+        self._file = pa.OSFile(str(path), "wb")
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        self._writer = pa.ipc.new_stream(self._file, schema, options=options)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, max_chunksize=self._chunk)
+
+    def __enter__(self) -> _SpillWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.close()
+        self._file.close()
+        self._result.spill_bytes += self.path.stat().st_size
+
+
+class _RunCursor:
+    """Reads one spill run batch by batch; `ts` holds the current batch's unread keys."""
+
+    def __init__(self, path: Path) -> None:
+        self._source = pa.OSFile(str(path), "rb")
+        self._reader = pa.ipc.open_stream(self._source)
+        self._batch: pa.RecordBatch | None = None
+        self.ts = np.empty(0, dtype=np.int64)
+
+    def advance(self) -> bool:
+        """Load the next non-empty batch; False (and closed) at the end of the run."""
+        while True:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                self.close()
+                return False
+            if batch.num_rows:
+                self._batch = batch
+                self.ts = batch.column(TS).to_numpy()
+                return True
+
+    def take(self, rows: int) -> pa.RecordBatch:
+        assert self._batch is not None
+        piece = self._batch.slice(0, rows)
+        self._batch = self._batch.slice(rows)
+        self.ts = self.ts[rows:]
+        return piece
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class _OutputWriter(_Sink):
+    """data.parquet: fixed-size row groups, seq and constant columns added, written
+    by a background thread so compression overlaps with reading and sorting."""
+
+    def __init__(
+        self,
+        path: Path,
+        schema: InputSchema,
+        settings: MergeSettings,
+        on_batch: Callable[[pa.Table], None] | None,
+        result: MergeResult,
+    ) -> None:
+        self._path = path
+        self._input = schema
+        self._group_rows = settings.output_buffer_size
+        self._log_interval = settings.log_interval
+        self._settings = settings
+        self._on_batch = on_batch
+        self._result = result
+        self.schema = output_schema(schema.schema)
+        result.columns = self.schema.names
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last_ts: int | None = None
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> _OutputWriter:
+        ts_index = self.schema.get_field_index(TS)
+        self._writer = pq.ParquetWriter(
+            str(self._path),
+            self.schema,
+            compression="zstd",
+            compression_level=self._settings.zstd_level,
+            write_statistics=True,
+            write_page_index=True,
+            sorting_columns=[pq.SortingColumn(ts_index), pq.SortingColumn(ts_index + 1)],
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._flush_all()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+            assert self._writer is not None
+            self._writer.close()
+        if self._error is not None and exc_type is None:
+            raise self._error
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        ts = table.column(TS)
+        first = ts[0].as_py()
+        if self._last_ts is not None and first < self._last_ts:
+            raise RuntimeError(f"merge order violated: {first} after {self._last_ts}")
+        self._last_ts = ts[-1].as_py()
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self._group_rows:
+            self._emit(self._group_rows)
+
+    def _flush_all(self) -> None:
+        if self._pending_rows:
+            self._emit(self._pending_rows)
+
+    def _emit(self, rows: int) -> None:
+        pending = pa.concat_tables(self._pending)
+        group, rest = pending.slice(0, rows), pending.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        group = self._complete(group)
+        if self._on_batch is not None:
+            self._on_batch(group)
+        self._submit(group)
+
+    def _complete(self, group: pa.Table) -> pa.Table:
+        """Add seq and the constant columns, in output column order."""
+        start = self._result.rows
+        rows = group.num_rows
+        columns = []
+        for out_field in self.schema:
+            name = out_field.name
+            if name == SEQ:
+                columns.append(pa.array(np.arange(start, start + rows, dtype=np.int64)))
+            elif name in self._input.constants:
+                value = pa.scalar(self._input.constants[name], out_field.type)
+                columns.append(pa.repeat(value, rows))
+            else:
+                columns.append(group.column(name))
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        result = self._result
+        if result.ts_event_min is None:
+            result.ts_event_min = table.column(TS)[0].as_py()
+        result.ts_event_max = table.column(TS)[-1].as_py()
+        result.rows += rows
+        result.row_groups += 1
+        if result.rows // self._log_interval != start // self._log_interval:
+            log.info("merge progress: %d rows written", result.rows)
+        return table
+
+    def _submit(self, table: pa.Table) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(table, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _write_loop(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                assert self._writer is not None
+                self._writer.write_table(_fixed_chunks(table), row_group_size=table.num_rows)
+            except BaseException as exc:  # surfaced to the merging thread
+                self._error = exc
+
+
+def _fixed_chunks(table: pa.Table) -> pa.Table:
+    """The same rows as contiguous chunks of _WRITE_CHUNK_ROWS, whatever they came as.
+
+    Arrow's Parquet writer cuts pages at mini-batch boundaries counted from each
+    chunk's start, so chunking must not depend on how the rows were produced.
+    """
+    batches = []
+    for offset in range(0, table.num_rows, _WRITE_CHUNK_ROWS):
+        piece = table.slice(offset, _WRITE_CHUNK_ROWS).combine_chunks()
+        batches.extend(piece.to_batches())
+    return pa.Table.from_batches(batches, schema=table.schema)
+
+
+def output_schema(unified: pa.Schema) -> pa.Schema:
+    """The unified input schema with seq right after ts_event and our version stamped."""
+    ts_index = unified.get_field_index(TS)
+    fields = list(unified)
+    fields.insert(ts_index + 1, pa.field(SEQ, pa.int64(), nullable=False))
+    metadata = {b"quantlab.compactor_version": __version__.encode()}
+    return pa.schema(fields, metadata=metadata)
+

@@ -1,0 +1,341 @@
+"""What the merge learns from the inputs' footers before it reads a row.
+
+One pass over the footers gives, per file, its row count and ts_event range
+(from column statistics, so no data is read), and for the partition the
+unified output schema and the columns that hold one constant value everywhere
+(those are not carried through the sort at all, only re-created at write time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from compressor.merge_errors import (
+    BadTsEventTypeError,
+    CorruptFileError,
+    MissingTsEventError,
+    NullTsEventError,
+    SchemaConflictError,
+)
+
+TS = "ts_event"
+SEQ = "seq"
+
+_SIGNED = [pa.int8(), pa.int16(), pa.int32(), pa.int64()]
+_UNSIGNED_TO_SIGNED = {
+    pa.uint8(): pa.int16(),
+    pa.uint16(): pa.int32(),
+    pa.uint32(): pa.int64(),
+}
+_NO_VALUE = object()
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One input as its footer describes it."""
+
+    path: Path
+    index: int
+    rows: int
+    size: int
+    ts_min: int | None
+    ts_max: int | None
+    columns: frozenset[str]
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """The partition's unified view of its inputs.
+
+    `schema` is the output schema without `seq`; `constants` maps a column that holds
+    one non-null value in every row of every file to that value; `varying` is the
+    list of the other columns, the ones that are read and sorted.
+    """
+
+    schema: pa.Schema
+    constants: dict[str, Any]
+    varying: list[str]
+
+    @cached_property
+    def varying_schema(self) -> pa.Schema:
+        return pa.schema([self.schema.field(name) for name in self.varying])
+
+
+def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
+    """Read every footer once; raise the typed error naming the first bad file."""
+    infos: list[FileInfo] = []
+    column_sets: dict[tuple[str, ...], frozenset[str]] = {}
+    unifier = _SchemaUnifier()
+    constants = _ConstantTracker()
+    for index, path in enumerate(paths):
+        metadata = _read_footer(path)
+        schema = _arrow_schema(path, metadata)
+        _check_ts_type(path, schema)
+        unifier.add(path, schema)
+        ts_min, ts_max = _ts_range(path, metadata, schema)
+        constants.add(metadata, schema)
+        names = tuple(schema.names)
+        columns = column_sets.setdefault(names, frozenset(names))
+        size = path.stat().st_size
+        infos.append(FileInfo(path, index, metadata.num_rows, size, ts_min, ts_max, columns))
+    unified = unifier.result()
+    consts = {name: value for name, value in constants.result().items() if name != TS}
+    varying = [name for name in unified.names if name not in consts]
+    return infos, InputSchema(unified, consts, varying)
+
+
+def _read_footer(path: Path) -> pq.FileMetaData:
+    try:
+        metadata = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptFileError(path, f"unreadable Parquet footer ({_first_line(exc)})") from None
+    _check_layout(path, metadata)
+    return metadata
+
+
+def _check_layout(path: Path, metadata: pq.FileMetaData) -> None:
+    """Reject objects whose footer does not describe the bytes before it.
+
+    Two files concatenated into one object keep the second file's footer, whose
+    offsets point into the first file's bytes: a gap opens between the end of
+    the last column chunk and the footer. Page indexes legitimately sit there,
+    so the check only applies to files without them.
+    """
+    size = path.stat().st_size
+    footer_start = size - 8 - metadata.serialized_size
+    data_end = 4
+    for rg in range(metadata.num_row_groups):
+        row_group = metadata.row_group(rg)
+        for col in range(row_group.num_columns):
+            chunk = row_group.column(col)
+            if chunk.has_column_index or chunk.has_offset_index:
+                return
+            start = chunk.dictionary_page_offset or chunk.data_page_offset
+            data_end = max(data_end, start + chunk.total_compressed_size)
+    if metadata.num_rows and data_end != footer_start:
+        raise CorruptFileError(
+            path,
+            f"footer does not match file layout (data ends at {data_end}, "
+            f"footer starts at {footer_start}); concatenated or truncated object",
+        )
+
+
+def _arrow_schema(path: Path, metadata: pq.FileMetaData) -> pa.Schema:
+    try:
+        return metadata.schema.to_arrow_schema()
+    except (pa.ArrowException, ValueError) as exc:
+        raise CorruptFileError(path, f"unreadable schema ({_first_line(exc)})") from None
+
+
+def _check_ts_type(path: Path, schema: pa.Schema) -> None:
+    if TS not in schema.names:
+        raise MissingTsEventError(path, "no ts_event column", TS)
+    ts_type = _value_type(schema.field(TS).type)
+    if not (pa.types.is_integer(ts_type) or pa.types.is_timestamp(ts_type)):
+        raise BadTsEventTypeError(path, f"ts_event has type {ts_type}, want int64 ms", TS)
+
+
+def _ts_range(
+    path: Path, metadata: pq.FileMetaData, schema: pa.Schema
+) -> tuple[int | None, int | None]:
+    """(min, max) of ts_event in ms from statistics; read the column if they are missing."""
+    if metadata.num_rows == 0:
+        return None, None
+    column = schema.get_field_index(TS)
+    lows, highs, nulls = [], [], 0
+    for rg in range(metadata.num_row_groups):
+        stats = metadata.row_group(rg).column(column).statistics
+        if stats is None or not stats.has_min_max or not stats.has_null_count:
+            return _ts_range_from_data(path)
+        lows.append(stats.min)
+        highs.append(stats.max)
+        nulls += stats.null_count
+    if nulls:
+        raise NullTsEventError(path, f"ts_event has {nulls} null values", TS)
+    return _to_ms(min(lows)), _to_ms(max(highs))
+
+
+def _ts_range_from_data(path: Path) -> tuple[int, int]:
+    column = read_columns(path, [TS]).column(TS)
+    if column.null_count:
+        raise NullTsEventError(path, f"ts_event has {column.null_count} null values", TS)
+    ts = to_ms_array(path, column)
+    bounds = pc.min_max(ts)
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def _to_ms(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return int(pa.scalar(value, pa.timestamp("us")).cast(pa.int64()).as_py() // 1000)
+
+
+def to_ms_array(path: Path, column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """ts_event as int64 milliseconds, whatever integer or timestamp type it was written as."""
+    col_type = _value_type(column.type)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(col_type)
+    if pa.types.is_timestamp(col_type):
+        column = column.cast(pa.timestamp("ms"), safe=False)
+        try:
+            return column.cast(pa.int64())
+        except pa.ArrowInvalid as exc:
+            raise BadTsEventTypeError(path, f"ts_event cannot be ms ({exc})", TS) from None
+    if col_type == pa.uint64():
+        try:
+            return column.cast(pa.int64())
+        except pa.ArrowInvalid:
+            raise BadTsEventTypeError(path, "ts_event overflows int64", TS) from None
+    return column.cast(pa.int64())
+
+
+def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
+    """Read some columns of one file; any decoding failure is a CorruptFileError."""
+    try:
+        # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        return reader.read(columns=list(columns), use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptFileError(path, f"unreadable Parquet data ({_first_line(exc)})") from None
+
+
+def conform(path: Path, table: pa.Table, target: pa.Schema) -> pa.Table:
+    """Cast one file's table to `target`: widen, decode dictionaries, fill missing columns."""
+    if table.schema.remove_metadata().equals(target):
+        return table
+    columns = []
+    for field in target:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if field.name == TS:
+            column = to_ms_array(path, column)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaConflictError(
+                path, f"cannot cast {column.type} to {field.type} ({_first_line(exc)})", field.name
+            ) from None
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+class _SchemaUnifier:
+    """Union of the files' columns by name, first-seen order, widened types."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, pa.DataType] = {}
+
+    def add(self, path: Path, schema: pa.Schema) -> None:
+        for field in schema:
+            if field.name == SEQ:
+                raise SchemaConflictError(path, "raw file already has a seq column", SEQ)
+            new = pa.int64() if field.name == TS else _value_type(field.type)
+            old = self._types.get(field.name)
+            self._types[field.name] = new if old is None else _widen(path, field.name, old, new)
+
+    def result(self) -> pa.Schema:
+        fields = []
+        for name, type_ in self._types.items():
+            fields.append(pa.field(name, pa.string() if pa.types.is_null(type_) else type_,
+                                   nullable=name != TS))
+        return pa.schema(fields)
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _widen(path: Path, name: str, old: pa.DataType, new: pa.DataType) -> pa.DataType:
+    """The narrowest type both `old` and `new` values fit in without loss."""
+    if old == new or pa.types.is_null(new):
+        return old
+    if pa.types.is_null(old):
+        return new
+    old, new = _UNSIGNED_TO_SIGNED.get(old, old), _UNSIGNED_TO_SIGNED.get(new, new)
+    if old in _SIGNED and new in _SIGNED:
+        return max(old, new, key=_SIGNED.index)
+    if pa.types.is_floating(old) and pa.types.is_floating(new):
+        return pa.float64()
+    for int_type, float_type in ((old, new), (new, old)):
+        if int_type in _SIGNED[:3] and pa.types.is_floating(float_type):
+            return pa.float64()
+    strings = (pa.string(), pa.large_string())
+    if old in strings and new in strings:
+        return pa.large_string()
+    if old == new:
+        return old
+    raise SchemaConflictError(path, f"type {new} conflicts with {old} in earlier files", name)
+
+
+class _ConstantTracker:
+    """Finds columns whose statistics say one value, never null, in every non-empty file."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._varying: set[str] = set()
+        self._files = 0
+
+    def add(self, metadata: pq.FileMetaData, schema: pa.Schema) -> None:
+        if metadata.num_rows == 0:
+            return
+        self._files += 1
+        names = set(schema.names)
+        for name in list(self._values):
+            if name not in names:
+                self._varying.add(name)
+        for index, field in enumerate(schema):
+            if field.name in self._varying:
+                continue
+            value = _single_value(metadata, index) if _constant_type(field.type) else _NO_VALUE
+            if value is _NO_VALUE or (self._files > 1 and field.name not in self._values):
+                self._varying.add(field.name)
+            elif self._values.setdefault(field.name, value) != value:
+                self._varying.add(field.name)
+
+    def result(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items() if k not in self._varying}
+
+
+def _constant_type(type_: pa.DataType) -> bool:
+    """Types whose statistics compare exactly: integers, strings, booleans."""
+    value_type = _value_type(type_)
+    return (
+        pa.types.is_integer(value_type)
+        or pa.types.is_string(value_type)
+        or pa.types.is_large_string(value_type)
+        or pa.types.is_boolean(value_type)
+    )
+
+
+def _single_value(metadata: pq.FileMetaData, column: int) -> Any:
+    """The column's only value in this file per statistics, or _NO_VALUE."""
+    value: Any = _NO_VALUE
+    for rg in range(metadata.num_row_groups):
+        chunk = metadata.row_group(rg).column(column)
+        stats = chunk.statistics
+        if (
+            stats is None
+            or not stats.has_min_max
+            or not stats.has_null_count
+            or stats.null_count
+            or stats.min != stats.max
+        ):
+            return _NO_VALUE
+        if value is not _NO_VALUE and value != stats.min:
+            return _NO_VALUE
+        value = stats.min
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
