@@ -42,6 +42,8 @@ class Status(enum.StrEnum):
 
 DONE = frozenset({Status.SUCCESS, Status.UP_TO_DATE, Status.NO_DATA})
 PROBLEMS = frozenset({Status.FAILED, Status.QUARANTINED, Status.STILL_QUARANTINED})
+#: Problem partitions listed one per line in the printed report.
+REPORT_PROBLEMS = 50
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,11 @@ class RunReport:
             f"last_compacted_date: {self.last_compacted_before or '-'} -> "
             f"{self.last_compacted_after or '-'}",
         ]
-        for o in self.problems:
+        problems = self.problems
+        for o in problems[:REPORT_PROBLEMS]:
             lines.append(f"  {o.status.value}: {o.pid.state_key}: {o.error}")
+        if len(problems) > REPORT_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - REPORT_PROBLEMS} more (see the log)")
         if self.state_error:
             lines.append(f"  state not saved: {self.state_error}")
         if self.stopped:

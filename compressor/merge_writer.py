@@ -27,6 +27,7 @@ fixed-size chunks, so page boundaries do not depend on the path taken.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import queue
@@ -271,6 +272,7 @@ class _Merge:
         self.should_stop = should_stop
         self.result = result
         fan_in = settings.max_open_files
+        self._spill_numbers = itertools.count()
         per_run = plan.row_budget // (fan_in + 1)
         self.spill_chunk = min(settings.batch_size, max(_MIN_SPILL_CHUNK, per_run))
 
@@ -294,7 +296,7 @@ class _Merge:
             raise MergeAborted("merge interrupted")
 
     def _new_spill(self) -> _SpillWriter:
-        path = self.work / f"spill-{self.result.spill_runs:06d}-{len(os.listdir(self.work))}.arrow"
+        path = self.work / f"spill-{next(self._spill_numbers):06d}.arrow"
         return _SpillWriter(path, self.schema.varying_schema, self.spill_chunk, self.result)
 
     def _spill_run(self, number: int, run: tuple[int, int]) -> Path:

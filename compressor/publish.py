@@ -8,7 +8,7 @@ Publish order (any crash leaves a reader-consistent bucket):
 
 So whenever meta.json is visible, the data.parquet beside it is the one it
 describes (rows, sha256), also during --overwrite. A lease check (`fence`) runs
-before the first write and again right before meta.json.
+right before each of the three writes.
 """
 
 from __future__ import annotations
@@ -191,12 +191,14 @@ def _merge(
     """merge_files, again without each corrupt object when --skip-corrupt asks for it."""
     keys = {path: key for path, key in inputs}
     skipped: set[Path] = set()
+    spill = work / "spill"
+    spill.mkdir(exist_ok=True)
     quality = QualityAccumulator(partition.pid.date)
     while True:
         quality.reset()
         paths = [path for path, _ in inputs if path not in skipped]
         try:
-            result = merge_files(paths, output, tmp_dir=work / "spill", settings=settings.merge,
+            result = merge_files(paths, output, tmp_dir=spill, settings=settings.merge,
                                  on_batch=quality, should_stop=should_stop)
             return result, quality.result(), skipped
         except MergeInputError as exc:
@@ -306,9 +308,10 @@ def publish(
 ) -> None:
     """Delete old meta.json, upload data.parquet, put meta.json last (see module doc)."""
     pid = partition.pid
-    fence()
     if compact.head(pid.meta_key) is not None:
+        fence()
         compact.delete(pid.meta_key)
+    fence()
     uploaded = compact.put_file(pid.data_key, data_path)
     if uploaded.size != meta["size_bytes"]:
         raise TransientStoreError(

@@ -68,16 +68,17 @@ class QualityAccumulator:
         self._lags: Counter[int] = Counter()
         self._carry: pa.Table | None = None
 
-    def __call__(self, batch: pa.RecordBatch) -> None:
+    def __call__(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        ts = _as_ms(batch.column("ts_event"))
-        self._rows += batch.num_rows
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        ts = _as_ms(table.column("ts_event"))
+        self._rows += table.num_rows
         self._count_out_of_day(ts)
         self._track_gap(ts)
-        if "ts_recv" in batch.schema.names:
-            self._count_lags(ts, _as_ms(batch.column("ts_recv")))
-        self._count_duplicates(pa.Table.from_batches([batch]), ts)
+        if "ts_recv" in table.schema.names:
+            self._count_lags(ts, _as_ms(table.column("ts_recv")))
+        self._count_duplicates(table, ts)
 
     def result(self) -> DayQuality:
         if self._carry is not None:
