@@ -194,6 +194,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _error_line(stderr: bytes, returncode: int) -> str:
+    """The exception line of a worker's traceback (DuckDB adds query context after it)."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line):
+            return line[:400]
+    return (" | ".join(lines[-3:]) or f"exit status {returncode}")[:400]
+
+
 def run_once(
     contender: str, rep: int, list_file: Path, output: Path, tmp: Path, budget: int, timeout: float
 ) -> Run:
@@ -232,8 +241,7 @@ def run_once(
     if proc.returncode == UNAVAILABLE and "unavailable" in report:
         return Run(rep, "unavailable", message=report["unavailable"])
     if proc.returncode != 0:
-        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
-        return Run(rep, "failed", wall, None, rss, message=" | ".join(tail))
+        return Run(rep, "failed", wall, None, rss, message=_error_line(stderr, proc.returncode))
     return Run(
         rep,
         "ok",
