@@ -99,7 +99,8 @@ def test_fingerprint_changes_when_a_raw_file_arrives(store: Store, tmp_path: Pat
 
 
 def _fill(store: Store, pid: PartitionId, start: int, count: int) -> None:
-    keys = [f"{pid.prefix}part-{1795478400 + n}-{n:06d}.parquet" for n in range(start, start + count)]
+    names = [f"part-{1795478400 + n}-{n:06d}.parquet" for n in range(start, start + count)]
+    keys = [pid.prefix + name for name in names]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: store.put_bytes(k, b"x"), keys))
 
