@@ -456,6 +456,18 @@ def test_s3_listing_paginates_past_1000(proxied: Callable[..., S3Store], s3proxy
     assert s3proxy.counts() == {"LIST_DELIM": 2}
 
 
+def test_s3_odd_but_legal_keys_are_data(moto_server: str, s3_bucket: str) -> None:
+    """On S3 '..', '//', leading slashes, '?', '%' are ordinary key bytes."""
+    store = make_s3_store(moto_server, s3_bucket)
+    keys = ["/lead", "a/../b", "./x", "a//b", "q?x=1", "pct%2Fx", "plus+sign", "hash#x"]
+    for key in keys:
+        store.put_bytes(key, key.encode())
+    assert keys_of(store) == s3_order(keys)
+    assert store.list_prefixes("") == ["./", "/", "a/"]
+    for key in keys:
+        assert store.get_bytes(key)[0] == key.encode()
+
+
 def test_s3_store_prefix_is_transparent(moto_server: str, s3_bucket: str) -> None:
     inner = S3Store(
         s3_bucket,
@@ -639,5 +651,9 @@ def test_open_store_rejects_half_a_credential_pair(s3_env: dict[str, str]) -> No
         open_store("s3://b", env, role="compact")
     assert "only-the-id" not in str(err.value)
     open_store("s3://b", env, role="raw")  # the raw role does not look at compact keys
+    with_userinfo = open_store(
+        "s3://b", {**s3_env, "S3_ENDPOINT": "http://user:pa55word@127.0.0.1:9"}, role="raw"
+    )
+    assert "pa55word" not in f"{with_userinfo!r} {with_userinfo.uri}"
     with pytest.raises(StoreConfigError, match="S3_MAX_ATTEMPTS"):
         open_store("s3://b", {**s3_env, "S3_MAX_ATTEMPTS": "many"}, role="raw")

@@ -235,9 +235,9 @@ class S3Store(Store):
 
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{_TMP_MARK}{uuid.uuid4().hex}.{path.name}"[:255]
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(self._max_attempts):
                 with self._mapped("get", key):
                     resp = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
