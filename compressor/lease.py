@@ -304,7 +304,7 @@ class LeaseManager:
             if reason is None:
                 return None
             try:
-                new_etag = self.store.put_bytes(key, record.to_bytes())
+                new_etag = self.store.put_bytes(key, record.to_bytes(), if_match=etag)
             except PreconditionFailed:
                 return None  # renewed or taken over by someone else meanwhile
             except NotFound:
