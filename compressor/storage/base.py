@@ -107,3 +107,12 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete `key`; deleting a missing key is not an error."""
+
+    def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
+        """Clean up invisible leftovers of writers killed mid-write; returns how many.
+
+        Local store: temp files; S3: incomplete multipart uploads under the
+        store's prefix. Only leftovers older than `max_age_s` are touched, so a
+        concurrent run's in-flight write is safe with a generous age.
+        """
+        return 0

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -288,10 +289,30 @@ class LocalStore(Store):
                     return  # a prefix, not an object: S3 has nothing to delete either
                 _fsync_dir(directory)
                 self._prune_dirs(directory)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return  # the directory does not exist, so neither does the key
         except OSError as exc:
             raise StoreError(f"cannot delete key {key!r}: {exc.strerror}") from None
+
+    def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
+        """Delete temp files older than `max_age_s` left by killed writers; returns the count.
+
+        Walks the whole tree: call it on the compact store, not on a huge raw lake.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for directory, _dirs, files in os.walk(self._real_root()):
+            for name in files:
+                if not name.startswith(TMP_MARK):
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except OSError:
+                    continue
+        return removed
 
     def _prune_dirs(self, directory: str) -> None:
         """Remove emptied directories up to the root, as S3 prefixes vanish with their keys.

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -375,6 +376,31 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         with self._mapped("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
+        """Abort incomplete multipart uploads under the prefix older than `max_age_s`."""
+        cutoff = time.time() - max_age_s
+        aborted = 0
+        with self._mapped("list uploads", None):
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            stale = [
+                (up["Key"], up["UploadId"])
+                for page in pages
+                for up in page.get("Uploads", [])
+                if up["Initiated"].timestamp() < cutoff
+            ]
+        for full_key, upload_id in stale:
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
+                )
+                aborted += 1
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise self._error(exc, "abort upload", full_key[len(self.prefix) :]) from None
+        return aborted
 
     # ---------------------------------------------------------------- helpers
 
