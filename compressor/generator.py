@@ -44,7 +44,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -484,6 +484,8 @@ def is_readable(data: bytes) -> bool:
 
 def _corrupt_bytes(spec: PartitionSpec, i: int, kind: str) -> bytes:
     table = raw_table(spec, i)
+    if table.num_rows == 0:  # rows_per_file=0: damage what a small file would have held
+        table = raw_table(replace(spec, rows_per_file=100, corrupt=0, empty=0), i)
     good = _parquet_bytes(table, _use_dictionary(spec, i))
     if kind == "zero_bytes":
         return b""
@@ -515,9 +517,11 @@ def _corrupt_bytes(spec: PartitionSpec, i: int, kind: str) -> bytes:
                     data[lo:hi] = b"\xff" * (hi - lo)
                 candidates.append(bytes(data))
     elif kind == "concatenated":
-        j = i + 1 if i + 1 < spec.files else i - 1
-        other = raw_table(spec, j) if j >= 0 else table.slice(0, table.num_rows // 2)
-        candidates = [good + _parquet_bytes(other), good + _parquet_bytes(other.slice(0, 1))]
+        # A + B: B's footer points at offsets inside A. Tiny files laid out alike can
+        # decode (silently wrong); then B is a bigger neighbour.
+        j = i + 1 if i + 1 < spec.files else max(i - 1, 0)
+        bigger = replace(spec, rows_per_file=max(200, 4 * spec.rows_per_file), corrupt=0, empty=0)
+        candidates = [good + _parquet_bytes(raw_table(s, j)) for s in (spec, bigger)]
     else:
         raise ValueError(f"unknown corrupt kind {kind!r}")
     for candidate in candidates:
