@@ -19,6 +19,7 @@ from compressor.generator import (
     PartitionSpec,
     file_bytes,
     file_names,
+    is_readable,
     raw_table,
     rows_in_file,
     special_files,
@@ -186,8 +187,9 @@ def test_schema_drift_really_drifts(tmp_path: Path) -> None:
     assert len({pq.read_schema(p).remove_metadata() for p in plain_paths}) == 1
 
 
-def test_each_corrupt_kind_is_unreadable(tmp_path: Path) -> None:
-    spec = PartitionSpec(files=20, rows_per_file=300, corrupt=len(CORRUPT_KINDS), empty=2)
+@pytest.mark.parametrize("rows", [300, 1])
+def test_each_corrupt_kind_is_unreadable(tmp_path: Path, rows: int) -> None:
+    spec = PartitionSpec(files=20, rows_per_file=rows, corrupt=len(CORRUPT_KINDS), empty=2)
     specials = special_files(spec)
     assert sorted(k for k in specials.values() if k != "empty") == sorted(CORRUPT_KINDS)
     assert list(specials.values()).count("empty") == 2
@@ -203,6 +205,10 @@ def test_each_corrupt_kind_is_unreadable(tmp_path: Path) -> None:
             assert paths[i].stat().st_size == 0
         if kind == "bad_page":
             pq.read_metadata(paths[i])  # the footer is fine, the data is not
+    # also when the slots would have held no rows
+    no_rows = PartitionSpec(files=5, rows_per_file=0, corrupt=5, seed=rows)
+    assert sorted(special_files(no_rows).values()) == sorted(CORRUPT_KINDS)
+    assert not any(is_readable(file_bytes(no_rows, i)) for i in range(5))
     for i, p in enumerate(paths):
         if i not in specials:
             assert pq.read_table(p).num_rows == rows_in_file(spec, i) > 0
