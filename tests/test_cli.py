@@ -1,0 +1,366 @@
+"""End to end: `python run.py` as a subprocess against the moto S3 server over HTTP.
+
+Raw and compact buckets are fresh per test (conftest `cli_env`); raw data comes
+from the generator, uploaded through the storage layer. Every run is also
+checked for leaked credentials in its output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
+from compressor.layout import PartitionId
+from compressor.state import StateStore
+from compressor.storage import S3Store
+from tests.conftest import (
+    TEST_ACCESS_KEY,
+    TEST_SECRET_KEY,
+    free_port,
+    make_s3_store,
+    put_partition,
+    store_listing,
+)
+from tests.s3proxy import S3Proxy
+
+REPO = Path(__file__).resolve().parents[1]
+TODAY = "20261125"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class World:
+    env: dict[str, str]
+    raw: S3Store
+    compact: S3Store
+    cwd: Path
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "run.py"), *args],
+            env=env or self.env, cwd=self.cwd, capture_output=True, text=True, timeout=120,
+        )
+        for text in (proc.stdout, proc.stderr):
+            assert TEST_SECRET_KEY not in text and TEST_ACCESS_KEY not in text
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.compact.get_bytes("compacted/_state.json")[0])
+
+    def add(self, spec: PartitionSpec) -> list[str]:
+        return put_partition(self.raw, spec, self.cwd)
+
+    def add_days(self, *days: str, corrupt_day: str | None = None) -> list[PartitionSpec]:
+        specs = []
+        for day in days:
+            for ex, stream, sym in (("binance", "trade", "btcusdt"), ("okx", "bbo", "ethusdt")):
+                corrupt = 1 if day == corrupt_day and ex == "okx" else 0
+                spec = PartitionSpec(exchange=ex, stream=stream, symbol=sym, date=day, files=4,
+                                     rows_per_file=60, corrupt=corrupt)
+                self.add(spec)
+                specs.append(spec)
+        return specs
+
+    def consistent_outputs(self) -> dict[str, dict[str, Any]]:
+        """state_key -> meta for every published partition; asserts meta matches its data."""
+        metas = {}
+        for info in self.compact.list_objects("exchange="):
+            if not info.key.endswith("/meta.json"):
+                continue
+            pid = PartitionId.from_prefix(info.key[: -len("meta.json")])
+            meta = json.loads(self.compact.get_bytes(info.key)[0])
+            local = self.cwd / "check.parquet"
+            self.compact.get_file(pid.data_key, local)
+            assert hashlib.sha256(local.read_bytes()).hexdigest() == meta["sha256"]
+            assert pq.read_metadata(local).num_rows == meta["rows"]
+            metas[pid.state_key] = meta
+        return metas
+
+
+@pytest.fixture
+def world(cli_env: dict[str, str], moto_server: str, tmp_path: Path) -> World:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return World(
+        cli_env,
+        make_s3_store(moto_server, cli_env["S3_BUCKET"]),
+        make_s3_store(moto_server, cli_env["S3_COMPACT_BUCKET"]),
+        cwd,
+    )
+
+
+def _set_last_compacted(world: World, day: str) -> None:
+    state = StateStore(world.compact)
+    state.advance_last_compacted(day)
+    state.flush()
+
+
+def _partitions(state: dict[str, Any]) -> dict[str, str]:
+    return {k: v["status"] for k, v in state["partitions"].items()}
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_daily_compacts_yesterday_only(world: World) -> None:
+    world.add_days("20261123", "20261124")
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert set(world.consistent_outputs()) == {"binance/trade/btcusdt/20261124",
+                                               "okx/bbo/ethusdt/20261124"}
+    state = world.state()
+    assert set(_partitions(state).values()) == {"success"}
+    assert state["last_compacted_date"] == "20261124"
+    assert state["updated_at"].endswith("Z")
+    entry = state["partitions"]["binance/trade/btcusdt/20261124"]
+    assert entry["rows"] > 0 and entry["total_size_bytes"] > 0
+    assert entry["day_quality_post"]["rows"] == entry["rows"]
+
+
+def test_fresh_start_is_yesterday_only_then_catch_up_follows_raw_days(world: World) -> None:
+    world.add_days("20261120", "20261124")
+    r = world.run("--today", TODAY)  # catch-up is the default mode
+    assert r.code == 0, r.err
+    assert {k.rsplit("/", 1)[1] for k in world.consistent_outputs()} == {"20261124"}
+    assert world.state()["last_compacted_date"] == "20261124"
+
+    world.add_days("20261125", "20261126", "20261127")
+    r = world.run("--today", "20261127")
+    assert r.code == 0, r.err
+    days = {k.rsplit("/", 1)[1] for k in world.consistent_outputs()}
+    assert days == {"20261124", "20261125", "20261126"}  # today (27th) never; 20th never
+    assert world.state()["last_compacted_date"] == "20261126"
+
+
+def test_catch_up_with_a_quarantined_day_in_the_middle(world: World) -> None:
+    specs = world.add_days("20261122", "20261123", "20261124", corrupt_day="20261123")
+    bad_spec = next(s for s in specs if s.corrupt)
+    (slot,) = special_files(bad_spec)
+    bad_key = f"{bad_spec.partition.prefix}{_name(bad_spec, slot)}"
+    _set_last_compacted(world, "20261121")
+
+    r = world.run("--today", TODAY)
+    assert r.code == 1
+    assert bad_key in r.out and bad_key in r.err
+    state = world.state()
+    assert state["last_compacted_date"] == "20261122"  # the bad day holds it back
+    entry = state["partitions"][bad_spec.partition.state_key]
+    assert entry["status"] == "quarantined" and entry["failed_key"] == bad_key
+    assert bad_key in entry["error"] and "\n" not in entry["error"]
+    outputs = world.consistent_outputs()
+    assert bad_spec.partition.state_key not in outputs
+    assert len(outputs) == 5  # later days were still compacted
+
+    r = world.run("--today", TODAY)  # nothing fixed yet: still blocked, not retried
+    assert r.code == 1 and "still quarantined" in r.out
+    assert world.state()["last_compacted_date"] == "20261122"
+
+    good = file_bytes(replace(bad_spec, corrupt=0), slot)
+    world.raw.put_bytes(bad_key, good)  # the operator repairs the object
+    r = world.run("--today", TODAY, "--retry-quarantine")
+    assert r.code == 0, r.err
+    assert world.state()["last_compacted_date"] == "20261124"
+    assert world.state()["partitions"][bad_spec.partition.state_key]["status"] == "success"
+    assert len(world.consistent_outputs()) == 6
+
+
+def test_deleting_the_quarantined_object_lifts_the_quarantine(world: World) -> None:
+    (spec, _) = world.add_days("20261124", corrupt_day="20261124")[::-1]
+    assert spec.corrupt
+    assert world.run("--mode", "daily", "--today", TODAY).code == 1
+    key = world.state()["partitions"][spec.partition.state_key]["failed_key"]
+    world.raw.delete(key)
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert "quarantined key no longer in the raw listing" in r.err
+    assert world.state()["last_compacted_date"] == "20261124"
+
+
+def test_skip_corrupt_publishes_without_the_bad_object(world: World) -> None:
+    (spec, _) = world.add_days("20261124", corrupt_day="20261124")[::-1]
+    r = world.run("--mode", "daily", "--today", TODAY, "--skip-corrupt")
+    assert r.code == 0, r.err
+    meta = world.consistent_outputs()[spec.partition.state_key]
+    assert len(meta["skipped_files"]) == 1 and meta["source_files"] == 3
+    entry = world.state()["partitions"][spec.partition.state_key]
+    assert entry["skipped_files"] == meta["skipped_files"]
+
+
+def test_backfill_never_moves_last_compacted_date(world: World) -> None:
+    world.add_days("20261121", "20261122", "20261123")
+    _set_last_compacted(world, "20261120")
+    r = world.run("--mode", "backfill", "--date-from", "20261121", "--date-to", "20261123",
+                  "--today", TODAY)
+    assert r.code == 0, r.err
+    assert len(world.consistent_outputs()) == 6
+    assert world.state()["last_compacted_date"] == "20261120"
+    assert "20261120 -> 20261120" in r.out
+
+
+def test_up_to_date_skip_then_overwrite_rewrites_consistently(world: World) -> None:
+    world.add_days("20261124")
+    assert world.run("--mode", "daily", "--today", TODAY).code == 0
+    first = world.consistent_outputs()
+    listing = store_listing(world.compact)
+
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0 and r.err.count("skipped: up to date") == 2
+    assert store_listing(world.compact) == listing  # nothing rewritten, state included
+
+    r = world.run("--mode", "daily", "--today", TODAY, "--overwrite")
+    assert r.code == 0, r.err
+    assert r.err.count("(--overwrite)") == 2
+    again = world.consistent_outputs()
+    for key, meta in again.items():
+        assert meta["sha256"] == first[key]["sha256"]  # same inputs, same bytes
+        assert world.state()["partitions"][key]["attempts"] == 2
+    assert store_listing(world.compact) != listing  # rewritten
+
+
+def test_late_raw_file_triggers_recompaction(world: World) -> None:
+    (spec, _) = world.add_days("20261124")
+    assert world.run("--mode", "daily", "--today", TODAY).code == 0
+    before = world.consistent_outputs()[spec.partition.state_key]
+    extra = PartitionSpec(exchange=spec.exchange, stream=spec.stream, symbol=spec.symbol,
+                          date=spec.date, files=1, rows_per_file=25, seed=7)
+    world.raw.put_bytes(spec.partition.prefix + "part-1795564799-999999.parquet",
+                        file_bytes(extra, 0))
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert "raw files changed since compaction (4 files then, 5 now)" in r.err
+    after = world.consistent_outputs()[spec.partition.state_key]
+    assert after["source_files"] == 5
+    assert after["rows"] == before["rows"] + rows_in_file(extra, 0)
+
+
+def test_dry_run_changes_nothing(world: World) -> None:
+    world.add_days("20261123", "20261124")
+    _set_last_compacted(world, "20261122")
+    before = (store_listing(world.raw), store_listing(world.compact))
+    r = world.run("--today", TODAY, "--dry-run")
+    assert r.code == 0, r.err
+    assert (store_listing(world.raw), store_listing(world.compact)) == before
+    assert "days: 20261123, 20261124" in r.out
+    assert "to compact: 4 (16 files" in r.out
+    assert "okx/bbo/ethusdt/20261124" in r.out and "not compacted yet" in r.out
+
+
+def test_filters_narrow_the_run(world: World) -> None:
+    world.add_days("20261124")
+    r = world.run("--mode", "daily", "--today", TODAY, "--exchanges", "okx")
+    assert r.code == 0, r.err
+    assert set(world.consistent_outputs()) == {"okx/bbo/ethusdt/20261124"}
+    assert world.state()["last_compacted_date"] is None  # a narrowed run vouches for nothing
+
+
+def test_quality_report_summarises_the_state_read_only(world: World) -> None:
+    world.add_days("20261124")
+    assert world.run("--mode", "daily", "--today", TODAY).code == 0
+    listing = store_listing(world.compact)
+    r = world.run("--quality-report", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert store_listing(world.compact) == listing
+    line = next(x for x in r.out.splitlines() if x.startswith("20261124"))
+    assert line.split()[1:4] == ["yes", "2", "2"]
+
+
+def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_server: str) -> None:
+    world.add_days("20261124")
+    with S3Proxy(moto_server) as proxy:
+        env = {**world.env, "S3_ENDPOINT": proxy.endpoint}
+        assert world.run("--today", TODAY, "--dry-run", env=env).code == 0
+        first = proxy.counts()
+        extra = PartitionSpec(date="20261124", files=30, rows_per_file=5, seed=3)
+        for key in world.add(replace(extra, exchange="binance", stream="trade")):
+            assert key.startswith("exchange=binance/stream=trade/symbol=btcusdt/")
+        proxy.reset_counts()
+        assert world.run("--today", TODAY, "--dry-run", env=env).code == 0
+        second = proxy.counts()
+    # walk: root, 2 exchanges, 2 streams, 2 symbols; then one LIST per partition
+    assert first["LIST_DELIM"] == second["LIST_DELIM"] == 1 + 2 + 2 + 2
+    assert first["LIST"] == second["LIST"] == 2 + 2  # check() per store + 2 partitions
+
+
+# --------------------------------------------------------------------------- exit code 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mode", "backfill", "--date-from", "2026-11-01"], "--date-from"),
+        (["--mode", "backfill", "--date-from", TODAY], "today or in the future"),
+        (["--mode", "backfill", "--date-from", "20261120", "--date-to", "20271120"],
+         "today or in the future"),
+        (["--mode", "weekly"], "--mode"),
+        (["--today", "20261131"], "--today"),
+        (["--memory-budget", "lots"], "--memory-budget"),
+        (["--env-file", "/nonexistent/.env"], "--env-file"),
+        (["--compact", "ftp://x"], "ftp"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle: str) -> None:
+    r = world.run("--today", TODAY, *args) if "--today" not in args else world.run(*args)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert needle in r.err and "Traceback" not in r.err
+    assert r.out == ""
+
+
+def test_missing_bucket_exits_2_naming_it(world: World) -> None:
+    env = {**world.env, "S3_BUCKET": "qlc-no-such-bucket"}
+    r = world.run("--today", TODAY, env=env)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1 and "qlc-no-such-bucket" in r.err
+
+
+def test_unreachable_endpoint_exits_2_quickly(world: World) -> None:
+    env = {**world.env, "S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    r = world.run("--today", TODAY, env=env)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1 and "endpoint" in r.err
+
+
+def test_env_file_is_read_and_real_environment_wins(world: World) -> None:
+    world.add_days("20261124")
+    env_file = world.cwd / ".env"
+    env_file.write_text(f"S3_COMPACT_BUCKET={world.env['S3_COMPACT_BUCKET']}\n"
+                        "S3_BUCKET=qlc-from-file-missing\n")
+    env_file.chmod(0o600)
+    env = {k: v for k, v in world.env.items() if k != "S3_COMPACT_BUCKET"}
+    r = world.run("--mode", "daily", "--today", TODAY, env=env)  # ./.env by default
+    assert r.code == 0, r.err  # S3_BUCKET from the real environment, compact from the file
+    assert "readable by other users" not in r.err
+    env_file.chmod(0o644)
+    r = world.run("--today", TODAY, "--dry-run", env=env)
+    assert r.code == 0 and "readable by other users" in r.err
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo(tmp_path: Path, world: World) -> None:
+    r = world.run("--demo", str(tmp_path / "demo"), "--today", TODAY)
+    assert r.code == 0, r.err
+    assert "last_compacted_date: 20261124" in r.out
+    state = json.loads((tmp_path / "demo/compact/compacted/_state.json").read_text())
+    assert len(state["partitions"]) == 36
+    assert {v["status"] for v in state["partitions"].values()} == {"success"}
+
+
+def _name(spec: PartitionSpec, slot: int) -> str:
+    return file_names(spec)[slot]
