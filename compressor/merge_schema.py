@@ -94,7 +94,7 @@ def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
 
 def _read_footer(path: Path) -> pq.FileMetaData:
     try:
-        metadata = pq.read_metadata(path)
+        metadata = pq.read_metadata(pa.memory_map(str(path)))
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"unreadable Parquet footer ({_first_line(exc)})") from None
     _check_layout(path, metadata)
@@ -201,7 +201,7 @@ def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
     """Read some columns of one file; any decoding failure is a CorruptFileError."""
     try:
         # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
-        reader = pq.ParquetFile(path, pre_buffer=False)
+        reader = pq.ParquetFile(pa.memory_map(str(path)), pre_buffer=False)
         return reader.read(columns=list(columns), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"unreadable Parquet data ({_first_line(exc)})") from None
@@ -245,8 +245,7 @@ class _SchemaUnifier:
     def result(self) -> pa.Schema:
         fields = []
         for name, type_ in self._types.items():
-            fields.append(pa.field(name, pa.string() if pa.types.is_null(type_) else type_,
-                                   nullable=name != TS))
+            fields.append(pa.field(name, pa.string() if pa.types.is_null(type_) else type_))
         return pa.schema(fields)
 
 

@@ -628,6 +628,7 @@ def output_schema(unified: pa.Schema) -> pa.Schema:
     """The unified input schema with seq right after ts_event and our version stamped."""
     ts_index = unified.get_field_index(TS)
     fields = list(unified)
+    fields[ts_index] = fields[ts_index].with_nullable(False)
     fields.insert(ts_index + 1, pa.field(SEQ, pa.int64(), nullable=False))
     metadata = {b"quantlab.compactor_version": __version__.encode()}
     return pa.schema(fields, metadata=metadata)
