@@ -28,11 +28,11 @@ from compressor import __version__
 from compressor.discovery import Filters
 from compressor.job import Job, RunReport
 from compressor.layout import format_day, parse_day
-from compressor.lease import LeaseManager, LeaseOwner
+from compressor.lease import LeaseManager, LeaseOwner, pid_alive
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
 from compressor.planning import Mode, Plan, PlanOptions, UsageError, build_plan
-from compressor.publish import CompactSettings
+from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality import summarize_state
 from compressor.state import StateCorruptError, StateStore
 from compressor.storage import Store, StoreError, open_store
@@ -267,6 +267,8 @@ def run_once(args: argparse.Namespace, raw: Store, compact: Store, stop: StopFla
     if args.dry_run:
         print(plan.render())
         return EXIT_OK
+    for path in clean_stale_tmp(args.tmp_dir, pid_alive):
+        log.info("removed %s, left by a run that is gone", path)
     report = execute(plan, raw, compact, state, settings, stop)
     print(report.render())
     if stop.exit_code is not None:
@@ -343,12 +345,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         setup_logging(args.log_format)
         stop.install()
-        return _dispatch(args, stop)
+        code = _dispatch(args, stop)
     except (UsageError, StoreError, StateCorruptError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    if stop.exit_code is not None:
+        _exit_now(stop.exit_code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for downloads still in flight (state and leases are settled)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _one_line(exc: BaseException) -> str:

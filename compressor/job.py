@@ -140,12 +140,16 @@ class Job:
         report.last_compacted_before = self.plan.last_compacted_date
         report.last_compacted_after = self.plan.last_compacted_date
         done_days: dict[str, bool] = {}
-        for day in self.plan.days:
-            outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
-            report.outcomes.extend(outcomes)
-            done_days[day] = all(o.done for o in outcomes) and not report.stopped
-            self._advance(done_days)
-            self._flush()
+        try:
+            for day in self.plan.days:
+                outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
+                report.outcomes.extend(outcomes)
+                done_days[day] = all(o.done for o in outcomes) and not report.stopped
+                self._advance(done_days)
+                self._flush()
+        except StoreConfigError:
+            self._flush_quietly()  # keep what was done before the store became unusable
+            raise
         report.seconds = time.monotonic() - started
         return report
 
@@ -176,6 +180,12 @@ class Job:
         except TransientStoreError as exc:
             self.report.state_error = one_line(str(exc), 300)
             log.error("state not saved yet: %s", self.report.state_error)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.state.flush()
+        except Exception as exc:  # the run is failing already; say why the state lags
+            log.error("state not saved: %s", one_line(str(exc), 300))
 
     # -- one partition -------------------------------------------------------------
 

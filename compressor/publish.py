@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -43,9 +44,11 @@ META_SCHEMA_VERSION = 1
 ORDERING_COLUMNS = ["ts_event", "seq"]
 #: Raw objects downloaded at once per partition.
 DOWNLOAD_WORKERS = 16
+#: How often a running download checks for a stop request, seconds.
+STOP_POLL_S = 0.2
 #: Rows per batch when the output is re-read for verification.
 VERIFY_BATCH_ROWS = 262_144
-#: Name prefix of per-partition temp dirs (issue 4 cleans leftovers of dead runs by it).
+#: Per-partition temp dirs are named `<TMP_PREFIX><pid>-<random>` under the tmp root.
 TMP_PREFIX = "qlc-part-"
 
 
@@ -121,7 +124,7 @@ def compact_partition(
     and StoreError/OSError from the stores and the disk.
     """
     settings.tmp_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=settings.tmp_root))
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
     try:
         started = time.monotonic()
         inputs = download(partition, raw, work / "in", settings.download_workers, should_stop)
@@ -139,6 +142,17 @@ def compact_partition(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def clean_stale_tmp(tmp_root: Path, is_alive: Callable[[int], bool]) -> list[Path]:
+    """Remove temp dirs left by runs on this host whose process is gone; returns them."""
+    removed = []
+    for path in tmp_root.glob(f"{TMP_PREFIX}*") if tmp_root.is_dir() else ():
+        pid_text = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid_text.isdigit() and not is_alive(int(pid_text)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 # --------------------------------------------------------------------------- download
 
 
@@ -149,27 +163,38 @@ def download(
     workers: int,
     should_stop: Callable[[], bool] = _never,
 ) -> list[tuple[Path, str]]:
-    """Fetch every raw file to `directory` (names keep key order); [(path, key)]."""
+    """Fetch every raw file to `directory` (names keep key order); [(path, key)].
+
+    A stop request is noticed within STOP_POLL_S: queued downloads are dropped and
+    the ones in flight are left to finish in the background.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     jobs = [(directory / f"{n:06d}.parquet", info) for n, info in enumerate(partition.files)]
     stop = threading.Event()
 
     def fetch(path: Path, listed: ObjectInfo) -> None:
-        if stop.is_set() or should_stop():
-            raise MergeAborted("interrupted while downloading")
+        if stop.is_set():
+            return
         got = raw.get_file(listed.key, path)
         if got.size != listed.size or _etag(got.etag) != _etag(listed.etag):
             raise RawChangedError(f"{listed.key}: raw object changed since it was listed")
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="get") as pool:
-        futures = [pool.submit(fetch, path, info) for path, info in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
-        if failed:
-            stop.set()
-            for f in futures:
-                f.cancel()
-            raise failed[0].exception()  # type: ignore[misc]
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="get")
+    aborted = False
+    try:
+        pending = {pool.submit(fetch, path, info) for path, info in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    raise error
+            if should_stop():
+                aborted = True
+                raise MergeAborted("interrupted while downloading")
+    finally:
+        stop.set()
+        pool.shutdown(wait=not aborted, cancel_futures=True)
     return [(path, info.key) for path, info in jobs]
 
 

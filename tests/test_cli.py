@@ -364,3 +364,124 @@ def test_demo(tmp_path: Path, world: World) -> None:
 
 def _name(spec: PartitionSpec, slot: int) -> str:
     return file_names(spec)[slot]
+
+
+# --------------------------------------------------------------------------- failures + state
+
+
+def test_transient_store_errors_fail_the_partition_for_a_retry(
+    world: World, moto_server: str
+) -> None:
+    world.add_days("20261124")
+    with S3Proxy(moto_server) as proxy:
+        # raw through the proxy (object GETs fail), compact straight to the server
+        env = {**world.env, "S3_ENDPOINT": proxy.endpoint, "S3_COMPACT_ENDPOINT": moto_server,
+               "S3_MAX_ATTEMPTS": "2"}
+        proxy.set_faults(1.0, ["internal"], ops=["GET"])
+        r = world.run("--mode", "daily", "--today", TODAY, env=env)
+    assert r.code == 1
+    statuses = _partitions(world.state())
+    assert set(statuses.values()) == {"failed"}  # retryable, never quarantined
+    assert world.state()["last_compacted_date"] is None
+    assert world.consistent_outputs() == {}
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert set(_partitions(world.state()).values()) == {"success"}
+    assert world.state()["last_compacted_date"] == "20261124"
+
+
+def test_malformed_state_stops_the_run_until_repaired(world: World) -> None:
+    world.add_days("20261124")
+    world.compact.put_bytes("compacted/_state.json", b'{"schema_version": 1, "partitions": [')
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1
+    assert "compacted/_state.json" in r.err and "--repair-state" in r.err
+    assert world.compact.get_bytes("compacted/_state.json")[0].endswith(b"[")  # untouched
+    assert world.consistent_outputs() == {}
+
+    r = world.run("--repair-state")
+    assert r.code == 0, r.err
+    assert "backed up to compacted/_state.json.corrupt-" in r.out
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert world.state()["last_compacted_date"] == "20261124"
+
+
+def test_a_lost_state_is_rebuilt_from_meta_without_recompacting(world: World) -> None:
+    world.add_days("20261123", "20261124")
+    assert world.run("--mode", "backfill", "--date-from", "20261123", "--date-to", "20261124",
+                     "--today", TODAY).code == 0
+    data_before = {k: v for k, v in store_listing(world.compact).items() if "date=" in k}
+    world.compact.delete("compacted/_state.json")
+    r = world.run("--mode", "backfill", "--date-from", "20261123", "--date-to", "20261124",
+                  "--today", TODAY)
+    assert r.code == 0, r.err
+    assert "4 up to date" in r.out
+    assert {k: v for k, v in store_listing(world.compact).items() if "date=" in k} == data_before
+    entries = world.state()["partitions"]
+    assert len(entries) == 4 and {e["status"] for e in entries.values()} == {"success"}
+    assert all(e["rows"] > 0 and e["day_quality_post"] for e in entries.values())
+
+
+def test_a_partition_leased_by_another_run_is_left_to_it(world: World) -> None:
+    from compressor.lease import LeaseManager, LeaseOwner
+
+    (spec, other) = world.add_days("20261124")
+    holder = LeaseManager(world.compact, owner=LeaseOwner("other-host", 1, "run-x"),
+                          auto_renew=False)
+    assert holder.acquire(spec.partition) is not None
+    r = world.run("--mode", "daily", "--today", TODAY)
+    assert r.code == 0, r.err
+    assert "1 busy elsewhere" in r.out
+    assert set(world.consistent_outputs()) == {other.partition.state_key}
+    assert world.state()["last_compacted_date"] is None  # that day is not done yet
+
+
+def test_json_log_format(world: World) -> None:
+    world.add_days("20261124")
+    r = world.run("--mode", "daily", "--today", TODAY, "--log-format", "json")
+    assert r.code == 0, r.err
+    lines = [json.loads(line) for line in r.err.splitlines()]
+    assert lines and all(x["ts"].endswith("Z") and x["level"] and x["msg"] for x in lines)
+    assert any("published" in x["msg"] for x in lines)
+    assert "\x1b[" not in r.err
+
+
+def test_sigterm_stops_cleanly_with_143(world: World, moto_server: str) -> None:
+    import signal
+    import time
+
+    world.add_days("20261123", "20261124")
+    with S3Proxy(moto_server) as proxy:
+        proxy.delay = 1.0
+        proxy.set_faults(1.0, ["delay"], ops=["GET"])  # every raw download stalls
+        env = {**world.env, "S3_ENDPOINT": proxy.endpoint, "S3_COMPACT_ENDPOINT": moto_server,
+               "S3_READ_TIMEOUT": "0.5", "S3_MAX_ATTEMPTS": "20"}
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run.py"), "--mode", "backfill", "--date-from",
+             "20261123", "--date-to", "20261124", "--today", TODAY,
+             "--tmp-dir", str(world.cwd / "tmp")],
+            env=env, cwd=world.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while proxy.counts().get("GET", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - sent
+    assert proc.returncode == 143, err
+    assert stopped_in < 10
+    assert "SIGTERM" in err and "stopped by a signal" in out
+    entries = world.state()["partitions"]
+    assert [e["error"] for e in entries.values()] == ["interrupted"]
+    assert world.consistent_outputs() == {}
+    leftovers = list((world.cwd / "tmp").glob("qlc-part-*"))
+    # an in-flight download may outlive the exit; the next run removes such leftovers
+    assert world.run("--today", TODAY, "--dry-run", "--tmp-dir", str(world.cwd / "tmp")).code == 0
+    r = world.run("--mode", "backfill", "--date-from", "20261123", "--date-to", "20261124",
+                  "--today", TODAY, "--tmp-dir", str(world.cwd / "tmp"))
+    assert r.code == 0, r.err
+    assert not list((world.cwd / "tmp").glob("qlc-part-*"))
+    assert len(leftovers) <= 1

@@ -307,3 +307,17 @@ def test_fence_runs_before_every_write(
         compact_partition(part, raw, store, settings, fence=lose)
     assert store.ops == []
 
+
+
+def test_temp_dirs_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    from compressor.publish import TMP_PREFIX, clean_stale_tmp
+
+    dead = tmp_path / f"{TMP_PREFIX}4000001-abc"
+    live = tmp_path / f"{TMP_PREFIX}4000002-def"
+    other = tmp_path / "unrelated-4000001"
+    for d in (dead, live, other):
+        (d / "in").mkdir(parents=True)
+    removed = clean_stale_tmp(tmp_path, lambda pid: pid == 4000002)
+    assert removed == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
+    assert clean_stale_tmp(tmp_path / "missing", lambda pid: False) == []
