@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--tmp-dir", metavar="DIR", type=Path, default=DEFAULT_TMP,
                        help=f"local scratch space (default {DEFAULT_TMP})")
     where.add_argument("--memory-budget", metavar="SIZE", default=None,
-                       help="rows buffered by the merge, e.g. 512M or 2G "
+                       help="memory the merge may use for buffered rows, e.g. 512M or 2G "
                        f"(default {DEFAULT_MEMORY_BUDGET >> 20}M)")
     where.add_argument("--log-format", choices=FORMATS, default="human",
                        help="human (default) or json lines, on stderr")
