@@ -76,6 +76,12 @@ class World:
                 specs.append(spec)
         return specs
 
+    def assert_no_secrets_stored(self) -> None:
+        """No credential in any object the job wrote (state, metas, data, leases)."""
+        for info in self.compact.list_objects(""):
+            body = self.compact.get_bytes(info.key)[0]
+            assert TEST_SECRET_KEY.encode() not in body and TEST_ACCESS_KEY.encode() not in body
+
     def consistent_outputs(self) -> dict[str, dict[str, Any]]:
         """state_key -> meta for every published partition; asserts meta matches its data."""
         metas = {}
@@ -177,6 +183,7 @@ def test_catch_up_with_a_quarantined_day_in_the_middle(world: World) -> None:
     assert world.state()["last_compacted_date"] == "20261124"
     assert world.state()["partitions"][bad_spec.partition.state_key]["status"] == "success"
     assert len(world.consistent_outputs()) == 6
+    world.assert_no_secrets_stored()
 
 
 def test_deleting_the_quarantined_object_lifts_the_quarantine(world: World) -> None:
@@ -388,6 +395,7 @@ def test_transient_store_errors_fail_the_partition_for_a_retry(
     assert r.code == 0, r.err
     assert set(_partitions(world.state()).values()) == {"success"}
     assert world.state()["last_compacted_date"] == "20261124"
+    world.assert_no_secrets_stored()
 
 
 def test_malformed_state_stops_the_run_until_repaired(world: World) -> None:
