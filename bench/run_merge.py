@@ -520,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work / f"tmp-{contender}", ignore_errors=True)
 
         checks: dict[str, Check] = {}
+        verify_started = time.perf_counter()
         if not args.no_verify and outputs:
             ref_name = "polars" if "polars" in outputs else next(iter(outputs))
             checks[ref_name] = verify(ref_name, outputs[ref_name], expected_rows, None)
@@ -527,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name != ref_name:
                     checks[name] = verify(name, path, expected_rows, (ref_name, outputs[ref_name]))
 
+        if checks:
+            print(f"  outputs checked in {time.perf_counter() - verify_started:.1f} s")
         summary = _summarise(contenders, runs, checks)
         _print_table(summary, args.reps)
         if args.json:
