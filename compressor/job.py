@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from compressor.layout import PartitionId
 from compressor.lease import LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
-from compressor.planning import DONE_SKIPS, Action, Plan, PlannedPartition, Reason
+from compressor.planning import (
+    DONE_SKIPS,
+    Action,
+    Plan,
+    PlannedPartition,
+    Reason,
+    human_size,
+)
 from compressor.publish import BadInputError, CompactSettings, VerificationError, compact_partition
 from compressor.state import PartitionState, StateStore, one_line, ready_date, utc_iso
 from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
@@ -251,8 +258,8 @@ class Job:
         attempts = previous.attempts + 1 if previous else 1
         started_at = utc_iso(time.time())
         self._record(pid, PartitionState.in_progress(started_at=started_at, attempts=attempts))
-        log.info("%s: compacting %d files, %d bytes (%s)", pid.state_key, part.file_count,
-                 part.total_bytes, planned.describe)
+        log.info("%s: compacting %d files, %s (%s)", pid.state_key, part.file_count,
+                 human_size(part.total_bytes), planned.describe)
         clock = time.monotonic()
         try:
             result = compact_partition(part, self.raw, self.compact, self.settings,
@@ -267,8 +274,8 @@ class Job:
             attempts=attempts, day_quality_post=result.quality.to_dict(),
             skipped_files=result.skipped_files or None,
         ))
-        log.info("%s: published %d rows, %d bytes in %.1fs%s", pid.state_key, result.rows,
-                 result.size_bytes, seconds,
+        log.info("%s: published %d rows, %s in %.1fs%s", pid.state_key, result.rows,
+                 human_size(result.size_bytes), seconds,
                  f", {len(result.skipped_files)} corrupt files skipped"
                  if result.skipped_files else "")
         return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds)

@@ -113,20 +113,20 @@ class Plan:
             f"days: {days}",
             f"partitions: {len(self.partitions)}, to compact: {len(compact)} "
             f"({sum(p.partition.file_count for p in compact)} files, "
-            f"{_size(sum(p.partition.total_bytes for p in compact))}), "
+            f"{human_size(sum(p.partition.total_bytes for p in compact))}), "
             f"skipped: {len(self.partitions) - len(compact)}",
         ]
         for p in self.partitions:
             lines.append(
                 f"  {p.action.value:<7} {p.pid.state_key:<44} {p.partition.file_count:>6} files "
-                f"{_size(p.partition.total_bytes):>9}  {p.describe}"
+                f"{human_size(p.partition.total_bytes):>9}  {p.describe}"
             )
         if not self.ready_days:
             lines.append("last_compacted_date: not moved by this run")
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -169,9 +169,14 @@ def _flag_day(flag: str, text: str) -> date:
 
 
 def catch_up_days(today: date, last_compacted: str | None, raw_dates: Sequence[str]) -> list[str]:
-    """Raw dates D with last_compacted < D < today, ascending; no state: yesterday only."""
+    """Raw dates D with last_compacted < D < today, ascending; no state: yesterday only.
+
+    Only days with raw data count: a day the raw store knows nothing of is never
+    declared ready (an empty or wrong bucket must not look like a quiet day).
+    """
     if last_compacted is None:
-        return [format_day(today - timedelta(days=1))]
+        yesterday = format_day(today - timedelta(days=1))
+        return [yesterday] if yesterday in raw_dates else []
     end = format_day(today)
     return sorted(d for d in set(raw_dates) if last_compacted < d < end)
 

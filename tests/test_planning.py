@@ -54,8 +54,14 @@ def test_catch_up_runs_every_raw_day_after_the_last_compacted_and_before_today()
 
 
 def test_catch_up_without_state_is_yesterday_only() -> None:
-    days, ready = plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123"])
+    days, ready = plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123", "20261124"])
     assert days == ready == ["20261124"]
+
+
+def test_a_day_without_raw_data_is_never_declared_ready() -> None:
+    assert plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123"]) == ([], [])
+    assert plan_days(Mode.DAILY, TODAY, None, ["20261123"]) == (["20261124"], [])
+    assert plan_days(Mode.DAILY, TODAY, "20261123", ["20261123"]) == (["20261124"], [])
 
 
 def test_backfill_is_the_inclusive_range_and_never_moves_readiness() -> None:
