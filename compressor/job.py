@@ -11,12 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from compressor.layout import PartitionId
-from compressor.lease import LeaseLost, LeaseManager
+from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
 from compressor.planning import (
     DONE_SKIPS,
@@ -203,11 +203,24 @@ class Job:
             return PartitionOutcome(pid, Status.NOT_RUN)
         if planned.action is Action.SKIP:
             return self._skip(planned)
-        with self._lease(pid) as fence:
-            if fence is None:
+        lease: Lease | None = None
+        if self.leases is not None:
+            try:
+                lease = self.leases.acquire(pid)
+            except StoreConfigError:
+                raise
+            except StoreError as exc:  # not recorded: another run may hold the partition
+                error = one_line(f"could not take the partition lease: {exc}")
+                log.error("%s: failed: %s", pid.state_key, error)
+                return PartitionOutcome(pid, Status.FAILED, error=error)
+            if lease is None:
                 log.info("%s: skipped: another run holds its lease", pid.state_key)
                 return PartitionOutcome(pid, Status.BUSY)
-            return self._compact(planned, fence)
+        try:
+            return self._compact(planned, lease.check_held if lease else _no_fence)
+        finally:
+            if lease is not None:
+                lease.release()
 
     def _skip(self, planned: PlannedPartition) -> PartitionOutcome:
         pid = planned.pid
@@ -222,35 +235,15 @@ class Job:
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
             return PartitionOutcome(pid, Status.NO_DATA)
-        meta = planned.meta or {}
-        rows, size = int(meta.get("rows", 0)), int(meta.get("size_bytes", 0))
         entry = self.state.get(pid)
-        if entry is None or entry.status != "success" or entry.rows != rows:
-            # meta.json is the truth; the state lost track (crash before a flush).
-            now = utc_iso(time.time())
-            quality = meta.get("day_quality")
-            self._record(pid, PartitionState.success(
-                rows=rows, total_size_bytes=size, started_at=now,
-                attempts=entry.attempts if entry else 1,
-                day_quality_post=quality if isinstance(quality, dict) else None,
-                skipped_files=meta.get("skipped_files"),
-            ))
+        published = _success_from_meta(planned.meta or {}, entry)
+        if published is None:
+            log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
+        elif entry is None or entry.status != "success" or entry.rows != published.rows:
+            self._record(pid, published)  # meta.json is the truth; the state lost track
+        rows = published.rows if published else 0
+        size = published.total_size_bytes if published else 0
         return PartitionOutcome(pid, Status.UP_TO_DATE, rows=rows, size_bytes=size)
-
-    @contextmanager
-    def _lease(self, pid: PartitionId) -> Iterator[Callable[[], None] | None]:
-        """Yields the fencing check to run before publishing, or None when the lease is taken."""
-        if self.leases is None:
-            yield lambda: None
-            return
-        lease = self.leases.acquire(pid)
-        if lease is None:
-            yield None
-            return
-        try:
-            yield lease.check_held
-        finally:
-            lease.release()
 
     def _compact(self, planned: PlannedPartition, fence: Callable[[], None]) -> PartitionOutcome:
         pid, part = planned.pid, planned.partition
@@ -294,6 +287,29 @@ class Job:
             failed_key=failed_key, attempts=attempts,
         ))
         return PartitionOutcome(pid, status, seconds=seconds, error=error, failed_key=failed_key)
+
+
+def _no_fence() -> None:
+    return None
+
+
+def _success_from_meta(
+    meta: dict[str, Any], entry: PartitionState | None
+) -> PartitionState | None:
+    """A `success` state entry rebuilt from a published meta.json (None if it won't do)."""
+    quality = meta.get("day_quality")
+    skipped = meta.get("skipped_files")
+    try:
+        return PartitionState.success(
+            rows=meta["rows"],  # types validated by PartitionState
+            total_size_bytes=meta["size_bytes"],
+            started_at=utc_iso(time.time()),
+            attempts=entry.attempts if entry else 1,
+            day_quality_post=quality if isinstance(quality, dict) else None,
+            skipped_files=skipped if isinstance(skipped, list) else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 #: Failures with a clear one-line story (no traceback in the log).
