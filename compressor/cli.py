@@ -327,7 +327,17 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
     return code
 
 
+def _check_one_action(args: argparse.Namespace) -> None:
+    chosen = [flag for flag, on in (("--demo", args.demo is not None),
+                                    ("--quality-report", args.quality_report),
+                                    ("--repair-state", args.repair_state),
+                                    ("--dry-run", args.dry_run)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} cannot be combined")
+
+
 def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
+    _check_one_action(args)
     if args.demo is not None:
         return run_demo(args, stop)
     env = load_env(args.env_file, os.environ)

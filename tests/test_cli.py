@@ -318,6 +318,10 @@ def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_serve
         (["--memory-budget", "lots"], "--memory-budget"),
         (["--env-file", "/nonexistent/.env"], "--env-file"),
         (["--compact", "ftp://x"], "ftp"),
+        (["--dry-run", "--repair-state"], "cannot be combined"),
+        (["--mode", "backfill", "--date-from", "20261120", "--date-to", "20261118"], "before"),
+        (["--mode", "daily", "--date-from", "20261120"], "backfill only"),
+        (["--streams", ","], "--streams"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle: str) -> None:
