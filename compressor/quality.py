@@ -137,15 +137,42 @@ def _as_ms(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _duplicates_in(table: pa.Table) -> int:
+    """Rows equal to an earlier row of `table` (sorted by ts_event) in every identity column.
+
+    Only rows sharing their ts_event with a neighbour can be duplicates, and columns
+    constant over those rows cannot tell them apart: both are dropped before hashing.
+    """
+    if table.num_rows < 2:
+        return 0
+    ts = _as_ms(table.column("ts_event"))
+    same_as_next = pc.equal(ts.slice(1), ts.slice(0, len(ts) - 1))
+    no = pa.array([False])
+    candidate = pc.or_(pa.concat_arrays([no, same_as_next]), pa.concat_arrays([same_as_next, no]))
+    table = table.filter(candidate)
     if table.num_rows < 2:
         return 0
     keys = [
         name
         for name, typ in zip(table.column_names, table.schema.types, strict=True)
         if name not in _NOT_IDENTITY and not pa.types.is_nested(typ)
+        and not _constant(table.column(name))
     ]
-    groups = table.group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    groups = table.group_by(keys or ["ts_event"], use_threads=False).aggregate(
+        [([], "count_all")]
+    )
     return table.num_rows - groups.num_rows
+
+
+def _constant(column: pa.ChunkedArray) -> bool:
+    if column.null_count:
+        return column.null_count == len(column)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_integer(column.type)):
+        return False  # floats: NaN != NaN; leave them to the hash
+    extremes = pc.min_max(column)
+    return bool(extremes["min"] == extremes["max"])
 
 
 def _percentile(counts: Counter[int], q: float) -> int | None:

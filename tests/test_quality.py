@@ -115,3 +115,13 @@ def test_summary_lists_fourteen_days_and_readiness() -> None:
     day23 = next(line for line in lines if line.startswith("20261123"))
     assert day23.split()[1] == "no" and day23.split()[5] == "1"  # one quarantined
     assert not any(line.startswith("20261101") for line in lines)  # older than 14 days
+
+
+def test_a_differing_string_or_null_column_makes_rows_distinct() -> None:
+    base = _batch([DAY0] * 4, [DAY0] * 4, [1.0] * 4)
+    venue = pa.array(["a", "b", "a", None]).dictionary_encode()
+    batch = pa.RecordBatch.from_arrays([*base.columns, venue], [*base.schema.names, "venue"])
+    assert _feed([batch]).duplicate_rows == 1  # only the second "a"
+    same = pa.array(["x"] * 4)
+    batch = pa.RecordBatch.from_arrays([*base.columns, same], [*base.schema.names, "venue"])
+    assert _feed([batch]).duplicate_rows == 3
