@@ -201,7 +201,7 @@ def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
     """Read some columns of one file; any decoding failure is a CorruptFileError."""
     try:
         # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
-        reader = pq.ParquetFile(pa.memory_map(str(path)), pre_buffer=False)
+        reader = pq.ParquetFile(pa.OSFile(str(path)), pre_buffer=False)
         return reader.read(columns=list(columns), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"unreadable Parquet data ({_first_line(exc)})") from None

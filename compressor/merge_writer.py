@@ -485,7 +485,11 @@ class _RunCursor:
 
 class _OutputWriter(_Sink):
     """data.parquet: fixed-size row groups, seq and constant columns added, written
-    by a background thread so compression overlaps with reading and sorting."""
+    by a background thread so compression overlaps with reading and sorting.
+
+    At most one complete row group exists at a time: the next is assembled only
+    once the writer thread has finished the previous one.
+    """
 
     def __init__(
         self,
@@ -507,7 +511,8 @@ class _OutputWriter(_Sink):
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_ts: int | None = None
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
+        self._idle = threading.Semaphore(1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
         self._writer: pq.ParquetWriter | None = None
@@ -560,10 +565,11 @@ class _OutputWriter(_Sink):
         group, rest = pending.slice(0, rows), pending.slice(rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        group = self._complete(group)
+        self._wait_for_writer()
+        group = _fixed_chunks(self._complete(group))
         if self._on_batch is not None:
             self._on_batch(group)
-        self._submit(group)
+        self._queue.put(group)
 
     def _complete(self, group: pa.Table) -> pa.Table:
         """Add seq and the constant columns, in output column order."""
@@ -590,25 +596,25 @@ class _OutputWriter(_Sink):
             log.info("merge progress: %d rows written", result.rows)
         return table
 
-    def _submit(self, table: pa.Table) -> None:
-        while True:
+    def _wait_for_writer(self) -> None:
+        """Block until the previous row group is written: one complete group in memory."""
+        while not self._idle.acquire(timeout=0.5):
             if self._error is not None:
                 raise self._error
-            try:
-                self._queue.put(table, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        if self._error is not None:
+            raise self._error
 
     def _write_loop(self) -> None:
         while (table := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
             try:
-                assert self._writer is not None
-                self._writer.write_table(_fixed_chunks(table), row_group_size=table.num_rows)
+                if self._error is None:
+                    assert self._writer is not None
+                    self._writer.write_table(table, row_group_size=table.num_rows)
             except BaseException as exc:  # surfaced to the merging thread
                 self._error = exc
+            finally:
+                del table
+                self._idle.release()
 
 
 def _fixed_chunks(table: pa.Table) -> pa.Table:
