@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 runs[contender].append(run)
                 print(
-                    f"  rep {rep} {contender:<11} {run.status:<11} wall {_fmt(run.wall_s)} s  "
+                    f"  rep {rep} {contender:<15} {run.status:<11} wall {_fmt(run.wall_s)} s  "
                     f"rss {_fmt(run.peak_rss_mb, '.0f')} MB  {run.message}",
                     flush=True,
                 )
@@ -599,7 +599,7 @@ def _summarise(
 def _print_table(summary: dict[str, dict[str, Any]], reps: int) -> None:
     print()
     head = (
-        f"{'contender':<12}{'status':<13}{'wall s':>8}{'op s':>8}{'RSS MB':>9}"
+        f"{'contender':<16}{'status':<13}{'wall s':>8}{'op s':>8}{'RSS MB':>9}"
         f"{'wall/pl':>9}{'RSS/pl':>8}{'out MiB':>9}  runs (wall s / RSS MB)"
     )
     print(head)
@@ -612,7 +612,7 @@ def _print_table(summary: dict[str, dict[str, Any]], reps: int) -> None:
         )
         out = None if s["output_bytes"] is None else s["output_bytes"] / 2**20
         print(
-            f"{name:<12}{s['status']:<13}{_fmt(s['median_wall_s']):>8}{_fmt(s['median_op_s']):>8}"
+            f"{name:<16}{s['status']:<13}{_fmt(s['median_wall_s']):>8}{_fmt(s['median_op_s']):>8}"
             f"{_fmt(s['median_peak_rss_mb'], '.0f'):>9}{_fmt(s['wall_vs_polars']):>9}"
             f"{_fmt(s['rss_vs_polars']):>8}{_fmt(out, '.1f'):>9}  {runs}"
         )
