@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -349,7 +349,7 @@ class _Merge:
                 if i == first:
                     cut = cursor.ts.size
                 else:
-                    side = "right" if i < first else "left"
+                    side: Literal["left", "right"] = "right" if i < first else "left"
                     cut = int(np.searchsorted(cursor.ts, bound, side=side))
                 if cut:
                     pieces.append(cursor.take(cut))

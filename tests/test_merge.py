@@ -25,8 +25,8 @@ from compressor.merge_errors import (
     NullTsEventError,
     SchemaConflictError,
 )
-from compressor.merge_writer import MergeSettings, merge_files, plan_runs
 from compressor.merge_schema import scan_inputs
+from compressor.merge_writer import MergeSettings, merge_files, plan_runs
 
 SMALL_GROUPS = 97  # output row groups in tests: small, and not a power of two
 
@@ -78,7 +78,9 @@ def specs(draw: st.DrawFn) -> PartitionSpec:
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(spec=specs())
 def test_merge_matches_reference_and_is_path_independent(spec: PartitionSpec, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("merge")
@@ -113,7 +115,9 @@ def test_every_file_spanning_the_day_spills_and_merges_in_passes(tmp_path):
     spec = PartitionSpec(files=40, rows_per_file=300, layout="spans_day", seed=5)
     paths = write_partition(spec, tmp_path / "raw")
     direct, _ = merge(paths, tmp_path / "a.parquet", tmp_path)
-    spilled, result = merge(paths, tmp_path / "b.parquet", tmp_path, memory_budget=1, max_open_files=3)
+    spilled, result = merge(
+        paths, tmp_path / "b.parquet", tmp_path, memory_budget=1, max_open_files=3
+    )
     assert spilled == direct
     assert result.spill_runs == 40
     assert result.passes == 1 + math.ceil(math.log(40, 3))
@@ -196,7 +200,9 @@ def test_timestamp_ts_event_becomes_int64_ms(tmp_path):
     merge(paths, tmp_path / "out.parquet", tmp_path)
     out = pq.read_table(tmp_path / "out.parquet")
     assert out.schema.field("ts_event").type == pa.int64()
-    expected = sorted(v for i in range(2) for v in raw_table(spec, i).column("ts_event").to_pylist())
+    expected = sorted(
+        v for i in range(2) for v in raw_table(spec, i).column("ts_event").to_pylist()
+    )
     assert out.column("ts_event").to_pylist() == expected
 
 
@@ -244,7 +250,9 @@ def test_null_ts_event_counts_nulls(tmp_path):
 def test_non_integer_ts_event(tmp_path, bad_type):
     spec = PartitionSpec(files=1, rows_per_file=10)
     table = raw_table(spec, 0)
-    bad = _write(tmp_path / "a.parquet", table.set_column(0, "ts_event", table.column(0).cast(bad_type)))
+    bad = _write(
+        tmp_path / "a.parquet", table.set_column(0, "ts_event", table.column(0).cast(bad_type))
+    )
     with pytest.raises(BadTsEventTypeError) as info:
         merge([bad], tmp_path / "out.parquet", tmp_path)
     assert info.value.path == str(bad) and info.value.column == "ts_event"
@@ -255,7 +263,10 @@ def test_incompatible_column_types_name_file_and_column(tmp_path):
     good = _write(tmp_path / "a.parquet", raw_table(spec, 0))
     table = raw_table(spec, 1)
     index = table.schema.get_field_index("bid_price")
-    bad = _write(tmp_path / "b.parquet", table.set_column(index, "bid_price", table.column(index).cast(pa.string())))
+    bad = _write(
+        tmp_path / "b.parquet",
+        table.set_column(index, "bid_price", table.column(index).cast(pa.string())),
+    )
     with pytest.raises(SchemaConflictError) as info:
         merge([good, bad], tmp_path / "out.parquet", tmp_path)
     assert info.value.path == str(bad) and info.value.column == "bid_price"
