@@ -487,8 +487,9 @@ class _OutputWriter(_Sink):
     """data.parquet: fixed-size row groups, seq and constant columns added, written
     by a background thread so compression overlaps with reading and sorting.
 
-    At most one complete row group exists at a time: the next is assembled only
-    once the writer thread has finished the previous one.
+    The writer thread also adds seq and the constant columns and calls on_batch, so
+    that work overlaps with reading too. At most one row group is handed over at
+    a time: the next waits until the writer has finished the previous one.
     """
 
     def __init__(
@@ -511,7 +512,7 @@ class _OutputWriter(_Sink):
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_ts: int | None = None
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[pa.Table, int] | None] = queue.Queue()
         self._idle = threading.Semaphore(1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
@@ -565,36 +566,37 @@ class _OutputWriter(_Sink):
         group, rest = pending.slice(0, rows), pending.slice(rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        first_seq = self._count(group)
         self._wait_for_writer()
-        group = _fixed_chunks(self._complete(group))
-        if self._on_batch is not None:
-            self._on_batch(group)
-        self._queue.put(group)
+        self._queue.put((group, first_seq))
 
-    def _complete(self, group: pa.Table) -> pa.Table:
-        """Add seq and the constant columns, in output column order."""
-        start = self._result.rows
+    def _count(self, group: pa.Table) -> int:
+        """Account for `group` in the result; return the seq of its first row."""
+        result = self._result
+        first_seq = result.rows
+        if result.ts_event_min is None:
+            result.ts_event_min = group.column(TS)[0].as_py()
+        result.ts_event_max = group.column(TS)[-1].as_py()
+        result.rows += group.num_rows
+        result.row_groups += 1
+        if result.rows // self._log_interval != first_seq // self._log_interval:
+            log.info("merge progress: %d rows written", result.rows)
+        return first_seq
+
+    def _complete(self, group: pa.Table, first_seq: int) -> pa.Table:
+        """Add seq and the constant columns, in output column order, in fixed chunks."""
         rows = group.num_rows
         columns = []
         for out_field in self.schema:
             name = out_field.name
             if name == SEQ:
-                columns.append(pa.array(np.arange(start, start + rows, dtype=np.int64)))
+                columns.append(pa.array(np.arange(first_seq, first_seq + rows, dtype=np.int64)))
             elif name in self._input.constants:
                 value = pa.scalar(self._input.constants[name], out_field.type)
                 columns.append(pa.repeat(value, rows))
             else:
                 columns.append(group.column(name))
-        table = pa.Table.from_arrays(columns, schema=self.schema)
-        result = self._result
-        if result.ts_event_min is None:
-            result.ts_event_min = table.column(TS)[0].as_py()
-        result.ts_event_max = table.column(TS)[-1].as_py()
-        result.rows += rows
-        result.row_groups += 1
-        if result.rows // self._log_interval != start // self._log_interval:
-            log.info("merge progress: %d rows written", result.rows)
-        return table
+        return _fixed_chunks(pa.Table.from_arrays(columns, schema=self.schema))
 
     def _wait_for_writer(self) -> None:
         """Block until the previous row group is written: one complete group in memory."""
@@ -605,15 +607,20 @@ class _OutputWriter(_Sink):
             raise self._error
 
     def _write_loop(self) -> None:
-        while (table := self._queue.get()) is not None:
+        """Writer thread: complete, show to on_batch, and write each row group in turn."""
+        while (item := self._queue.get()) is not None:
             try:
                 if self._error is None:
+                    table = self._complete(*item)
+                    if self._on_batch is not None:
+                        self._on_batch(table)
                     assert self._writer is not None
                     self._writer.write_table(table, row_group_size=table.num_rows)
+                    del table
             except BaseException as exc:  # surfaced to the merging thread
                 self._error = exc
             finally:
-                del table
+                del item
                 self._idle.release()
 
 
