@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from compressor.planning import (
     PlannedPartition,
     Reason,
     human_size,
+    read_meta,
 )
 from compressor.publish import BadInputError, CompactSettings, VerificationError, compact_partition
 from compressor.state import PartitionState, StateStore, one_line, ready_date, utc_iso
@@ -51,6 +53,11 @@ DONE = frozenset({Status.SUCCESS, Status.UP_TO_DATE, Status.NO_DATA})
 PROBLEMS = frozenset({Status.FAILED, Status.QUARANTINED, Status.STILL_QUARANTINED})
 #: Problem partitions listed one per line in the printed report.
 REPORT_PROBLEMS = 50
+#: How long a run waits, per day, for partitions another run on this host is compacting
+#: before it leaves them "busy elsewhere" (the day then stays not ready for this run).
+BUSY_WAIT_S = 600.0
+#: Seconds between two looks at a busy partition's lease (jittered).
+BUSY_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,9 @@ class Job:
         *,
         leases: LeaseManager | None = None,
         should_stop: Callable[[], bool] = _never,
+        busy_wait_s: float = BUSY_WAIT_S,
+        busy_poll_s: float = BUSY_POLL_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.plan = plan
         self.raw = raw
@@ -139,6 +149,9 @@ class Job:
         self.settings = settings
         self.leases = leases
         self.should_stop = should_stop
+        self.busy_wait_s = busy_wait_s
+        self.busy_poll_s = busy_poll_s
+        self.sleep = sleep
         self.report = RunReport(plan)
 
     def run(self) -> RunReport:
@@ -150,6 +163,8 @@ class Job:
         try:
             for day in self.plan.days:
                 outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
+                if day in self.plan.ready_days:
+                    outcomes = self._settle_busy(outcomes)
                 report.outcomes.extend(outcomes)
                 done_days[day] = all(o.done for o in outcomes) and not report.stopped
                 self._advance(done_days)
@@ -196,7 +211,7 @@ class Job:
 
     # -- one partition -------------------------------------------------------------
 
-    def _run_one(self, planned: PlannedPartition) -> PartitionOutcome:
+    def _run_one(self, planned: PlannedPartition, *, quiet_busy: bool = False) -> PartitionOutcome:
         pid = planned.pid
         if self.report.stopped or self.should_stop():
             self.report.stopped = True
@@ -214,13 +229,74 @@ class Job:
                 log.error("%s: failed: %s", pid.state_key, error)
                 return PartitionOutcome(pid, Status.FAILED, error=error)
             if lease is None:
-                log.info("%s: skipped: another run holds its lease", pid.state_key)
+                if not quiet_busy:
+                    log.info("%s: skipped: another run holds its lease", pid.state_key)
                 return PartitionOutcome(pid, Status.BUSY)
         try:
+            meta = self._published_since_plan(planned) if lease is not None else None
+            if meta is not None:
+                log.info("%s: skipped: compacted by another run since this run planned",
+                         pid.state_key)
+                return self._up_to_date(pid, meta)
             return self._compact(planned, lease.check_held if lease else _no_fence)
         finally:
             if lease is not None:
                 lease.release()
+
+    def _published_since_plan(self, planned: PlannedPartition) -> dict[str, Any] | None:
+        """The meta.json another run published for these raw files after we planned, if any.
+
+        Read once we hold the lease: a run that compacted the partition between our
+        plan and our lease has released it by now, and compacting again would only
+        hide the partition from readers for a while and redo the same bytes.
+        """
+        try:
+            meta = read_meta(self.compact, planned.pid)
+        except StoreConfigError:
+            raise
+        except StoreError as exc:  # cannot tell: compacting again is safe, just slower
+            log.warning("%s: could not re-read meta.json (%s)", planned.pid.state_key,
+                        one_line(str(exc), 200))
+            return None
+        if meta is None or meta == planned.meta:
+            return None
+        if meta.get("source_fingerprint") != planned.partition.fingerprint:
+            return None
+        return meta
+
+    def _settle_busy(self, outcomes: list[PartitionOutcome]) -> list[PartitionOutcome]:
+        """Wait for partitions of a ready day that another run on this host is compacting.
+
+        Two runs that split a day between them would otherwise each find the other's
+        partitions busy, and neither would ever count the day done. Waiting holds no
+        lease, so runs waiting on each other never deadlock. A lease held from another
+        host is left to its run at once (as is everything once a stop is asked).
+        """
+        if self.leases is None or not any(o.status is Status.BUSY for o in outcomes):
+            return outcomes
+        planned = {p.pid: p for p in self.plan.partitions}
+        deadline = time.monotonic() + self.busy_wait_s
+        settled = []
+        for outcome in outcomes:
+            waited = False
+            while outcome.status is Status.BUSY and time.monotonic() < deadline:
+                if self.should_stop():
+                    self.report.stopped = True
+                    break
+                try:
+                    if not self.leases.worth_waiting(outcome.pid):
+                        break
+                except StoreConfigError:
+                    raise
+                except StoreError:
+                    break  # leave it busy; the next run sees to it
+                if not waited:
+                    log.info("%s: waiting for the run that holds it", outcome.pid.state_key)
+                    waited = True
+                self.sleep(random.uniform(0.5, 1.0) * self.busy_poll_s)
+                outcome = self._run_one(planned[outcome.pid], quiet_busy=True)
+            settled.append(outcome)
+        return settled
 
     def _skip(self, planned: PlannedPartition) -> PartitionOutcome:
         pid = planned.pid
@@ -235,8 +311,12 @@ class Job:
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
             return PartitionOutcome(pid, Status.NO_DATA)
+        return self._up_to_date(pid, planned.meta or {})
+
+    def _up_to_date(self, pid: PartitionId, meta: dict[str, Any]) -> PartitionOutcome:
+        """A partition whose published meta.json matches its raw files: done, state synced."""
         entry = self.state.get(pid)
-        published = _success_from_meta(planned.meta or {}, entry)
+        published = _success_from_meta(meta, entry)
         if published is None:
             log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
         elif entry is None or entry.status != "success" or entry.rows != published.rows:

@@ -331,6 +331,22 @@ class LeaseManager:
             return f"{owner.describe()} is no longer running on this host"
         return None
 
+    def worth_waiting(self, partition: PartitionId) -> bool:
+        """Whether a run that found the partition busy should wait and try again.
+
+        True when the lock is gone (just released), malformed or expired (acquire takes
+        it over), or its holder runs on this host (a live one finishes or dies soon; a
+        dead one is taken over at once). False for a live lease of another host: we
+        cannot see that run, so it is left to it.
+        """
+        try:
+            data, _ = self.store.get_bytes(partition.lock_key)
+        except NotFound:
+            return True
+        if self._takeover_reason(data) is not None:
+            return True
+        return LeaseRecord.from_bytes(data).owner.host == self.owner.host
+
     def _hold(self, partition: PartitionId, record: LeaseRecord, etag: str) -> Lease:
         lease = Lease(self, partition, record, etag)
         with self._lock:

@@ -8,12 +8,6 @@ faults.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,77 +18,20 @@ import pytest
 
 from compressor.storage import LocalStore, S3Store, Store
 from tests.s3proxy import S3Proxy
-
-#: Fake credentials the tests use; moto accepts any.
-TEST_ACCESS_KEY = "qlc-test-access-key"
-TEST_SECRET_KEY = "qlc-test-secret-key-do-not-leak"
-TEST_REGION = "us-east-1"
-
-# moto checks If-Match / If-None-Match on PutObject and then writes in a
-# separate step, without a lock, in a threaded server; real S3 makes the check
-# and the write one atomic step. Serialising mutating requests makes the test
-# server honest for the concurrency tests (leases, state CAS) without changing
-# anything else about moto.
-_MOTO_LAUNCHER = """
-import sys, threading
-import moto.server as ms
-_lock = threading.Lock()
-_call = ms.DomainDispatcherApplication.__call__
-def _serialised(self, environ, start_response):
-    if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
-        with _lock:
-            return _call(self, environ, start_response)
-    return _call(self, environ, start_response)
-ms.DomainDispatcherApplication.__call__ = _serialised
-ms.main(sys.argv[1:])
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited early: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer at {url} within {timeout}s")
+from tests.s3server import (  # noqa: F401 - free_port and the keys: re-exported for tests
+    TEST_ACCESS_KEY,
+    TEST_REGION,
+    TEST_SECRET_KEY,
+    free_port,
+)
+from tests.s3server import moto_server as start_moto_server
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Endpoint URL of a moto S3 server subprocess on 127.0.0.1, for the whole session."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "MOTO_PORT": str(port)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _MOTO_LAUNCHER, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log, timeout=30)
+    with start_moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

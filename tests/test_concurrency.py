@@ -1,0 +1,297 @@
+"""Concurrency proof (issue 4): N runs of `run.py` started together on the same days.
+
+N processes (2 and 4) run at once against the moto server, through the counting
+proxy (tests/s3proxy.py). Whatever the interleaving:
+
+- every partition is compacted exactly once: one data.parquet PUT per partition
+  over all the runs, and its state entry says attempts == 1;
+- every data.parquet is byte-identical to a single reference run's, and every
+  meta.json agrees with it on everything that is not a timing figure;
+- no state update is lost: every partition is `success` with the right rows,
+  and last_compacted_date is where a single catch-up would put it;
+- every run exits 0 and no lease is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+import pytest
+
+from compressor.discovery import list_partition
+from compressor.generator import PartitionSpec
+from compressor.job import Job, Status
+from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
+from compressor.lease import LeaseManager, LeaseOwner
+from compressor.planning import Action, Mode, PlanOptions, build_plan
+from compressor.publish import CompactSettings, compact_partition
+from compressor.state import StateStore
+from compressor.storage import LocalStore, S3Store
+from tests.conftest import make_s3_store, put_partition
+from tests.s3proxy import S3Proxy
+from tests.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, cli_environment
+
+REPO = Path(__file__).resolve().parents[1]
+TODAY = "20261125"
+DAYS = ("20261123", "20261124")
+PARTS = (("binance", "trade", "btcusdt"), ("okx", "bbo", "ethusdt"),
+         ("bybit", "mark_price", "solusdt"))
+#: meta.json keys that must equal the reference run's (the rest are timings and stamps).
+META_MUST_MATCH = ("schema_version", "rows", "ts_event_min", "ts_event_max", "ordering_columns",
+                   "sha256", "size_bytes", "source_files", "source_fingerprint", "stream_type",
+                   "day_quality", "post_filter_version")
+
+
+def _pids() -> list[PartitionId]:
+    return [PartitionId(ex, st, sy, d) for d in DAYS for ex, st, sy in PARTS]
+
+
+@dataclass
+class Lake:
+    """A raw bucket with DAYS x PARTS, and a single run's outputs to compare with."""
+
+    endpoint: str
+    raw_bucket: str
+    reference_data: dict[str, bytes]
+    reference_meta: dict[str, dict[str, Any]]
+
+
+def _new_bucket(endpoint: str) -> str:
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=TEST_ACCESS_KEY,
+                          aws_secret_access_key=TEST_SECRET_KEY, region_name=TEST_REGION)
+    name = f"qlc-test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def _run(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+
+
+def _outputs(store: S3Store) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
+    data, metas = {}, {}
+    for pid in _pids():
+        if store.head(pid.meta_key) is not None:
+            metas[pid.state_key] = json.loads(store.get_bytes(pid.meta_key)[0])
+            data[pid.state_key] = store.get_bytes(pid.data_key)[0]
+    return data, metas
+
+
+@pytest.fixture(scope="module")
+def lake(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    scratch = tmp_path_factory.mktemp("lake")
+    raw_bucket = _new_bucket(moto_server)
+    raw = make_s3_store(moto_server, raw_bucket)
+    for day in DAYS:
+        for n, (ex, st, sy) in enumerate(PARTS):
+            put_partition(raw, PartitionSpec(exchange=ex, stream=st, symbol=sy, date=day,
+                                             files=6, rows_per_file=80, seed=n), scratch)
+    compact_bucket = _new_bucket(moto_server)
+    env = cli_environment(moto_server, raw_bucket, compact_bucket)
+    r = _run(env, scratch, "--mode", "backfill", "--date-from", DAYS[0], "--date-to", DAYS[-1],
+             "--today", TODAY, "--tmp-dir", str(scratch / "tmp"))
+    assert r.returncode == 0, r.stderr
+    data, metas = _outputs(make_s3_store(moto_server, compact_bucket))
+    assert set(metas) == {p.state_key for p in _pids()}
+    return Lake(moto_server, raw_bucket, data, metas)
+
+
+@pytest.fixture
+def proxy(moto_server: str) -> Iterator[S3Proxy]:
+    with S3Proxy(moto_server) as p:
+        yield p
+
+
+def _start_together(commands: list[list[str]], env: dict[str, str], cwd: Path
+                    ) -> list[subprocess.CompletedProcess[str]]:
+    """Start every command before waiting for any; their results in the same order."""
+    procs = [subprocess.Popen([sys.executable, str(REPO / "run.py"), *cmd], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in commands]
+    results = []
+    for cmd, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=180)
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    return results
+
+
+BACKFILL = ["--mode", "backfill", "--date-from", DAYS[0], "--date-to", DAYS[-1]]
+CATCH_UP = ["--mode", "catch-up"]
+
+
+@pytest.mark.parametrize("mix", ["backfill", "catch-up", "mixed"])
+@pytest.mark.parametrize("n", [2, 4])
+def test_n_runs_at_once_compact_each_partition_once_identically(
+    lake: Lake, proxy: S3Proxy, tmp_path: Path, n: int, mix: str
+) -> None:
+    compact_bucket = _new_bucket(lake.endpoint)
+    compact = make_s3_store(lake.endpoint, compact_bucket)
+    if mix != "backfill":  # catch-up then covers exactly DAYS
+        state = StateStore(compact)
+        state.advance_last_compacted("20261122")
+        state.flush()
+    env = cli_environment(proxy.endpoint, lake.raw_bucket, compact_bucket)
+    modes = {"backfill": [BACKFILL] * n, "catch-up": [CATCH_UP] * n,
+             "mixed": [BACKFILL, CATCH_UP] * (n // 2)}[mix]
+    # one shared tmp root, as on the VM: runs must not clean each other's work dirs
+    commands = [[*m, "--today", TODAY, "--tmp-dir", str(tmp_path / "tmp")] for m in modes]
+    proxy.reset_counts()
+
+    results = _start_together(commands, env, tmp_path)
+
+    for r in results:
+        assert r.returncode == 0, (r.args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+    # exactly once: one upload of each data.parquet over all runs
+    uploads = Counter(unquote(s.path.split("/", 2)[2]) for s in proxy.requests
+                      if s.method in ("PUT", "POST") and s.path.endswith("/data.parquet")
+                      and "partNumber" not in s.query)
+    assert uploads == Counter({p.data_key: 1 for p in _pids()})
+    # byte-identical to the single reference run
+    data, metas = _outputs(compact)
+    assert data == lake.reference_data
+    for key, meta in metas.items():
+        ref = lake.reference_meta[key]
+        assert {k: meta.get(k) for k in META_MUST_MATCH} == {k: ref[k] for k in META_MUST_MATCH}
+    # no state update lost
+    doc = json.loads(compact.get_bytes(STATE_KEY)[0])
+    entries = doc["partitions"]
+    assert set(entries) == {p.state_key for p in _pids()}
+    for key, entry in entries.items():
+        assert entry["status"] == "success", (key, entry)
+        assert entry["rows"] == lake.reference_meta[key]["rows"]
+        assert entry["attempts"] == 1, (key, entry)
+        assert entry["day_quality_post"] == lake.reference_meta[key]["day_quality"]
+    expected_lcd = None if mix == "backfill" else DAYS[-1]
+    assert doc["last_compacted_date"] == expected_lcd
+    # every lease released
+    assert list(compact.list_objects(LOCKS_PREFIX)) == []
+    assert not list((tmp_path / "tmp").glob("qlc-part-*"))
+
+
+# --------------------------------------------------------------------------- the job's side,
+# deterministic: another run's lease and publish are played in-process on local stores.
+
+
+@dataclass
+class Local:
+    raw: LocalStore
+    compact: LocalStore
+    settings: CompactSettings
+    pids: list[PartitionId]
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Local:
+    for name in ("raw", "compact"):
+        (tmp_path / name).mkdir()
+    raw = LocalStore(tmp_path / "raw")
+    pids = []
+    for n, (ex, st, sy) in enumerate(PARTS[:2]):
+        spec = PartitionSpec(exchange=ex, stream=st, symbol=sy, date=DAYS[-1], files=3,
+                             rows_per_file=40, seed=n)
+        put_partition(raw, spec, tmp_path)
+        pids.append(spec.partition)
+    return Local(raw, LocalStore(tmp_path / "compact"),
+                 CompactSettings(tmp_root=tmp_path / "work", download_workers=2), pids)
+
+
+def _daily_job(local: Local, sleep: Callable[[float], None], **kw: Any) -> Job:
+    state = StateStore(local.compact)
+    plan = build_plan(local.raw, local.compact, state,
+                      PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)))
+    assert [p.action for p in plan.partitions] == [Action.COMPACT] * 2
+    leases = LeaseManager(local.compact, auto_renew=False)
+    return Job(plan, local.raw, local.compact, state, local.settings, leases=leases,
+               sleep=sleep, busy_poll_s=0.01, **kw)
+
+
+def _other_run(local: Local, host: str | None = None) -> LeaseManager:
+    owner = LeaseOwner(host or socket.gethostname(), os.getpid(), "other-run")
+    return LeaseManager(local.compact, owner=owner, auto_renew=False)
+
+
+def test_a_run_waits_for_a_local_holder_and_does_not_redo_its_work(local: Local) -> None:
+    """Busy on a ready day, same host: wait; the holder publishes; count it done, unredone."""
+    other = _other_run(local)
+    held = other.acquire(local.pids[0])
+    assert held is not None
+    sleeps: list[float] = []
+
+    def other_run_finishes(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:  # the holder publishes, then releases
+            part = list_partition(local.raw, local.pids[0])
+            compact_partition(part, local.raw, local.compact, local.settings,
+                              fence=held.check_held)
+            held.release()
+
+    job = _daily_job(local, other_run_finishes)
+    report = job.run()
+
+    assert [o.status for o in report.outcomes] == [Status.UP_TO_DATE, Status.SUCCESS]
+    assert len(sleeps) >= 2 and report.ok
+    assert report.last_compacted_after == DAYS[-1]
+    doc = json.loads(local.compact.get_bytes(STATE_KEY)[0])
+    assert doc["last_compacted_date"] == DAYS[-1]
+    assert {v["status"] for v in doc["partitions"].values()} == {"success"}
+
+
+def test_a_run_compacts_a_partition_its_holder_gave_up(local: Local) -> None:
+    """The holder releases without publishing (it failed): the waiting run compacts it."""
+    other = _other_run(local)
+    held = other.acquire(local.pids[0])
+    assert held is not None
+    job = _daily_job(local, lambda s: held.release())
+    report = job.run()
+    assert [o.status for o in report.outcomes] == [Status.SUCCESS, Status.SUCCESS]
+    assert report.last_compacted_after == DAYS[-1]
+
+
+def test_a_live_local_holder_is_waited_for_only_so_long(local: Local) -> None:
+    other = _other_run(local)
+    assert other.acquire(local.pids[0]) is not None
+    sleeps: list[float] = []
+    job = _daily_job(local, sleeps.append, busy_wait_s=0.3)
+    report = job.run()
+    assert [o.status for o in report.outcomes] == [Status.BUSY, Status.SUCCESS]
+    assert sleeps and report.ok  # busy elsewhere is not an error
+    assert report.last_compacted_after is None  # but the day is not done
+
+
+def test_a_lease_of_another_host_is_left_at_once(local: Local) -> None:
+    other = _other_run(local, host="some-other-host")
+    assert other.acquire(local.pids[0]) is not None
+    sleeps: list[float] = []
+    report = _daily_job(local, sleeps.append).run()
+    assert [o.status for o in report.outcomes] == [Status.BUSY, Status.SUCCESS]
+    assert sleeps == [] and report.last_compacted_after is None
+
+
+def test_a_stop_request_ends_the_wait(local: Local) -> None:
+    other = _other_run(local)
+    assert other.acquire(local.pids[0]) is not None
+    stop = {"asked": False}
+
+    def ask_stop(seconds: float) -> None:
+        stop["asked"] = True
+
+    job = _daily_job(local, ask_stop, should_stop=lambda: stop["asked"])
+    report = job.run()
+    assert report.stopped
+    assert [o.status for o in report.outcomes] == [Status.NOT_RUN, Status.SUCCESS]
+    assert report.last_compacted_after is None
