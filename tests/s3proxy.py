@@ -14,6 +14,9 @@ forwarded to the upstream server or answered with an injected fault:
   is reset instead of answering (the "did my write happen?" case). Not in the
   default mix; ask for it explicitly.
 
+``date_offset`` (seconds) shifts the ``Date`` header of every forwarded
+response: the server's clock seen as that far off from ours.
+
 Faults are drawn from a seeded RNG so a run is reproducible for a given order
 of requests. Use it as a context manager or call start()/stop().
 
@@ -34,8 +37,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 FAULT_KINDS = ("slowdown", "internal", "reset", "delay")
 ALL_FAULT_KINDS = (*FAULT_KINDS, "reset_after")
@@ -114,8 +118,10 @@ class S3Proxy:
         self._kinds: tuple[str, ...] = FAULT_KINDS
         self._ops: frozenset[str] | None = None
         self._rng = random.Random(0)
-        self._forced: list[tuple[str, frozenset[str] | None]] = []
+        self._forced: list[tuple[str, frozenset[str] | None, str | None]] = []
         self.delay = 2.0
+        #: Seconds added to the Date header of forwarded responses (clock-skew tests).
+        self.date_offset = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -176,12 +182,21 @@ class S3Proxy:
             if delay is not None:
                 self.delay = delay
 
-    def fail_next(self, kind: str, count: int = 1, *, ops: Iterable[str] | None = None) -> None:
-        """Force `kind` on the next `count` requests (of shapes `ops`), before any random fault."""
+    def fail_next(
+        self,
+        kind: str,
+        count: int = 1,
+        *,
+        ops: Iterable[str] | None = None,
+        path_contains: str | None = None,
+    ) -> None:
+        """Force `kind` on the next `count` requests (of shapes `ops`, whose path contains
+        `path_contains`), before any random fault."""
         if kind not in ALL_FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
+        shapes = frozenset(ops) if ops is not None else None
         with self._lock:
-            self._forced.extend([(kind, frozenset(ops) if ops is not None else None)] * count)
+            self._forced.extend([(kind, shapes, path_contains)] * count)
 
     def clear_faults(self) -> None:
         self.set_faults(0.0)
@@ -205,7 +220,7 @@ class S3Proxy:
     def _record(self, method: str, path: str, query: str) -> Seen:
         op = classify(method, path, query)
         with self._lock:
-            fault = self._take_forced(op)
+            fault = self._take_forced(op, path)
             if fault is None and self._rate > 0 and (self._ops is None or op in self._ops):
                 if self._rng.random() < self._rate:
                     fault = self._rng.choice(self._kinds)
@@ -217,9 +232,9 @@ class S3Proxy:
             self.requests.append(seen)
         return seen
 
-    def _take_forced(self, op: str) -> str | None:
-        for i, (kind, ops) in enumerate(self._forced):
-            if ops is None or op in ops:
+    def _take_forced(self, op: str, path: str) -> str | None:
+        for i, (kind, ops, part) in enumerate(self._forced):
+            if (ops is None or op in ops) and (part is None or part in unquote(path)):
                 del self._forced[i]
                 return kind
         return None
@@ -304,6 +319,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             low = name.lower()
             if low in _HOP_BY_HOP or (low == "content-length" and self.command != "HEAD"):
                 continue
+            if low == "date" and self.owner.date_offset:
+                value = _shift_date(value, self.owner.date_offset)
             self.send_header(name, value)
         if self.command != "HEAD":
             self.send_header("Content-Length", str(len(payload)))
@@ -324,3 +341,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+
+
+def _shift_date(value: str, seconds: float) -> str:
+    """An HTTP Date header moved by `seconds`."""
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return value
+    return formatdate(when + seconds, usegmt=True)

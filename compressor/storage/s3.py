@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,10 @@ from .base import (
 )
 
 MiB = 1 << 20
+#: The job refuses to run when its clock and the S3 server's differ by more than this.
+#: S3 itself rejects requests signed more than 15 minutes off (RequestTimeTooSkewed); the
+#: state's and the leases' timestamps come from this clock too.
+MAX_CLOCK_SKEW_S = 15 * 60
 _TMP_MARK = ".qlc-tmp-"
 _LIST_PAGE = 1000
 
@@ -170,15 +175,41 @@ class S3Store(Store):
     # ----------------------------------------------------------------- checks
 
     def check(self) -> None:
+        """A LIST of at most one key, then the clock check (see `check_clock`).
+
+        An endpoint that refuses or never accepts connections fails fast
+        (StoreConfigError, a few seconds); one that answers with throttling, 5xx or
+        a dropped connection is alive, so the LIST is retried as any request is.
+        """
+        request = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1}
         try:
-            self._check_client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            resp = self._check_client.list_objects_v2(**request)
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             raise StoreConfigError(
                 f"cannot reach S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
                 f"{type(exc).__name__}"
             ) from None
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, "check", None) from None
+            error = self._error(exc, "check", None)
+            if not isinstance(error, TransientStoreError):
+                raise error from None
+            with self._mapped("check", None):
+                resp = self._client.list_objects_v2(**request)
+        self.check_clock(_server_date(resp))
+
+    def check_clock(self, server_time: float | None, now: float | None = None) -> None:
+        """StoreConfigError when this host's clock is more than MAX_CLOCK_SKEW_S off the
+        server's (its `Date` header; no header, no check)."""
+        if server_time is None:
+            return
+        skew = (time.time() if now is None else now) - server_time
+        if abs(skew) > MAX_CLOCK_SKEW_S:
+            side = "ahead of" if skew > 0 else "behind"
+            raise StoreConfigError(
+                f"this host's clock is {_duration(abs(skew))} {side} the S3 server at "
+                f"{self.endpoint} (its Date header; at most {_duration(MAX_CLOCK_SKEW_S)} "
+                "allowed): fix the system clock (NTP)"
+            )
 
     # ---------------------------------------------------------------- listing
 
@@ -443,6 +474,11 @@ class S3Store(Store):
             return NotFound(text)
         if code in _PRECONDITION or status == 412:
             return PreconditionFailed(text)
+        if code == "RequestTimeTooSkewed":
+            return StoreConfigError(
+                f"{text}: this host's clock is too far off the S3 server's at "
+                f"{self.endpoint}: fix the system clock (NTP)"
+            )
         if code == "NoSuchBucket":
             return StoreConfigError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
         if code in _CONFIG or status == 403:
@@ -474,6 +510,26 @@ def _retried(exc: ClientError | BotoCoreError) -> bool:
     if not isinstance(exc, ClientError):
         return False
     return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
+
+
+def _server_date(resp: Any) -> float | None:
+    """The server's clock from a response's Date header (epoch seconds), if it sent one."""
+    try:
+        value = resp["ResponseMetadata"]["HTTPHeaders"]["date"]
+        return parsedate_to_datetime(value).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '16 min', '3.2 h', '12 days' for messages."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def _stream_to(body: Any, tmp: Path) -> int:
