@@ -9,11 +9,14 @@ Listing one partition's files costs ceil(files / 1000) requests.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from compressor.layout import PartitionId, is_raw_data_key
 from compressor.storage.base import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,22 @@ def source_fingerprint(files: Iterable[ObjectInfo]) -> str:
     return digest.hexdigest()
 
 
+def unsafe_value(value: str) -> str | None:
+    """Why a key=value segment cannot name a partition (None when it can).
+
+    Its value ends up in output keys, lease keys and local paths: '.' and '..'
+    would move them to another directory on a local store, control characters and
+    backslashes make keys no tool shows faithfully. Spaces and unicode are fine.
+    """
+    if value in (".", ".."):
+        return f"{value!r} is a path step"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return "a control character in it"
+    if "\\" in value:
+        return "a backslash in it"
+    return None
+
+
 def _children(store: Store, prefix: str, name: str, allowed: frozenset[str] | None) -> list[str]:
     """Sub-prefixes `<prefix><name>=<value>/` whose value passes the filter."""
     found = []
@@ -92,6 +111,10 @@ def _children(store: Store, prefix: str, name: str, allowed: frozenset[str] | No
         part = child[len(prefix) : -1]
         key, sep, value = part.partition("=")
         if key != name or not sep or not value:
+            continue
+        why = unsafe_value(value)
+        if why is not None:
+            log.warning("ignoring raw prefix %r: not a partition (%s)", child, why)
             continue
         if allowed is not None and value not in allowed:
             continue

@@ -13,6 +13,7 @@ right before each of the three writes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,8 +36,9 @@ from compressor import __version__
 from compressor.discovery import Partition
 from compressor.merge_errors import MergeAborted, MergeInputError
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
+from compressor.planning import human_size
 from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
-from compressor.storage.base import ObjectInfo, Store, TransientStoreError
+from compressor.storage.base import ObjectInfo, Store, StoreError, TransientStoreError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,39 @@ class BadInputError(Exception):
 
 class VerificationError(Exception):
     """The merged file failed its own check; nothing was published."""
+
+
+class TempSpaceError(OSError):
+    """The temp disk (--tmp-dir) filled up: the partition fails (retryable), one clear line."""
+
+    @classmethod
+    def for_partition(cls, partition: Partition, tmp_root: Path) -> TempSpaceError:
+        try:
+            free = human_size(shutil.disk_usage(tmp_root).free)
+        except OSError:
+            free = "?"
+        return cls(
+            f"temp disk full: {free} free in {tmp_root}; this partition has "
+            f"{human_size(partition.total_bytes)} of raw files and merging needs about 2-3x "
+            "that: free space or point --tmp-dir at a bigger disk"
+        )
+
+
+def _check_room(partition: Partition, tmp_root: Path) -> None:
+    """Fail before downloading when the raw files alone cannot fit in the temp dir."""
+    try:
+        free = shutil.disk_usage(tmp_root).free
+    except OSError:
+        return  # not knowable here: the writes will tell
+    if free < partition.total_bytes:
+        raise TempSpaceError.for_partition(partition, tmp_root)
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether a local write failed for lack of space (stores keep only the strerror)."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        os.strerror(code) in str(exc) for code in (errno.ENOSPC, errno.EDQUOT)
+    )
 
 
 class RawChangedError(TransientStoreError):
@@ -124,17 +159,26 @@ def compact_partition(
     and StoreError/OSError from the stores and the disk.
     """
     settings.tmp_root.mkdir(parents=True, exist_ok=True)
+    _check_room(partition, settings.tmp_root)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
     try:
         started = time.monotonic()
-        inputs = download(partition, raw, work / "in", settings.download_workers, should_stop)
-        output = work / "data.parquet"
-        merged, quality, skipped = _merge(partition, inputs, output, work, settings, should_stop)
-        expected = sum(pq.read_metadata(path).num_rows for path, _ in inputs if path not in skipped)
-        verified = verify_output(output, expected)
+        try:
+            inputs = download(partition, raw, work / "in", settings.download_workers,
+                              should_stop)
+            output = work / "data.parquet"
+            merged, quality, skipped = _merge(partition, inputs, output, work, settings,
+                                              should_stop)
+            verified = verify_output(output, merged.input_rows, should_stop)
+        except (OSError, StoreError) as exc:
+            if _no_space(exc):
+                raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
+            raise
         skipped_keys = [key for path, key in inputs if path in skipped]
         meta = build_meta(partition, verified, quality, merged, skipped_keys,
                           time.monotonic() - started)
+        if should_stop():  # last moment to give up cheaply: nothing published yet
+            raise MergeAborted("interrupted before publishing")
         publish(compact, partition, output, meta, fence)
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
                              merged, meta, skipped_keys)
@@ -238,8 +282,12 @@ def _merge(
 # --------------------------------------------------------------------------- verify
 
 
-def verify_output(path: Path, expected_rows: int) -> Verified:
-    """Re-read the merged file: row count, ts_event non-decreasing, seq == 0..N-1."""
+def verify_output(
+    path: Path, expected_rows: int, should_stop: Callable[[], bool] = _never
+) -> Verified:
+    """Re-read the merged file: row count, ts_event non-decreasing, seq == 0..N-1.
+
+    `should_stop` is polled per batch (MergeAborted), as the merge does."""
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if names[:2] != ORDERING_COLUMNS:
@@ -249,6 +297,8 @@ def verify_output(path: Path, expected_rows: int) -> Verified:
         raise VerificationError(f"{path.name}: {rows} rows, but the inputs hold {expected_rows}")
     seen, ts_min, ts_max = 0, None, None
     for batch in pf.iter_batches(batch_size=VERIFY_BATCH_ROWS, columns=ORDERING_COLUMNS):
+        if should_stop():
+            raise MergeAborted("interrupted while verifying")
         ts, seq = batch.column(0), batch.column(1)
         if ts.null_count or seq.null_count:
             raise VerificationError(f"{path.name}: null ts_event or seq near row {seen}")

@@ -222,3 +222,27 @@ def test_too_many_faults_fail_partitions_retryably_then_converge(jw: JobWorld) -
     assert r.code == 0, r.err
     assert {e["status"] for e in jw.entries().values()} == {"success"}
     assert len(jw.outputs_of()) == 4
+
+
+def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
+    """After the merge, the re-read of a big output is abortable too (issue 4: within 10 s)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from compressor.merge_errors import MergeAborted
+    from compressor.publish import verify_output
+
+    path = tmp_path / "out.parquet"
+    n = 600_000
+    pq.write_table(pa.table({"ts_event": pa.array(range(n), pa.int64()),
+                             "seq": pa.array(range(n), pa.int64())}), path)
+    assert verify_output(path, n).rows == n
+    polls: list[int] = []
+
+    def stop_on_second_poll() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(MergeAborted):
+        verify_output(path, n, stop_on_second_poll)
+    assert len(polls) == 2
