@@ -118,6 +118,8 @@ class MergeResult:
     """Figures of one merge."""
 
     rows: int = 0
+    #: Rows the inputs' footers declare (each file's data is checked against its footer).
+    input_rows: int = 0
     ts_event_min: int | None = None
     ts_event_max: int | None = None
     input_files: int = 0
@@ -166,6 +168,7 @@ def merge_files(
     result = MergeResult(
         input_files=len(infos),
         empty_files=sum(1 for info in infos if info.rows == 0),
+        input_rows=sum(info.rows for info in infos),
         bytes_in=sum(info.size for info in infos),
     )
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=tmp_dir))

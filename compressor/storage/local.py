@@ -443,14 +443,16 @@ def _write_all(out: BinaryIO, data: bytes) -> str:
 
 
 def _atomic_copy(src: BinaryIO, dest: Path) -> tuple[int, str]:
-    """Copy an open object to a local path via a temp file and rename; (size, md5)."""
+    """Copy an open object to a local path via a temp file and rename; (size, md5).
+
+    No fsync: the destination is scratch space (a download for the merge), where
+    a crash loses nothing; the rename alone keeps a partial copy from being seen.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / _tmp_name(dest.name)
     try:
         with open(tmp, "wb") as out:
             etag = _copy(src, out)
-            out.flush()
-            os.fsync(out.fileno())
             size = out.tell()
         os.replace(tmp, dest)
     except OSError as exc:
