@@ -76,7 +76,8 @@ def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
     unifier = _SchemaUnifier()
     constants = _ConstantTracker()
     for index, path in enumerate(paths):
-        metadata = _read_footer(path)
+        size = path.stat().st_size
+        metadata = _read_footer(path, size)
         schema = _arrow_schema(path, metadata)
         _check_ts_type(path, schema)
         unifier.add(path, schema)
@@ -84,7 +85,6 @@ def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
         constants.add(metadata, schema)
         names = tuple(schema.names)
         columns = column_sets.setdefault(names, frozenset(names))
-        size = path.stat().st_size
         infos.append(FileInfo(path, index, metadata.num_rows, size, ts_min, ts_max, columns))
     unified = unifier.result()
     consts = {name: value for name, value in constants.result().items() if name != TS}
@@ -92,24 +92,26 @@ def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
     return infos, InputSchema(unified, consts, varying)
 
 
-def _read_footer(path: Path) -> pq.FileMetaData:
+def _read_footer(path: Path, size: int) -> pq.FileMetaData:
     try:
-        metadata = pq.read_metadata(pa.memory_map(str(path)))
+        metadata = pq.read_metadata(pa.OSFile(str(path)))
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"unreadable Parquet footer ({_first_line(exc)})") from None
-    _check_layout(path, metadata)
+    _check_not_concatenated(path, metadata, size)
     return metadata
 
 
-def _check_layout(path: Path, metadata: pq.FileMetaData) -> None:
-    """Reject objects whose footer does not describe the bytes before it.
+def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) -> None:
+    """Reject two Parquet files concatenated into one object.
 
-    Two files concatenated into one object keep the second file's footer, whose
-    offsets point into the first file's bytes: a gap opens between the end of
-    the last column chunk and the footer. Page indexes legitimately sit there,
-    so the check only applies to files without them.
+    Such an object keeps the second file's footer, whose offsets count from the
+    second file's start: the data it describes seems to end `len(first file)`
+    bytes before the footer, and there the first file's closing magic meets the
+    second's opening one (b"PAR1PAR1"). Left alone, the footer's offsets point
+    into the first file and can decode silently as the wrong rows. Page indexes
+    also sit between data and footer at offsets pyarrow does not expose, so files
+    with them are left to the data checks.
     """
-    size = path.stat().st_size
     footer_start = size - 8 - metadata.serialized_size
     data_end = 4
     for rg in range(metadata.num_row_groups):
@@ -120,12 +122,16 @@ def _check_layout(path: Path, metadata: pq.FileMetaData) -> None:
                 return
             start = chunk.dictionary_page_offset or chunk.data_page_offset
             data_end = max(data_end, start + chunk.total_compressed_size)
-    if metadata.num_rows and data_end != footer_start:
-        raise CorruptFileError(
-            path,
-            f"footer does not match file layout (data ends at {data_end}, "
-            f"footer starts at {footer_start}); concatenated or truncated object",
-        )
+    first_length = footer_start - data_end
+    if first_length < 0:
+        raise CorruptFileError(path, "footer describes data beyond the object (truncated?)")
+    if first_length >= 8:
+        with open(path, "rb") as source:
+            source.seek(first_length - 4)
+            if source.read(8) == b"PAR1PAR1":
+                raise CorruptFileError(
+                    path, f"two Parquet files concatenated (the second starts at {first_length})"
+                )
 
 
 def _arrow_schema(path: Path, metadata: pq.FileMetaData) -> pa.Schema:

@@ -277,3 +277,16 @@ def test_settings_reject_nonsense():
         MergeSettings(max_open_files=1)
     with pytest.raises(ValueError, match="memory_budget"):
         MergeSettings(memory_budget=0)
+
+
+def test_concatenated_object_is_caught_by_its_layout_not_by_luck(tmp_path):
+    """Two copies of one file decode 'fine' through the second footer: the layout check
+    is what catches them."""
+    spec = PartitionSpec(files=1, rows_per_file=40)
+    single = _write(tmp_path / "one.parquet", raw_table(spec, 0))
+    double = tmp_path / "two.parquet"
+    double.write_bytes(single.read_bytes() * 2)
+    assert pq.read_table(double).num_rows == 40  # pyarrow alone is fooled
+    with pytest.raises(CorruptFileError, match="concatenated") as info:
+        merge([single, double], tmp_path / "out.parquet", tmp_path)
+    assert info.value.path == str(double)
