@@ -254,6 +254,17 @@ def execute(
         return job.run()
 
 
+def check_tmp_dir(path: Path) -> None:
+    """--tmp-dir must be (or become) a directory this run can write in; exit 2 otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--tmp-dir {path}: not a writable directory ({reason})") from None
+
+
 def run_once(args: argparse.Namespace, raw: Store, compact: Store, stop: StopFlag) -> int:
     today = _today(args)
     options = plan_options(args, today)
@@ -267,11 +278,15 @@ def run_once(args: argparse.Namespace, raw: Store, compact: Store, stop: StopFla
     if args.dry_run:
         print(plan.render())
         return EXIT_OK
+    check_tmp_dir(args.tmp_dir)
     for path in clean_stale_tmp(args.tmp_dir, pid_alive):
         log.info("removed %s, left by a run that is gone", path)
     report = execute(plan, raw, compact, state, settings, stop)
     print(report.render())
     if stop.exit_code is not None:
+        # a download still in flight when the partition gave up may have written after
+        # its temp dir was removed: remove this run's temp dirs once more before exiting
+        clean_stale_tmp(args.tmp_dir, lambda pid: pid != os.getpid())
         return stop.exit_code
     return EXIT_OK if report.ok else EXIT_FAILED
 
