@@ -68,6 +68,8 @@ class Seen:
     path: str
     query: str
     fault: str | None
+    #: The access key id the request was signed with (from its Authorization header).
+    access_key: str | None = None
 
 
 def classify(method: str, path: str, query: str) -> str:
@@ -217,14 +219,14 @@ class S3Proxy:
 
     # -------------------------------------------------------------- internals
 
-    def _record(self, method: str, path: str, query: str) -> Seen:
+    def _record(self, method: str, path: str, query: str, access_key: str | None = None) -> Seen:
         op = classify(method, path, query)
         with self._lock:
             fault = self._take_forced(op, path)
             if fault is None and self._rate > 0 and (self._ops is None or op in self._ops):
                 if self._rng.random() < self._rate:
                     fault = self._rng.choice(self._kinds)
-            seen = Seen(method, op, path, query, fault)
+            seen = Seen(method, op, path, query, fault, access_key)
             self.method_counts[method] += 1
             self.op_counts[op] += 1
             if fault:
@@ -262,7 +264,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._read_body()
         parts = urlsplit(self.path)
-        seen = self.owner._record(self.command, parts.path, parts.query)
+        seen = self.owner._record(self.command, parts.path, parts.query,
+                                  _access_key(self.headers.get("Authorization", "")))
         if seen.fault == "slowdown":
             self._send_error(503, "SlowDown", "Please reduce your request rate.")
         elif seen.fault == "internal":
@@ -350,3 +353,9 @@ def _shift_date(value: str, seconds: float) -> str:
     except (TypeError, ValueError):
         return value
     return formatdate(when + seconds, usegmt=True)
+
+
+def _access_key(authorization: str) -> str | None:
+    """The access key id of a SigV4 `Authorization: AWS4-HMAC-SHA256 Credential=AKID/...`."""
+    _, found, rest = authorization.partition("Credential=")
+    return rest.split("/", 1)[0] or None if found else None

@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -52,7 +46,8 @@ from tests.jobworld import (
 )
 from tests.s3proxy import S3Proxy
 
-jw = jobworld.jw  # the fixture
+jw = jobworld.jw  # the fixtures
+auth_server = jobworld.auth_server
 
 DAILY = ("--mode", "daily", "--today", TODAY)
 
@@ -295,60 +290,6 @@ def test_clock_far_off_exits_2(jw: JobWorld, offset: int, side: str) -> None:
 
 
 # ----------------------------------------------------------------- wrong credentials
-
-
-_AUTH_LAUNCHER = "import sys, moto.server as ms; ms.main(sys.argv[1:])"
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited early: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer at {url}")
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A moto server that enforces IAM authentication (INITIAL_NO_AUTH_ACTION_COUNT):
-    its first 3 requests create a user, its policy and an access key; then every
-    request must be signed with that key."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _AUTH_LAUNCHER, "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log)
-        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-        iam.create_user(UserName="qlc")
-        iam.put_user_policy(UserName="qlc", PolicyName="all", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17",
-             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="qlc")["AccessKey"]
-        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id=key["AccessKeyId"],
-                          aws_secret_access_key=key["SecretAccessKey"])
-        for bucket in ("qlc-auth-raw", "qlc-auth-compact"):
-            s3.create_bucket(Bucket=bucket)
-        yield {"url": url, "access": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize(
