@@ -390,3 +390,16 @@ def test_local_raw_store_never_reads_outside_its_root(jw: JobWorld, tmp_path: Pa
     assert set(metas) == {good.partition.state_key}  # the symlinked partition is not seen
     assert metas[good.partition.state_key]["source_files"] == good.files  # nor the file
     assert {p: p.stat().st_mtime_ns for p in secret_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize("endpoint", [
+    f"http://{jobworld.ENDPOINT_USER}:{jobworld.ENDPOINT_PASSWORD}@127.0.0.1:notaport",
+    f"http://{jobworld.ENDPOINT_USER}:{jobworld.ENDPOINT_PASSWORD}@[::1",
+    f"http://{jobworld.ENDPOINT_USER}:{jobworld.ENDPOINT_PASSWORD}@",
+    "ftp://127.0.0.1:9",
+], ids=["bad-port", "bad-ipv6", "no-host", "not-http"])
+def test_malformed_endpoint_exits_2_with_one_line(jw: JobWorld, endpoint: str) -> None:
+    result = jw.run(*DAILY, env=jw.env_with(S3_ENDPOINT=endpoint))
+    assert result.code == 2
+    line = one_line_error(result)
+    assert "endpoint" in line

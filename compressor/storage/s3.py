@@ -124,7 +124,14 @@ class S3Store(Store):
             )
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.endpoint = _redact(endpoint_url) if endpoint_url else f"AWS S3 ({region or 'default'})"
+        try:
+            self.endpoint = (
+                _redact(endpoint_url) if endpoint_url else f"AWS S3 ({region or 'default'})"
+            )
+        except ValueError:  # e.g. a non-numeric port; the URL may hold a password: not shown
+            raise StoreConfigError(
+                f"S3 endpoint for bucket {bucket!r} is not a valid URL (host or port)"
+            ) from None
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
@@ -166,7 +173,7 @@ class S3Store(Store):
         except (BotoCoreError, ValueError) as exc:
             raise StoreConfigError(
                 f"cannot set up S3 client for bucket {bucket!r} at {self.endpoint}: "
-                f"{type(exc).__name__}"
+                f"{type(exc).__name__} (check the endpoint URL and the region)"
             ) from None
 
     def __repr__(self) -> str:
