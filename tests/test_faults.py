@@ -23,7 +23,7 @@ from compressor.generator import write_partition
 from tests import jobworld
 from tests.conftest import make_s3_store
 from tests.jobworld import DAY, SIGNALS, TODAY, JobWorld, spec, wait_for, with_userinfo
-from tests.s3proxy import FAULT_KINDS, S3Proxy
+from tests.s3proxy import ALL_FAULT_KINDS, FAULT_KINDS, S3Proxy
 
 jw = jobworld.jw  # the fixture
 
@@ -167,8 +167,9 @@ def _two_days(jw: JobWorld) -> None:
 
 
 def test_a_quarter_of_requests_failing_still_gives_identical_bytes(jw: JobWorld) -> None:
-    """503 SlowDown, 500, resets and read timeouts on 25 % of all requests (raw and compact):
-    retried with backoff; the day completes, byte-identical to a fault-free run."""
+    """503 SlowDown, 500, resets, read timeouts, and writes applied whose reply is lost, on
+    25 % of all requests (raw and compact): retried with backoff; the day completes,
+    byte-identical to a fault-free run."""
     jw.add(replace(SMALL, files=3))
     jw.add(replace(SMALL, exchange="bybit", stream="bbo", files=3))
     args = ("--mode", "daily", "--today", TODAY)
@@ -180,14 +181,14 @@ def test_a_quarter_of_requests_failing_still_gives_identical_bytes(jw: JobWorld)
     faulty._client.create_bucket(Bucket=faulty_bucket)
     jw.extra_stores.append(faulty)
     with S3Proxy(jw.moto) as proxy:
-        proxy.set_faults(0.25, FAULT_KINDS, seed=10, delay=0.6)
+        proxy.set_faults(0.25, ALL_FAULT_KINDS, seed=10, delay=0.6)
         env = jw.env_with(S3_ENDPOINT=with_userinfo(proxy.endpoint),
                           S3_COMPACT_BUCKET=faulty_bucket, S3_MAX_ATTEMPTS="10",
                           S3_READ_TIMEOUT="0.4", S3_CONNECT_TIMEOUT="1")
         result = jw.run(*args, env=env)
         faults = dict(proxy.fault_counts)
     assert result.code == 0, result.err
-    assert set(faults) == set(FAULT_KINDS), faults  # every kind really happened
+    assert set(faults) == set(ALL_FAULT_KINDS), faults  # every kind really happened
     assert jw.data_sha256(faulty) == expected  # byte-identical to the fault-free run
     assert len(jw.outputs_of(faulty)) == 2
     state = json.loads(faulty.get_bytes("compacted/_state.json")[0])
