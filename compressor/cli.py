@@ -35,7 +35,7 @@ from compressor.planning import Mode, Plan, PlanOptions, UsageError, build_plan
 from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality import summarize_state
 from compressor.state import StateCorruptError, StateStore
-from compressor.storage import Store, StoreError, open_store
+from compressor.storage import Store, StoreConfigError, StoreError, open_store
 
 log = logging.getLogger("compressor.cli")
 
@@ -250,8 +250,25 @@ def execute(
     log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
              len(plan.to_compact), len(plan.partitions))
     with LeaseManager(compact, owner=LeaseOwner.current(run_id)) as leases:
+        clean_dead_runs_leftovers(compact, leases)
         job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop)
         return job.run()
+
+
+def clean_dead_runs_leftovers(compact: Store, leases: LeaseManager) -> None:
+    """Leases and incomplete uploads left in the compact store by runs killed outright.
+
+    Best effort: a store error here only delays the cleanup to the next run.
+    """
+    try:
+        leases.reap_stale()
+        aborted = compact.remove_stale_partials()
+        if aborted:
+            log.info("aborted %d incomplete uploads left by runs that are gone", aborted)
+    except StoreConfigError:
+        raise
+    except StoreError as exc:
+        log.warning("could not clean up after runs that are gone: %s", _one_line(exc))
 
 
 def check_tmp_dir(path: Path) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from compressor.layout import PartitionId
+from compressor.layout import LOCKS_PREFIX, PartitionId
 from compressor.state import one_line, parse_utc_iso, utc_iso
 from compressor.storage.base import NotFound, PreconditionFailed, Store, StoreError
 
@@ -312,6 +312,33 @@ class LeaseManager:
             log.info("%s: took over lease: %s", key, reason)
             return self._hold(partition, record, new_etag)
         return None
+
+    def reap_stale(self) -> list[str]:
+        """Delete lock objects left by runs that are gone; returns their keys.
+
+        A run killed after it published a partition (or while it held a lease on one
+        that a later run finds up to date) leaves a lock no run will lease again, so it
+        would stay in compacted/locks/ for good. Every lock that acquire would take over
+        (expired, dead pid on this host, malformed) is taken over by CAS, so a holder
+        that renewed meanwhile keeps it, then deleted.
+        """
+        removed = []
+        for info in self.store.list_objects(LOCKS_PREFIX):
+            try:
+                data, etag = self.store.get_bytes(info.key)
+            except NotFound:
+                continue
+            reason = self._takeover_reason(data)
+            if reason is None:
+                continue
+            try:
+                self.store.put_bytes(info.key, self._new_record().to_bytes(), if_match=etag)
+            except (PreconditionFailed, NotFound):
+                continue  # renewed, taken or released meanwhile: not ours to remove
+            self.store.delete(info.key)
+            log.info("%s: removed a lease left behind: %s", info.key, reason)
+            removed.append(info.key)
+        return removed
 
     def _new_record(self) -> LeaseRecord:
         now = self.clock()

@@ -341,3 +341,25 @@ def test_lease_record_round_trip_and_rejects() -> None:
 def test_ttl_must_exceed_skew(store: Store) -> None:
     with pytest.raises(ValueError, match="ttl"):
         LeaseManager(store, ttl_s=50, skew_s=30)
+
+
+# ------------------------------------------------------------------ leftovers of dead runs
+
+
+def test_reap_stale_removes_only_locks_of_runs_that_are_gone(store: Store) -> None:
+    pids = [PartitionId("binance", "trade", f"sym{n}usdt", "20240101") for n in range(5)]
+    assert manager(store, pid=dead_pid(), run="killed").acquire(pids[0]) is not None
+    assert manager(store, host="host-a", pid=1, run="old", clock=Clock(T0 - 700)
+                   ).acquire(pids[1]) is not None  # expired 100 s ago (> skew)
+    store.put_bytes(pids[2].lock_key, b"{torn")
+    live_here = manager(store, run="alive").acquire(pids[3])
+    live_there = manager(store, host="host-b", pid=1, run="remote").acquire(pids[4])
+    assert live_here is not None and live_there is not None
+
+    removed = manager(store, run="next").reap_stale()
+
+    assert sorted(removed) == sorted(p.lock_key for p in pids[:3])
+    left = sorted(o.key for o in store.list_objects("compacted/locks/"))
+    assert left == sorted(p.lock_key for p in pids[3:])
+    live_here.check_held()
+    live_there.check_held()
