@@ -13,9 +13,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from compressor.discovery import list_partition
 from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
@@ -233,36 +234,50 @@ class Job:
                     log.info("%s: skipped: another run holds its lease", pid.state_key)
                 return PartitionOutcome(pid, Status.BUSY)
         try:
-            meta = self._published_since_plan(planned) if lease is not None else None
-            if meta is not None:
-                log.info("%s: skipped: compacted by another run since this run planned",
-                         pid.state_key)
-                return self._up_to_date(pid, meta)
+            if lease is not None:
+                meta, planned = self._recheck(planned)
+                if meta is not None:
+                    log.info("%s: skipped: compacted by another run since this run planned",
+                             pid.state_key)
+                    return self._up_to_date(pid, meta)
+                if planned.partition.file_count == 0:
+                    return PartitionOutcome(pid, Status.NO_DATA)
             return self._compact(planned, lease.check_held if lease else _no_fence)
         finally:
             if lease is not None:
                 lease.release()
 
-    def _published_since_plan(self, planned: PlannedPartition) -> dict[str, Any] | None:
-        """The meta.json another run published for these raw files after we planned, if any.
+    def _recheck(
+        self, planned: PlannedPartition
+    ) -> tuple[dict[str, Any] | None, PlannedPartition]:
+        """Once we hold the lease: (meta.json another run published since we planned and
+        that is up to date, or None; the partition to compact).
 
-        Read once we hold the lease: a run that compacted the partition between our
-        plan and our lease has released it by now, and compacting again would only
-        hide the partition from readers for a while and redo the same bytes.
+        A run that compacted the partition between our plan and our lease has released
+        it by now. Compacting again would only hide the partition from readers for a
+        while and redo the same bytes. If that run saw another raw listing (a late file),
+        ours may be the stale one: list again, so we never publish over a newer output.
         """
+        pid = planned.pid
         try:
-            meta = read_meta(self.compact, planned.pid)
+            meta = read_meta(self.compact, pid)
+            if meta is None or meta == planned.meta:
+                return None, planned
+            published = meta.get("source_fingerprint")
+            if published == planned.partition.fingerprint:
+                return meta, planned
+            fresh = list_partition(self.raw, pid)
         except StoreConfigError:
             raise
-        except StoreError as exc:  # cannot tell: compacting again is safe, just slower
-            log.warning("%s: could not re-read meta.json (%s)", planned.pid.state_key,
+        except StoreError as exc:  # cannot tell: compacting as planned is safe
+            log.warning("%s: could not re-check meta.json (%s)", pid.state_key,
                         one_line(str(exc), 200))
-            return None
-        if meta is None or meta == planned.meta:
-            return None
-        if meta.get("source_fingerprint") != planned.partition.fingerprint:
-            return None
-        return meta
+            return None, planned
+        if fresh.fingerprint == published:
+            return meta, planned
+        log.info("%s: another run published another raw listing meanwhile; listed again "
+                 "(%d files)", pid.state_key, fresh.file_count)
+        return None, replace(planned, partition=fresh)
 
     def _settle_busy(self, outcomes: list[PartitionOutcome]) -> list[PartitionOutcome]:
         """Wait for partitions of a ready day that another run on this host is compacting.

@@ -31,8 +31,8 @@ from urllib.parse import unquote
 import boto3
 import pytest
 
-from compressor.discovery import list_partition
-from compressor.generator import PartitionSpec
+from compressor.discovery import Partition, list_partition
+from compressor.generator import PartitionSpec, file_bytes
 from compressor.job import Job, Status
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseManager, LeaseOwner
@@ -295,3 +295,48 @@ def test_a_stop_request_ends_the_wait(local: Local) -> None:
     assert report.stopped
     assert [o.status for o in report.outcomes] == [Status.NOT_RUN, Status.SUCCESS]
     assert report.last_compacted_after is None
+
+
+def _late_file(local: Local, pid: PartitionId) -> None:
+    extra = PartitionSpec(exchange=pid.exchange, stream=pid.stream, symbol=pid.symbol,
+                          date=pid.date, files=1, rows_per_file=25, seed=7)
+    local.raw.put_bytes(pid.prefix + "part-1795564799-999999.parquet", file_bytes(extra, 0))
+
+
+def _publish_as_other_run(local: Local, listed: Partition) -> None:
+    other = _other_run(local)
+    held = other.acquire(listed.pid)
+    assert held is not None
+    compact_partition(listed, local.raw, local.compact, local.settings, fence=held.check_held)
+    held.release()
+
+
+def test_a_newer_listing_published_meanwhile_is_not_overwritten(local: Local) -> None:
+    """We planned before a late raw file; another run compacted with it: leave its output."""
+    pid = local.pids[0]
+    job = _daily_job(local, lambda s: None)  # plans now, without the late file
+    _late_file(local, pid)
+    newer = list_partition(local.raw, pid)
+    _publish_as_other_run(local, newer)
+
+    report = job.run()
+
+    assert [o.status for o in report.outcomes] == [Status.UP_TO_DATE, Status.SUCCESS]
+    meta = json.loads(local.compact.get_bytes(pid.meta_key)[0])
+    assert meta["source_fingerprint"] == newer.fingerprint and meta["source_files"] == 4
+
+
+def test_an_older_listing_published_meanwhile_is_replaced(local: Local) -> None:
+    """Another run compacted a listing older than ours: ours is published over it."""
+    pid = local.pids[0]
+    older = list_partition(local.raw, pid)
+    _late_file(local, pid)
+    job = _daily_job(local, lambda s: None)  # plans now, with the late file
+    _publish_as_other_run(local, older)
+
+    report = job.run()
+
+    assert [o.status for o in report.outcomes] == [Status.SUCCESS, Status.SUCCESS]
+    meta = json.loads(local.compact.get_bytes(pid.meta_key)[0])
+    assert meta["source_fingerprint"] == list_partition(local.raw, pid).fingerprint
+    assert meta["source_files"] == 4
