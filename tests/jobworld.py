@@ -284,7 +284,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"moto server did not answer at {url}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A moto server that enforces IAM authentication (INITIAL_NO_AUTH_ACTION_COUNT):
     its first 3 requests create a user, its policy and an access key; then every
