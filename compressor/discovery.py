@@ -142,7 +142,15 @@ def walk(store: Store, filters: Filters | None = None) -> Inventory:
 
 def list_partition(store: Store, pid: PartitionId) -> Partition:
     """The partition's raw data files (strays such as `._*` or `.tmp` dropped), in key order."""
-    files = [info for info in store.list_objects(pid.prefix) if _is_direct_data_file(pid, info.key)]
+    files, nested = [], []
+    for info in store.list_objects(pid.prefix):
+        if _is_direct_data_file(pid, info.key):
+            files.append(info)
+        elif "/" in info.key[len(pid.prefix) :] and is_raw_data_key(info.key):
+            nested.append(info.key)  # e.g. '<prefix>/x.parquet', '<prefix>../x.parquet'
+    if nested:
+        log.warning("%s: ignoring %d .parquet object(s) not directly under the partition, "
+                    "e.g. %r", pid.state_key, len(nested), nested[0])
     files.sort(key=lambda f: f.key)
     return Partition(pid, tuple(files))
 

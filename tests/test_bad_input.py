@@ -357,6 +357,7 @@ def test_odd_raw_keys_are_data_or_ignored_never_a_crash(jw: JobWorld) -> None:
     assert set(metas) == {good.partition.state_key, "binance/trade/btc usdt/20261124"}
     assert metas[good.partition.state_key]["source_files"] == good.files + len(data_keys)
     assert "symbol=../" in result.err and "symbol=./" in result.err  # ignored, with why
+    assert f"{good.partition.state_key}: ignoring 2 .parquet object(s) not directly" in result.err
     assert "Traceback" not in result.err
 
     # the same lake compacted into a local directory: nothing is written outside its root
