@@ -176,10 +176,15 @@ def open_stores(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Store
     return open_store(raw_uri, env, role="raw"), open_store(compact_uri, env, role="compact")
 
 
-def merge_settings(args: argparse.Namespace) -> MergeSettings:
-    if args.memory_budget is None:
-        return MergeSettings()
-    return MergeSettings(memory_budget=parse_size(args.memory_budget))
+def merge_settings(args: argparse.Namespace, env: Mapping[str, str]) -> MergeSettings:
+    """--memory-budget over the MERGE_* / MAX_OPEN_FILES variables over the defaults."""
+    overrides = {}
+    if args.memory_budget is not None:
+        overrides["memory_budget"] = parse_size(args.memory_budget)
+    try:
+        return MergeSettings.from_env(env, **overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- signals
@@ -282,10 +287,12 @@ def check_tmp_dir(path: Path) -> None:
         raise UsageError(f"--tmp-dir {path}: not a writable directory ({reason})") from None
 
 
-def run_once(args: argparse.Namespace, raw: Store, compact: Store, stop: StopFlag) -> int:
+def run_once(
+    args: argparse.Namespace, env: Mapping[str, str], raw: Store, compact: Store, stop: StopFlag
+) -> int:
     today = _today(args)
     options = plan_options(args, today)
-    settings = CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args),
+    settings = CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args, env),
                                skip_corrupt=args.skip_corrupt)
     raw.check()
     compact.check()
@@ -349,7 +356,7 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
     for extra in runs:
         sub = build_parser().parse_args(base + extra)
         raw, compact = open_stores(sub, {})
-        code = max(code, run_once(sub, raw, compact, stop))
+        code = max(code, run_once(sub, os.environ, raw, compact, stop))
         if stop.exit_code is not None:
             return stop.exit_code
     state = StateStore(open_store(str(root / "compact"), {}, role="compact"))
@@ -378,7 +385,7 @@ def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
         return quality_report(args, compact)
     if args.repair_state:
         return repair_state(compact)
-    return run_once(args, raw, compact, stop)
+    return run_once(args, env, raw, compact, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

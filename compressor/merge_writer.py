@@ -34,7 +34,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,29 +58,16 @@ from compressor.merge_schema import (
 log = logging.getLogger(__name__)
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-    if number < 1:
-        raise ValueError(f"environment variable {name}={value!r} must be >= 1")
-    return number
-
-
 #: Rows per batch read from a spill run during the k-way merge (upper bound).
-MERGE_BATCH_SIZE = _env_int("MERGE_BATCH_SIZE", 65_536)
+MERGE_BATCH_SIZE = 65_536
 #: Rows per output row group; every row group has exactly this many rows but the last.
-MERGE_OUTPUT_BUFFER_SIZE = _env_int("MERGE_OUTPUT_BUFFER_SIZE", 1_048_576)
+MERGE_OUTPUT_BUFFER_SIZE = 1_048_576
 #: Log a progress line every this many output rows.
-MERGE_LOG_INTERVAL = _env_int("MERGE_LOG_INTERVAL", 5_000_000)
+MERGE_LOG_INTERVAL = 5_000_000
 #: Most spill runs open at once: the fan-in of each merge pass.
-MAX_OPEN_FILES = _env_int("MAX_OPEN_FILES", 64)
-#: zstd level of data.parquet.
-MERGE_ZSTD_LEVEL = _env_int("MERGE_ZSTD_LEVEL", 3)
+MAX_OPEN_FILES = 64
+#: zstd level of data.parquet (1-22).
+MERGE_ZSTD_LEVEL = 3
 #: Default memory budget for buffered rows, bytes.
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
 
@@ -94,9 +81,22 @@ _MIN_SPILL_CHUNK = 4_096
 _SORT_COPIES = 3
 
 
+#: Environment variable -> (MergeSettings field, smallest allowed, largest allowed).
+ENVIRONMENT = {
+    "MERGE_BATCH_SIZE": ("batch_size", 1, None),
+    "MERGE_OUTPUT_BUFFER_SIZE": ("output_buffer_size", 1, None),
+    "MERGE_LOG_INTERVAL": ("log_interval", 1, None),
+    "MAX_OPEN_FILES": ("max_open_files", 2, None),
+    "MERGE_ZSTD_LEVEL": ("zstd_level", 1, 22),
+}
+_LIMITS = {name: (low, high) for name, low, high in ENVIRONMENT.values()} | {
+    "memory_budget": (1, None)
+}
+
+
 @dataclass(frozen=True)
 class MergeSettings:
-    """Tuning of one merge; defaults come from the module constants (environment)."""
+    """Tuning of one merge; defaults are the module constants."""
 
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     batch_size: int = MERGE_BATCH_SIZE
@@ -106,11 +106,30 @@ class MergeSettings:
     zstd_level: int = MERGE_ZSTD_LEVEL
 
     def __post_init__(self) -> None:
-        if self.max_open_files < 2:
-            raise ValueError("max_open_files must be >= 2")
-        for name in ("memory_budget", "batch_size", "output_buffer_size", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bounds = f"from {low} to {high}" if high else f">= {low}"
+                raise ValueError(f"{name} must be {bounds}, got {value}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: int) -> MergeSettings:
+        """The defaults, overridden by ENVIRONMENT variables, then by `overrides`.
+
+        A bad value raises ValueError naming the variable.
+        """
+        values: dict[str, int] = {}
+        for variable, (name, low, high) in ENVIRONMENT.items():
+            text = environ.get(variable)
+            if text is None:
+                continue
+            try:
+                values[name] = int(text)
+                cls(**{name: values[name]})
+            except ValueError:
+                bounds = f"from {low} to {high}" if high else f">= {low}"
+                raise ValueError(f"{variable}={text!r}: want an integer {bounds}") from None
+        return cls(**{**values, **overrides})
 
 
 @dataclass

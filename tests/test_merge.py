@@ -290,3 +290,13 @@ def test_concatenated_object_is_caught_by_its_layout_not_by_luck(tmp_path):
     with pytest.raises(CorruptFileError, match="concatenated") as info:
         merge([single, double], tmp_path / "out.parquet", tmp_path)
     assert info.value.path == str(double)
+
+
+def test_settings_from_environment_name_the_variable():
+    settings = MergeSettings.from_env({"MAX_OPEN_FILES": "8", "MERGE_ZSTD_LEVEL": "5"},
+                                      memory_budget=1 << 20)
+    assert (settings.max_open_files, settings.zstd_level, settings.memory_budget) == (8, 5, 1 << 20)
+    for variable, value in [("MAX_OPEN_FILES", "1"), ("MERGE_BATCH_SIZE", "abc"),
+                            ("MERGE_ZSTD_LEVEL", "23")]:
+        with pytest.raises(ValueError, match=variable):
+            MergeSettings.from_env({variable: value})
