@@ -495,7 +495,8 @@ class StateStore:
 
     def _fetch(self) -> tuple[dict[str, Any], str | None]:
         """Latest document and ETag; reuses the cached one when the ETag is unchanged."""
-        cached, cached_etag = self._doc, self._etag
+        with self._lock:
+            cached, cached_etag = self._doc, self._etag
         if cached is not None and cached_etag is not None:
             info = self.store.head(self.key)
             if info is not None and info.etag == cached_etag:
@@ -504,20 +505,24 @@ class StateStore:
             data, etag = self.store.get_bytes(self.key)
         except NotFound:
             return empty_document(), None
-        self.stats.reads += 1
         return parse_document(data, self.key), etag
 
-    def load(self) -> None:
-        """Read and validate the current state (missing = empty). StateCorruptError if bad."""
+    def _load(self) -> dict[str, Any]:
         doc, etag = self._fetch()
         with self._lock:
             self._doc, self._etag = doc, etag
+        return doc
+
+    def load(self) -> None:
+        """Read and validate the current state (missing = empty). StateCorruptError if bad."""
+        self._load()
 
     def _document(self) -> dict[str, Any]:
-        if self._doc is None:
-            self.load()
-        assert self._doc is not None
-        return self._doc
+        """The cached document (loaded on first use). A flush that lost its CAS may drop
+        the cache at any moment, so it is read once, under the lock."""
+        with self._lock:
+            doc = self._doc
+        return self._load() if doc is None else doc
 
     @property
     def last_compacted_date(self) -> str | None:
