@@ -633,7 +633,11 @@ class _OutputWriter(_Sink):
         while (item := self._queue.get()) is not None:
             try:
                 if self._error is None:
+                    # Hand the previous group's memory back to the OS, or the
+                    # allocator's cache makes RSS drift above the budget.
+                    pa.default_memory_pool().release_unused()
                     table = self._complete(*item)
+                    del item  # the rows now live in `table`'s own chunks: free the sources
                     if self._on_batch is not None:
                         self._on_batch(table)
                     assert self._writer is not None
@@ -642,7 +646,7 @@ class _OutputWriter(_Sink):
             except BaseException as exc:  # surfaced to the merging thread
                 self._error = exc
             finally:
-                del item
+                item = None
                 self._idle.release()
 
 
