@@ -171,6 +171,18 @@ def test_file_roundtrip(store: Store, tmp_path: Path) -> None:
     assert os.listdir(dest.parent) == ["copy.bin"]  # no temp file left beside it
 
 
+def test_get_file_does_not_fsync(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downloads are scratch copies: thousands per partition, none worth an fsync."""
+    store.put_bytes("raw/part.parquet", b"x" * 1000)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    store.get_file("raw/part.parquet", tmp_path / "dl" / "000000.parquet")
+    assert synced == []
+    assert (tmp_path / "dl" / "000000.parquet").read_bytes() == b"x" * 1000
+
+
 def test_get_file_replaces_an_existing_local_file(store: Store, tmp_path: Path) -> None:
     store.put_bytes("k", b"new")
     dest = tmp_path / "k"

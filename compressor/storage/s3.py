@@ -540,13 +540,17 @@ def _duration(seconds: float) -> str:
 
 
 def _stream_to(body: Any, tmp: Path) -> int:
+    """Write a response body to a scratch file; its size.
+
+    No fsync: downloads are scratch copies for the merge, a crash loses nothing
+    that the next run would not fetch again, and the caller's rename keeps a
+    partial copy from being seen (as LocalStore's `_atomic_copy`).
+    """
     size = 0
     with open(tmp, "wb") as out:
         while chunk := body.read(MiB):
             out.write(chunk)
             size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
     return size
 
 
