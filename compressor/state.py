@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -433,19 +433,6 @@ class RepairResult:
     last_compacted_date: str | None
 
 
-@dataclass
-class FlushStats:
-    """Counters since the StateStore was made (tests and logs use them)."""
-
-    writes: int = 0
-    conflicts: int = 0
-    reads: int = 0
-    bytes_written: int = 0
-    last_size: int = 0
-    last_seconds: float = 0.0
-    seconds: list[float] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------- the store
 
 
@@ -482,7 +469,6 @@ class StateStore:
         self.backoff_cap_s = backoff_cap_s
         self.clock = clock
         self.sleep = sleep
-        self.stats = FlushStats()
         self._lock = threading.Lock()  # guards _pending*, _doc, _etag
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: dict[str, PartitionState] = {}
@@ -553,21 +539,7 @@ class StateStore:
         with self._lock:
             return sorted(set(doc["partitions"]) | set(self._pending))
 
-    def counts(self) -> dict[str, int]:
-        """Number of partitions per status (loaded document + queued updates)."""
-        out = dict.fromkeys(STATUSES, 0)
-        for skey in self.partition_keys():
-            entry = self.get(skey)
-            if entry is not None:
-                out[entry.status] += 1
-        return out
-
     # -- queueing ----------------------------------------------------------------
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._pending) + (self._pending_lcd is not None)
 
     def record(self, pid: PartitionId | str, entry: PartitionState) -> None:
         """Queue `entry` for the partition; flushes when the batch is full or old enough."""
@@ -632,7 +604,6 @@ class StateStore:
                 self._pending_since = self.clock()
 
     def _write(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
-        started = time.perf_counter()
         for attempt in range(self.max_attempts):
             doc, etag = self._fetch()
             new_doc = self._apply(doc, updates, lcd)
@@ -642,26 +613,17 @@ class StateStore:
                     self.key, data, if_match=etag, if_none_match=etag is None
                 )
             except (PreconditionFailed, NotFound):
-                self.stats.conflicts += 1
                 with self._lock:
                     self._doc, self._etag = None, None
                 self.sleep(self._backoff(attempt))
                 continue
-            self._written(new_doc, new_etag, len(data), time.perf_counter() - started)
+            with self._lock:
+                self._doc, self._etag = new_doc, new_etag
             return
         raise StateConflictError(
             f"{self.key}: compare-and-swap lost {self.max_attempts} times in a row; "
             "updates kept for the next flush"
         )
-
-    def _written(self, doc: dict[str, Any], etag: str, size: int, seconds: float) -> None:
-        with self._lock:
-            self._doc, self._etag = doc, etag
-        self.stats.writes += 1
-        self.stats.bytes_written += size
-        self.stats.last_size = size
-        self.stats.last_seconds = seconds
-        self.stats.seconds.append(seconds)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
@@ -685,14 +647,14 @@ class StateStore:
 
     # -- repair --------------------------------------------------------------------
 
-    def backup_and_reset(self, *, salvage: bool = True) -> RepairResult:
+    def backup_and_reset(self) -> RepairResult:
         """Repair a malformed state: back it up, then write a fresh valid one.
 
         Copies the object to `<key>.corrupt-<YYYYMMDDTHHMMSSZ>` (If-None-Match), then
         replaces it with If-Match on the bad object's ETag (so a concurrent repair or
-        write is never clobbered). With `salvage`, the fresh state keeps every
-        partition entry that validates and a well-formed last_compacted_date;
-        without it, it starts empty (catch-up then behaves as a fresh start).
+        write is never clobbered). The fresh state keeps every partition entry that
+        validates and a well-formed last_compacted_date (none of it survives garbage:
+        catch-up then behaves as a fresh start).
         A valid state is left alone: RepairResult(backup_key=None, ...).
         """
         try:
@@ -708,7 +670,7 @@ class StateStore:
         stamp = datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
         backup_key = f"{self.key}.corrupt-{stamp}"
         self.store.put_bytes(backup_key, data, if_none_match=True)
-        fresh, kept, dropped = _salvage(data) if salvage else (empty_document(), 0, 0)
+        fresh, kept, dropped = _salvage(data)
         fresh["updated_at"] = utc_iso(self.clock())
         new_etag = self.store.put_bytes(self.key, serialize_document(fresh), if_match=etag)
         with self._lock:

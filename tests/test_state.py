@@ -177,7 +177,7 @@ def test_flush_writes_reader_shape(store: Store) -> None:
     fresh = StateStore(store)
     fresh.load()
     assert fresh.get(PID) == state.get(PID)
-    assert fresh.counts()["quarantined"] == 1
+    assert fresh.get(other) == failed(1, 3, "quarantined")
 
 
 def test_nothing_queued_writes_nothing(store: Store) -> None:
@@ -250,7 +250,11 @@ def test_malformed_state_rejected_and_untouched(store: Store, name: str) -> None
     with pytest.raises(StateCorruptError):
         state.flush()
     assert store.get_bytes(STATE_KEY) == before  # never overwritten
-    assert state.pending == 2  # updates kept, not silently dropped
+    store.delete(STATE_KEY)  # once repaired, the kept updates are written
+    assert state.flush() is True
+    check = StateStore(store)
+    check.load()
+    assert check.get(PID) == ok(10) and check.last_compacted_date == "20240301"
 
 
 def test_valid_doc_control_loads(store: Store) -> None:
@@ -284,9 +288,9 @@ def test_backup_and_reset_salvages(store: Store) -> None:
     assert fresh.partition_keys() == [PID.state_key]
 
 
-def test_backup_and_reset_without_salvage_and_on_valid_state(store: Store) -> None:
+def test_backup_and_reset_of_garbage_and_of_a_valid_state(store: Store) -> None:
     store.put_bytes(STATE_KEY, b"garbage")
-    result = StateStore(store).backup_and_reset(salvage=False)
+    result = StateStore(store).backup_and_reset()
     assert result.backup_key is not None and result.kept_entries == 0
     fresh = StateStore(store)
     fresh.load()
@@ -410,7 +414,9 @@ def test_batching_counts_writes(store: Store) -> None:
     for i in range(120):
         state.record(PartitionId("bybit", "bbo", f"s{i:03d}", "20240101"), ok(i))
     assert counting.puts == 2  # at 50 and at 100, not 120
-    assert state.pending == 20
+    written = StateStore(store)
+    written.load()
+    assert len(written.partition_keys()) == 100
     state.flush()
     assert counting.puts == 3
     assert counting.gets <= 1  # our own writes are reused: HEADs, not re-downloads
@@ -429,7 +435,10 @@ def test_interval_flush(store: Store) -> None:
     assert counting.puts == 0
     now[0] += 2  # the oldest queued update is now 31 s old
     state.record(PartitionId("okx", "bbo", "y", "20240101"), running(0))
-    assert counting.puts == 1 and state.pending == 0
+    assert counting.puts == 1
+    check = StateStore(store)
+    check.load()
+    assert len(check.partition_keys()) == 3  # all three queued updates went out together
 
 
 def test_failed_flush_keeps_updates(store: Store) -> None:
@@ -438,8 +447,8 @@ def test_failed_flush_keeps_updates(store: Store) -> None:
     state.record(PID, ok(0))
     with pytest.raises(TransientStoreError):
         state.flush()
-    assert state.pending == 1 and store.head(STATE_KEY) is None
-    assert state.flush() is True
+    assert store.head(STATE_KEY) is None
+    assert state.flush() is True  # the update was kept for this flush
     check = StateStore(store)
     check.load()
     assert check.get(PID) == ok(0)
@@ -451,7 +460,10 @@ def test_conflicts_exhausted(store: Store) -> None:
     state.record(PID, ok(0))
     with pytest.raises(StateConflictError, match="compare-and-swap"):
         state.flush()
-    assert faulty.puts == 4 and state.pending == 1
+    assert faulty.puts == 4
+    faulty.fail_puts = 0
+    assert state.flush() is True  # the update was kept for this flush
+    assert faulty.puts == 5
 
 
 # ------------------------------------------------------------------ concurrency
@@ -550,7 +562,9 @@ def test_year_of_state_flush_cost(store: Store, capsys: pytest.CaptureFixture[st
     t0 = time.perf_counter()
     state.flush()
     flush_s = time.perf_counter() - t0
-    size = state.stats.last_size
+    info = store.head(STATE_KEY)
+    assert info is not None
+    size = info.size
     assert counting.puts == 1 and len(state.partition_keys()) == 366_000
     assert size < 366_000 * 260  # compact: well under 260 bytes per entry
     with capsys.disabled():
