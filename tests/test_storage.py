@@ -581,6 +581,27 @@ def test_s3_remove_stale_partials_aborts_old_uploads(moto_server: str, s3_bucket
     assert left == ["other/data.parquet"]  # outside the store's prefix: not ours
 
 
+def test_s3_abort_of_stale_upload_cut_off_is_a_store_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, s3_bucket: str
+) -> None:
+    """A connection error below HTTP (BotoCoreError) is mapped like any other failure."""
+    store = proxied(max_attempts=1)
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3proxy.endpoint,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    client.create_multipart_upload(Bucket=s3_bucket, Key="killed/data.parquet")
+    s3proxy.fail_next("reset", ops={"ABORT_MULTIPART"})
+    with pytest.raises(TransientStoreError, match="abort upload .*killed/data.parquet") as err:
+        store.remove_stale_partials(3600)
+    assert "\n" not in str(err.value)
+    assert_no_secret(err.value)
+    assert store.remove_stale_partials(3600) == 1  # the next run cleans it up
+
+
 def test_s3_missing_bucket_is_a_config_error(moto_server: str) -> None:
     store = make_s3_store(moto_server, "qlc-no-such-bucket")
     with pytest.raises(StoreConfigError, match="qlc-no-such-bucket") as err:

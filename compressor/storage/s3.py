@@ -435,8 +435,8 @@ class S3Store(Store):
                     Bucket=self.bucket, Key=full_key, UploadId=upload_id
                 )
                 aborted += 1
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            except (ClientError, BotoCoreError) as exc:
+                if _code(exc) != "NoSuchUpload":  # gone already: another run aborted it
                     raise self._error(exc, "abort upload", full_key[len(self.prefix) :]) from None
         return aborted
 
@@ -474,7 +474,7 @@ class S3Store(Store):
         return StoreError(f"{op} {where}: {name}")
 
     def _client_error(self, exc: ClientError, op: str, where: str) -> StoreError:
-        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        code = _code(exc) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         text = f"{op} {where}: {code} (HTTP {status})"
         if code in _NOT_FOUND and status in (0, 404):
@@ -511,6 +511,13 @@ def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
         if not _SESSION:
             _SESSION.append(boto3.session.Session())
         return _SESSION[0].client("s3", config=config, **kwargs)
+
+
+def _code(exc: ClientError | BotoCoreError) -> str | None:
+    """The S3 error code of a ClientError; None for errors below the HTTP layer."""
+    if not isinstance(exc, ClientError):
+        return None
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
 def _retried(exc: ClientError | BotoCoreError) -> bool:
