@@ -150,12 +150,9 @@ def pid_alive(pid: int) -> bool:
 class Lease:
     """A lease this process holds on one partition. Made by LeaseManager.acquire."""
 
-    def __init__(
-        self, manager: LeaseManager, partition: PartitionId, record: LeaseRecord, etag: str
-    ) -> None:
+    def __init__(self, manager: LeaseManager, key: str, record: LeaseRecord, etag: str) -> None:
         self.manager = manager
-        self.partition = partition
-        self.key = partition.lock_key
+        self.key = key
         self._record = record
         self._etag = etag
         self._lock = threading.Lock()
@@ -168,20 +165,12 @@ class Lease:
         return self._record.token
 
     @property
-    def owner(self) -> LeaseOwner:
-        return self._record.owner
-
-    @property
     def expires_at(self) -> float:
         return self._record.expires_at
 
     @property
     def lost(self) -> bool:
         return self._lost_reason is not None
-
-    @property
-    def active(self) -> bool:
-        return not self._released and self._lost_reason is None
 
     def _mark_lost(self, reason: str) -> LeaseLost:
         if self._lost_reason is None:
@@ -263,7 +252,6 @@ class LeaseManager:
         store: Store,
         *,
         owner: LeaseOwner | None = None,
-        run_id: str | None = None,
         ttl_s: float = DEFAULT_TTL_S,
         skew_s: float = DEFAULT_SKEW_S,
         auto_renew: bool = True,
@@ -273,7 +261,7 @@ class LeaseManager:
         if ttl_s <= 2 * skew_s:
             raise ValueError(f"lease ttl {ttl_s}s must exceed twice the clock skew {skew_s}s")
         self.store = store
-        self.owner = owner or LeaseOwner.current(run_id)
+        self.owner = owner or LeaseOwner.current()
         self.ttl_s = ttl_s
         self.skew_s = skew_s
         self.auto_renew = auto_renew
@@ -375,7 +363,7 @@ class LeaseManager:
         return LeaseRecord.from_bytes(data).owner.host == self.owner.host
 
     def _hold(self, partition: PartitionId, record: LeaseRecord, etag: str) -> Lease:
-        lease = Lease(self, partition, record, etag)
+        lease = Lease(self, partition.lock_key, record, etag)
         with self._lock:
             self._held[lease.key] = lease
             if self.auto_renew and self._thread is None:

@@ -97,7 +97,8 @@ def test_exclusive_between_threads(store: Store) -> None:
 
 def _process_acquirer(spec: tuple[str, str, str], w: int, parts: list[PartitionId],
                       start: Any, done: Any, out: Any) -> None:
-    mgr = LeaseManager(open_spec(spec), run_id=f"p{w}", auto_renew=False)
+    mgr = LeaseManager(open_spec(spec), owner=LeaseOwner.current(f"p{w}"),
+                       auto_renew=False)
     start.wait()
     got = [p.symbol for p in parts if mgr.acquire(p) is not None]
     out.put((w, got))
