@@ -45,7 +45,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,18 +58,6 @@ DAY_MS = 86_400_000
 LAYOUTS = ("edges", "spans_day", "disjoint")
 EXCHANGES = ("binance", "bybit", "okx")
 STREAMS = ("bbo", "trade", "mark_price", "funding", "open_interest")
-SYMBOLS = (
-    "btcusdt",
-    "ethusdt",
-    "solusdt",
-    "bnbusdt",
-    "xrpusdt",
-    "dogeusdt",
-    "adausdt",
-    "avaxusdt",
-    "linkusdt",
-    "ltcusdt",
-)
 #: Kinds of damaged objects, in the order `corrupt` rotates through them.
 CORRUPT_KINDS = ("truncated", "bad_footer", "bad_page", "concatenated", "zero_bytes")
 #: Value columns per stream (after the common columns), in file order.
@@ -80,7 +68,6 @@ STREAM_COLUMNS: dict[str, tuple[str, ...]] = {
     "funding": ("funding_rate", "next_funding_ts"),
     "open_interest": ("open_interest",),
 }
-COMMON_COLUMNS = ("ts_event", "ts_recv", "exchange", "symbol", "stream", "stream_version")
 #: Column added mid-day when `schema_drift` is on.
 DRIFT_ADDED_COLUMN = "update_id"
 
@@ -602,7 +589,9 @@ def write_quality_windows(
     """Write the day's 96 collector health windows (BRIEF §5), skipping indices in `missing`.
 
     Window k covers [00:00 + 15k min, +15 min); its file is named after the window end
-    (HHMM), so the last window of the day is `window=0000.json`.
+    (HHMM), so the last window of the day is `window=0000.json`. `missing` makes a day
+    whose coverage has holes, which the quality report of the next issue must show
+    (BRIEF §5); nothing in the job reads the windows yet.
     """
     spec = PartitionSpec(date=day, seed=seed)
     exchanges = list(exchanges)
@@ -660,13 +649,11 @@ def write_demo_lake(
     files_per_partition: int = 6,
     rows_per_file: int = 200,
     seed: int = 0,
-    *,
-    quality_windows: bool = True,
 ) -> list[PartitionId]:
     """A small collector-shaped raw lake under `root` (binance has no open_interest).
 
-    Returns the partitions written, sorted. With `quality_windows`, also writes each
-    day's 96 health windows under quality/date=YYYYMMDD/.
+    Returns the partitions written, sorted. Each day also gets its 96 health windows
+    under quality/date=YYYYMMDD/, as the collector writes them.
     """
     written = []
     for day in days:
@@ -688,12 +675,5 @@ def write_demo_lake(
                     )
                     write_partition(spec, root)
                     written.append(spec.partition)
-        if quality_windows:
-            write_quality_windows(root, day, exchanges, seed=seed)
+        write_quality_windows(root, day, exchanges, seed=seed)
     return sorted(written)
-
-
-def day_range(first: str, count: int) -> list[str]:
-    """`count` consecutive YYYYMMDD days starting at `first`."""
-    start = parse_day(first)
-    return [(start + timedelta(days=k)).strftime("%Y%m%d") for k in range(count)]

@@ -15,7 +15,6 @@ _PREFIX_RE = re.compile(
     r"^exchange=(?P<exchange>[^/]+)/stream=(?P<stream>[^/]+)/"
     r"symbol=(?P<symbol>[^/]+)/date=(?P<date>\d{8})/$"
 )
-_RAW_NAME_RE = re.compile(r"^part-(?P<unix_s>\d+)-(?P<n>\d+)\.parquet$")
 
 
 def parse_day(text: str) -> date:

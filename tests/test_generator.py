@@ -25,6 +25,7 @@ from compressor.generator import (
     special_files,
     write_demo_lake,
     write_partition,
+    write_quality_windows,
 )
 from compressor.layout import PartitionId, is_raw_data_key
 
@@ -277,3 +278,11 @@ def test_demo_lake(tmp_path: Path) -> None:
     assert doc["quality"] in ("GOOD", "DEGRADED", "BAD")
     assert doc["window_start"].endswith("Z") and doc["window_end"].endswith("Z")
     assert set(doc["signals"]["offline_seconds_by_exchange"]) == {"binance", "okx"}
+
+
+def test_quality_windows_with_missing_coverage(tmp_path: Path) -> None:
+    written = write_quality_windows(tmp_path, "20261124", ["bybit"], missing=[0, 95])
+    names = [p.name for p in written]
+    assert len(names) == 94  # the first and the last window of the day are missing
+    assert names[0] == "window=0030.json" and names[-1] == "window=2345.json"
+    assert sorted(p.name for p in (tmp_path / "quality/date=20261124").iterdir()) == sorted(names)
