@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -59,6 +59,10 @@ MiB = 1 << 20
 MAX_CLOCK_SKEW_S = 15 * 60
 _TMP_MARK = ".qlc-tmp-"
 _LIST_PAGE = 1000
+#: Parts of one multipart upload sent at once.
+_UPLOAD_THREADS = 4
+#: HTTP connections kept per client: the job's parallel downloads share one store.
+_MAX_POOL_CONNECTIONS = 32
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
@@ -107,13 +111,10 @@ class S3Store(Store):
         region: str | None = None,
         *,
         max_attempts: int = 8,
-        retry_mode: Literal["standard", "adaptive"] = "standard",
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         multipart_threshold: int = 64 * MiB,
         multipart_chunksize: int = 16 * MiB,
-        max_concurrency: int = 4,
-        max_pool_connections: int = 32,
     ) -> None:
         if not bucket or "/" in bucket:
             raise StoreConfigError(f"invalid bucket name {bucket!r}")
@@ -135,11 +136,10 @@ class S3Store(Store):
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
-        self.max_concurrency = max(1, max_concurrency)
         self._max_attempts = max(1, max_attempts)
         common: dict[str, Any] = {
             "signature_version": "s3v4",
-            "max_pool_connections": max_pool_connections,
+            "max_pool_connections": _MAX_POOL_CONNECTIONS,
             # Checksums only where S3 requires them: many S3-compatible servers
             # reject the CRC trailers newer botocore sends by default. We send
             # Content-MD5 ourselves on every upload instead.
@@ -149,7 +149,7 @@ class S3Store(Store):
         if endpoint_url:
             common["s3"] = {"addressing_style": "path"}
         config = Config(
-            retries={"mode": retry_mode, "total_max_attempts": self._max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self._max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             **common,
@@ -204,12 +204,12 @@ class S3Store(Store):
                 resp = self._client.list_objects_v2(**request)
         self.check_clock(_server_date(resp))
 
-    def check_clock(self, server_time: float | None, now: float | None = None) -> None:
+    def check_clock(self, server_time: float | None) -> None:
         """StoreConfigError when this host's clock is more than MAX_CLOCK_SKEW_S off the
         server's (its `Date` header; no header, no check)."""
         if server_time is None:
             return
-        skew = (time.time() if now is None else now) - server_time
+        skew = time.time() - server_time
         if abs(skew) > MAX_CLOCK_SKEW_S:
             side = "ahead of" if skew > 0 else "behind"
             raise StoreConfigError(
@@ -328,7 +328,7 @@ class S3Store(Store):
             def put_part(number: int, offset: int) -> str:
                 return self._put_part(key, path, upload_id, number, offset, chunk)
 
-            with ThreadPoolExecutor(self.max_concurrency) as pool:
+            with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
                 etags = list(pool.map(put_part, numbers, offsets))
             parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
             with self._mapped("put", key):
