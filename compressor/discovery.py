@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from compressor.layout import PartitionId, is_raw_data_key
+from compressor.layout import DATA_FILE, PartitionId, is_raw_data_key
 from compressor.storage.base import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -157,4 +157,4 @@ def list_partition(store: Store, pid: PartitionId) -> Partition:
 
 def _is_direct_data_file(pid: PartitionId, key: str) -> bool:
     rest = key[len(pid.prefix) :]
-    return "/" not in rest and is_raw_data_key(key) and rest not in ("data.parquet",)
+    return "/" not in rest and is_raw_data_key(key) and rest != DATA_FILE
