@@ -137,39 +137,16 @@ class S3Store(Store):
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self._max_attempts = max(1, max_attempts)
-        common: dict[str, Any] = {
-            "signature_version": "s3v4",
-            "max_pool_connections": _MAX_POOL_CONNECTIONS,
-            # Checksums only where S3 requires them: many S3-compatible servers
-            # reject the CRC trailers newer botocore sends by default. We send
-            # Content-MD5 ourselves on every upload instead.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-        if endpoint_url:
-            common["s3"] = {"addressing_style": "path"}
-        config = Config(
-            retries={"mode": "standard", "total_max_attempts": self._max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            **common,
-        )
-        # check() must answer fast when the endpoint is down, so it retries little.
-        check_config = Config(
-            retries={"mode": "standard", "total_max_attempts": min(2, self._max_attempts)},
-            connect_timeout=min(connect_timeout, 3.0),
-            read_timeout=min(read_timeout, 10.0),
-            **common,
-        )
-        credentials = {
-            "endpoint_url": endpoint_url,
-            "region_name": region or None,
-            "aws_access_key_id": access_key or None,
-            "aws_secret_access_key": secret_key or None,
-        }
         try:
-            self._client = _new_client(config, credentials)
-            self._check_client = _new_client(check_config, credentials)
+            self._client, self._check_client = _new_clients(
+                endpoint_url,
+                region,
+                access_key,
+                secret_key,
+                max_attempts=self._max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
         except (BotoCoreError, ValueError) as exc:
             raise StoreConfigError(
                 f"cannot set up S3 client for bucket {bucket!r} at {self.endpoint}: "
@@ -499,6 +476,51 @@ class S3Store(Store):
 
 _SESSION_LOCK = threading.Lock()
 _SESSION: list[boto3.session.Session] = []
+
+
+def _new_clients(
+    endpoint_url: str | None,
+    region: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    *,
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+) -> tuple[Any, Any]:
+    """(client for every request, client for check()); BotoCoreError or ValueError if
+    botocore cannot build them (bad endpoint URL, half a credential pair)."""
+    common: dict[str, Any] = {
+        "signature_version": "s3v4",
+        "max_pool_connections": _MAX_POOL_CONNECTIONS,
+        # Checksums only where S3 requires them: many S3-compatible servers
+        # reject the CRC trailers newer botocore sends by default. We send
+        # Content-MD5 ourselves on every upload instead.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+    if endpoint_url:
+        common["s3"] = {"addressing_style": "path"}
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        **common,
+    )
+    # check() must answer fast when the endpoint is down, so it retries little.
+    check_config = Config(
+        retries={"mode": "standard", "total_max_attempts": min(2, max_attempts)},
+        connect_timeout=min(connect_timeout, 3.0),
+        read_timeout=min(read_timeout, 10.0),
+        **common,
+    )
+    credentials = {
+        "endpoint_url": endpoint_url,
+        "region_name": region or None,
+        "aws_access_key_id": access_key or None,
+        "aws_secret_access_key": secret_key or None,
+    }
+    return _new_client(config, credentials), _new_client(check_config, credentials)
 
 
 def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
