@@ -18,7 +18,7 @@ from typing import Any
 
 from compressor.discovery import list_partition
 from compressor.layout import PartitionId
-from compressor.lease import Lease, LeaseLost, LeaseManager
+from compressor.lease import LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
 from compressor.planning import (
     DONE_SKIPS,
@@ -136,8 +136,8 @@ class Job:
         compact: Store,
         state: StateStore,
         settings: CompactSettings,
+        leases: LeaseManager,
         *,
-        leases: LeaseManager | None = None,
         should_stop: Callable[[], bool] = _never,
         busy_wait_s: float = BUSY_WAIT_S,
         busy_poll_s: float = BUSY_POLL_S,
@@ -219,33 +219,29 @@ class Job:
             return PartitionOutcome(pid, Status.NOT_RUN)
         if planned.action is Action.SKIP:
             return self._skip(planned)
-        lease: Lease | None = None
-        if self.leases is not None:
-            try:
-                lease = self.leases.acquire(pid)
-            except StoreConfigError:
-                raise
-            except StoreError as exc:  # not recorded: another run may hold the partition
-                error = one_line(f"could not take the partition lease: {exc}")
-                log.error("%s: failed: %s", pid.state_key, error)
-                return PartitionOutcome(pid, Status.FAILED, error=error)
-            if lease is None:
-                if not quiet_busy:
-                    log.info("%s: skipped: another run holds its lease", pid.state_key)
-                return PartitionOutcome(pid, Status.BUSY)
         try:
-            if lease is not None:
-                meta, planned = self._recheck(planned)
-                if meta is not None:
-                    log.info("%s: skipped: compacted by another run since this run planned",
-                             pid.state_key)
-                    return self._up_to_date(pid, meta)
-                if planned.partition.file_count == 0:
-                    return PartitionOutcome(pid, Status.NO_DATA)
-            return self._compact(planned, lease.check_held if lease else _no_fence)
+            lease = self.leases.acquire(pid)
+        except StoreConfigError:
+            raise
+        except StoreError as exc:  # not recorded: another run may hold the partition
+            error = one_line(f"could not take the partition lease: {exc}")
+            log.error("%s: failed: %s", pid.state_key, error)
+            return PartitionOutcome(pid, Status.FAILED, error=error)
+        if lease is None:
+            if not quiet_busy:
+                log.info("%s: skipped: another run holds its lease", pid.state_key)
+            return PartitionOutcome(pid, Status.BUSY)
+        try:
+            meta, planned = self._recheck(planned)
+            if meta is not None:
+                log.info("%s: skipped: compacted by another run since this run planned",
+                         pid.state_key)
+                return self._up_to_date(pid, meta)
+            if planned.partition.file_count == 0:
+                return PartitionOutcome(pid, Status.NO_DATA)
+            return self._compact(planned, lease.check_held)
         finally:
-            if lease is not None:
-                lease.release()
+            lease.release()
 
     def _recheck(
         self, planned: PlannedPartition
@@ -287,7 +283,7 @@ class Job:
         lease, so runs waiting on each other never deadlock. A lease held from another
         host is left to its run at once (as is everything once a stop is asked).
         """
-        if self.leases is None or not any(o.status is Status.BUSY for o in outcomes):
+        if not any(o.status is Status.BUSY for o in outcomes):
             return outcomes
         planned = {p.pid: p for p in self.plan.partitions}
         deadline = time.monotonic() + self.busy_wait_s
@@ -382,10 +378,6 @@ class Job:
             failed_key=failed_key, attempts=attempts,
         ))
         return PartitionOutcome(pid, status, seconds=seconds, error=error, failed_key=failed_key)
-
-
-def _no_fence() -> None:
-    return None
 
 
 def _success_from_meta(
