@@ -262,7 +262,7 @@ def _merge(
     skipped: set[Path] = set()
     spill = work / "spill"
     spill.mkdir(exist_ok=True)
-    quality = QualityAccumulator(partition.pid.date)
+    quality = QualityAccumulator(partition.pid.date, output)
     while True:
         quality.reset()
         paths = [path for path, _ in inputs if path not in skipped]

@@ -12,12 +12,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from compressor.layout import parse_day
+from compressor.merge_schema import to_ms_array
 
 #: Version of the row filtering applied after the merge. 1: none, every raw row is kept.
 POST_FILTER_VERSION = 1
@@ -51,11 +53,15 @@ class QualityAccumulator:
       (the same event delivered twice); counted across batch boundaries.
     - max_gap_ms: largest step between consecutive ts_event.
     - lag_p50_ms / lag_p99_ms: ts_recv - ts_event percentiles (exact below 10 s).
+
+    `path` is the file the batches are written to (named if a time column cannot be
+    converted to milliseconds).
     """
 
-    def __init__(self, day: str) -> None:
+    def __init__(self, day: str, path: Path) -> None:
         start = datetime.combine(parse_day(day), datetime.min.time(), tzinfo=UTC)
         self._day_start = int(start.timestamp() * 1000)
+        self._path = path
         self.reset()
 
     def reset(self) -> None:
@@ -66,23 +72,24 @@ class QualityAccumulator:
         self._max_gap: int | None = None
         self._last_ts: int | None = None
         self._lags: Counter[int] = Counter()
-        self._carry: pa.Table | None = None
+        #: Rows of the last ts_event seen (and their ts_event in ms), for the next batch.
+        self._carry: tuple[pa.Table, pa.Array] | None = None
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        ts = _as_ms(table.column("ts_event"))
+        ts = self._ms(table, "ts_event")
         self._rows += table.num_rows
         self._count_out_of_day(ts)
         self._track_gap(ts)
         if "ts_recv" in table.schema.names:
-            self._count_lags(ts, _as_ms(table.column("ts_recv")))
+            self._count_lags(ts, self._ms(table, "ts_recv"))
         self._count_duplicates(table, ts)
 
     def result(self) -> DayQuality:
         if self._carry is not None:
-            self._duplicates += _duplicates_in(self._carry)
+            self._duplicates += _duplicates_in(*self._carry)
             self._carry = None
         return DayQuality(
             rows=self._rows,
@@ -92,6 +99,10 @@ class QualityAccumulator:
             lag_p50_ms=_percentile(self._lags, 0.50),
             lag_p99_ms=_percentile(self._lags, 0.99),
         )
+
+    def _ms(self, table: pa.Table, name: str) -> pa.Array:
+        column = to_ms_array(self._path, table.column(name))
+        return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
     def _count_out_of_day(self, ts: pa.Array) -> None:
         outside = pc.or_(
@@ -119,32 +130,24 @@ class QualityAccumulator:
     def _count_duplicates(self, table: pa.Table, ts: pa.Array) -> None:
         """Rows of the last ts_event wait for the next batch: their group may continue there."""
         if self._carry is not None:
-            ts = pa.concat_arrays([_as_ms(self._carry.column("ts_event")), ts])
-            table = pa.concat_tables([self._carry, table], promote_options="permissive")
+            carry, carry_ts = self._carry
+            ts = pa.concat_arrays([carry_ts, ts])
+            table = pa.concat_tables([carry, table], promote_options="permissive")
         tail = int(pc.sum(pc.cast(pc.equal(ts, ts[-1]), pa.int64())).as_py() or 0)
         head_rows = table.num_rows - tail
-        self._duplicates += _duplicates_in(table.slice(0, head_rows))
-        self._carry = table.slice(head_rows)
+        self._duplicates += _duplicates_in(table.slice(0, head_rows), ts.slice(0, head_rows))
+        self._carry = table.slice(head_rows), ts.slice(head_rows)
 
 
-def _as_ms(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """int64 milliseconds from an integer (already ms) or timestamp column."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_timestamp(column.type):
-        column = pc.cast(column, pa.timestamp("ms"), safe=False)
-    return pc.cast(column, pa.int64())
-
-
-def _duplicates_in(table: pa.Table) -> int:
+def _duplicates_in(table: pa.Table, ts: pa.Array) -> int:
     """Rows equal to an earlier row of `table` (sorted by ts_event) in every identity column.
 
-    Only rows sharing their ts_event with a neighbour can be duplicates, and columns
-    constant over those rows cannot tell them apart: both are dropped before hashing.
+    `ts` is the table's ts_event in ms. Only rows sharing their ts_event with a neighbour
+    can be duplicates, and columns constant over those rows cannot tell them apart: both
+    are dropped before hashing.
     """
     if table.num_rows < 2:
         return 0
-    ts = _as_ms(table.column("ts_event"))
     same_as_next = pc.equal(ts.slice(1), ts.slice(0, len(ts) - 1))
     no = pa.array([False])
     candidate = pc.or_(pa.concat_arrays([no, same_as_next]), pa.concat_arrays([same_as_next, no]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from compressor.quality import DayQuality, QualityAccumulator, summarize_state
 
 DAY = "20261124"
 DAY0 = 1_795_478_400_000  # 2026-11-24T00:00:00Z in ms
+OUT = Path("data.parquet")
 
 
 def _batch(ts: list[int], recv: list[int], price: list[float]) -> pa.RecordBatch:
@@ -27,7 +30,7 @@ def _batch(ts: list[int], recv: list[int], price: list[float]) -> pa.RecordBatch
 
 
 def _feed(batches: list[pa.RecordBatch]) -> DayQuality:
-    acc = QualityAccumulator(DAY)
+    acc = QualityAccumulator(DAY, OUT)
     for b in batches:
         acc(b)
     return acc.result()
@@ -64,7 +67,7 @@ def test_empty_input() -> None:
 
 
 def test_reset_forgets_everything() -> None:
-    acc = QualityAccumulator(DAY)
+    acc = QualityAccumulator(DAY, OUT)
     acc(_batch([DAY0, DAY0], [DAY0, DAY0], [1.0, 1.0]))
     acc.reset()
     acc(_batch([DAY0 + 5], [DAY0 + 7], [1.0]))
@@ -125,3 +128,13 @@ def test_a_differing_string_or_null_column_makes_rows_distinct() -> None:
     same = pa.array(["x"] * 4)
     batch = pa.RecordBatch.from_arrays([*base.columns, same], [*base.schema.names, "venue"])
     assert _feed([batch]).duplicate_rows == 3
+
+
+def test_timestamp_columns_count_in_milliseconds() -> None:
+    ts, recv = [DAY0, DAY0 + 1_000], [DAY0 + 7, DAY0 + 1_009]
+    batch = pa.RecordBatch.from_pydict({
+        "ts_event": pa.array([t * 1000 for t in ts], pa.timestamp("us", "UTC")),
+        "ts_recv": pa.array(recv, pa.timestamp("ms")),
+        "price": pa.array([1.0, 2.0]),
+    })
+    assert _feed([batch]) == DayQuality(2, 0, 0, 1_000, 7, 9)
