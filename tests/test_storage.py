@@ -722,6 +722,42 @@ def test_open_store_compact_role_falls_back_to_raw_settings(
     open_store(f"s3://{s3_bucket}", s3_env, role="compact").check()
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "ftp://127.0.0.1:9",
+        "127.0.0.1:9",
+        "http://user:pa55word@127.0.0.1:notaport",
+        "http://user:pa55word@127.0.0.1:70000",
+        "http://user:pa55word@127.0.0.1:0",
+        "http://user:pa55word@[::1",
+        "http://user:pa55word@",
+        "https://",
+    ],
+)
+@pytest.mark.parametrize("name", ["S3_ENDPOINT", "S3_COMPACT_ENDPOINT"])
+def test_open_store_rejects_a_malformed_endpoint_naming_its_variable(
+    s3_env: dict[str, str], endpoint: str, name: str
+) -> None:
+    with pytest.raises(StoreConfigError) as err:
+        open_store("s3://b", {**s3_env, name: endpoint}, role="compact")
+    message = str(err.value)
+    assert message.startswith(f"{name}, the S3 endpoint for bucket 'b',")
+    assert "pa55word" not in message and "\n" not in message
+    if name == "S3_COMPACT_ENDPOINT":  # the raw role does not look at the compact endpoint
+        open_store("s3://b", {**s3_env, name: endpoint}, role="raw")
+
+
+def test_s3store_given_half_a_credential_pair_is_a_config_error() -> None:
+    """open_store names the missing variable; S3Store used directly still fails cleanly."""
+    with pytest.raises(StoreConfigError, match="PartialCredentialsError") as err:
+        S3Store("b", endpoint_url="http://127.0.0.1:9", access_key="only-the-id")
+    assert "only-the-id" not in str(err.value)
+    with pytest.raises(StoreConfigError, match="malformed endpoint URL") as err:
+        S3Store("b", endpoint_url="http://user:pa55word@[::1")
+    assert "pa55word" not in str(err.value)
+
+
 def test_open_store_rejects_half_a_credential_pair(s3_env: dict[str, str]) -> None:
     env = {**s3_env, "S3_COMPACT_ACCESS_KEY": "only-the-id"}
     with pytest.raises(StoreConfigError, match="S3_COMPACT_SECRET_KEY") as err:

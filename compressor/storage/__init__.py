@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .base import (
     NotFound,
@@ -64,21 +65,20 @@ def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
     def get(name: str) -> str | None:
         return env.get(name) or None
 
-    endpoint = get("S3_ENDPOINT")
-    access, secret = get("S3_ACCESS_KEY"), get("S3_SECRET_KEY")
-    names = ("S3_ACCESS_KEY", "S3_SECRET_KEY")
+    endpoint_name, access_names = "S3_ENDPOINT", ("S3_ACCESS_KEY", "S3_SECRET_KEY")
     if role == "compact":
-        endpoint = get("S3_COMPACT_ENDPOINT") or endpoint
+        if get("S3_COMPACT_ENDPOINT"):
+            endpoint_name = "S3_COMPACT_ENDPOINT"
         if get("S3_COMPACT_ACCESS_KEY") or get("S3_COMPACT_SECRET_KEY"):
-            access, secret = get("S3_COMPACT_ACCESS_KEY"), get("S3_COMPACT_SECRET_KEY")
-            names = ("S3_COMPACT_ACCESS_KEY", "S3_COMPACT_SECRET_KEY")
+            access_names = ("S3_COMPACT_ACCESS_KEY", "S3_COMPACT_SECRET_KEY")
+    endpoint = get(endpoint_name)
+    access, secret = get(access_names[0]), get(access_names[1])
+    # The only place these are validated: S3Store itself does not know the variables' names.
     if bool(access) != bool(secret):
-        missing = names[0] if not access else names[1]
+        missing = access_names[0] if not access else access_names[1]
         raise StoreConfigError(f"{missing} is not set but its pair is (bucket {bucket!r})")
-    if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise StoreConfigError(
-            f"S3 endpoint for bucket {bucket!r} must start with http:// or https://"
-        )
+    if endpoint:
+        _check_endpoint(endpoint, endpoint_name, bucket)
     return S3Store(
         bucket,
         prefix,
@@ -91,6 +91,25 @@ def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
         read_timeout=_number(env, "S3_READ_TIMEOUT", 60.0),
         multipart_threshold=int(_number(env, "S3_MULTIPART_THRESHOLD", 64 * MiB)),
     )
+
+
+def _check_endpoint(url: str, name: str, bucket: str) -> None:
+    """StoreConfigError naming `name` unless `url` is an http(s) URL with a host and a
+    valid port. The URL is not shown: it may hold a user:password@ part."""
+    problem = None
+    if not url.startswith(("http://", "https://")):
+        problem = "must start with http:// or https://"
+    else:
+        try:
+            parts = urlsplit(url)
+            if parts.port == 0:  # urlsplit itself rejects other ports out of range
+                raise ValueError("port 0")
+            if not parts.hostname:
+                problem = "has no host"
+        except ValueError:  # a bracket left open, a port that is not a number
+            problem = "is not a valid URL (host or port)"
+    if problem:
+        raise StoreConfigError(f"{name}, the S3 endpoint for bucket {bucket!r}, {problem}")
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
