@@ -67,8 +67,9 @@ import pyarrow.parquet as pq  # noqa: E402
 from compressor.generator import PartitionSpec, write_partition  # noqa: E402
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId  # noqa: E402
 from compressor.lease import LeaseRecord  # noqa: E402
-from compressor.state import StateCorruptError, StateStore, parse_document, utc_iso  # noqa: E402
+from compressor.state import StateCorruptError, StateStore, parse_document  # noqa: E402
 from compressor.storage import S3Store  # noqa: E402
+from compressor.text import utc_iso  # noqa: E402
 from tests.s3proxy import S3Proxy, Seen  # noqa: E402
 from tests.s3server import (  # noqa: E402
     TEST_ACCESS_KEY,

@@ -36,6 +36,7 @@ from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality import summarize_state
 from compressor.state import StateCorruptError, StateStore
 from compressor.storage import Store, StoreConfigError, StoreError, open_store
+from compressor.text import one_line
 
 log = logging.getLogger("compressor.cli")
 
@@ -414,4 +415,4 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(str(exc)) or type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 
 from compressor.discovery import list_partition
 from compressor.layout import PartitionId
-from compressor.lease import LeaseLost, LeaseManager
+from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
 from compressor.planning import (
     DONE_SKIPS,
@@ -26,12 +26,12 @@ from compressor.planning import (
     Plan,
     PlannedPartition,
     Reason,
-    human_size,
     read_meta,
 )
 from compressor.publish import BadInputError, CompactSettings, VerificationError, compact_partition
-from compressor.state import PartitionState, StateStore, one_line, ready_date, utc_iso
+from compressor.state import PartitionState, StateStore, ready_date
 from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
+from compressor.text import human_size, one_line, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,24 @@ class RunReport:
         if self.stopped:
             lines.append("  stopped by a signal; the remaining partitions run next time")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ToCompact:
+    """Re-check: compact this (as planned, or listed again after another run's publish)."""
+
+    planned: PlannedPartition
+
+
+@dataclass(frozen=True)
+class PublishedMeanwhile:
+    """Re-check: another run published an up-to-date output since this run planned."""
+
+    meta: dict[str, Any]
+
+
+#: What `Job._recheck` found once the partition's lease was held.
+Recheck = ToCompact | PublishedMeanwhile
 
 
 def _never() -> bool:
@@ -219,6 +237,16 @@ class Job:
             return PartitionOutcome(pid, Status.NOT_RUN)
         if planned.action is Action.SKIP:
             return self._skip(planned)
+        lease = self._take_lease(pid, quiet=quiet_busy)
+        if isinstance(lease, PartitionOutcome):
+            return lease
+        try:
+            return self._run_leased(planned, lease)
+        finally:
+            lease.release()
+
+    def _take_lease(self, pid: PartitionId, *, quiet: bool = False) -> Lease | PartitionOutcome:
+        """The partition's lease, or the outcome when it cannot be had (busy, failed)."""
         try:
             lease = self.leases.acquire(pid)
         except StoreConfigError:
@@ -228,26 +256,26 @@ class Job:
             log.error("%s: failed: %s", pid.state_key, error)
             return PartitionOutcome(pid, Status.FAILED, error=error)
         if lease is None:
-            if not quiet_busy:
+            if not quiet:
                 log.info("%s: skipped: another run holds its lease", pid.state_key)
             return PartitionOutcome(pid, Status.BUSY)
-        try:
-            meta, planned = self._recheck(planned)
-            if meta is not None:
+        return lease
+
+    def _run_leased(self, planned: PlannedPartition, lease: Lease) -> PartitionOutcome:
+        """Re-check, then compact, a partition whose lease we hold."""
+        pid = planned.pid
+        match self._recheck(planned):
+            case PublishedMeanwhile(meta):
                 log.info("%s: skipped: compacted by another run since this run planned",
                          pid.state_key)
                 return self._up_to_date(pid, meta)
-            if planned.partition.file_count == 0:
-                return PartitionOutcome(pid, Status.NO_DATA)
-            return self._compact(planned, lease.check_held)
-        finally:
-            lease.release()
+            case ToCompact(current):
+                if current.partition.file_count == 0:
+                    return PartitionOutcome(pid, Status.NO_DATA)
+                return self._compact(current, lease.check_held)
 
-    def _recheck(
-        self, planned: PlannedPartition
-    ) -> tuple[dict[str, Any] | None, PlannedPartition]:
-        """Once we hold the lease: (meta.json another run published since we planned and
-        that is up to date, or None; the partition to compact).
+    def _recheck(self, planned: PlannedPartition) -> Recheck:
+        """Once we hold the lease: did another run publish the partition since we planned?
 
         A run that compacted the partition between our plan and our lease has released
         it by now. Compacting again would only hide the partition from readers for a
@@ -258,22 +286,22 @@ class Job:
         try:
             meta = read_meta(self.compact, pid)
             if meta is None or meta == planned.meta:
-                return None, planned
+                return ToCompact(planned)
             published = meta.get("source_fingerprint")
             if published == planned.partition.fingerprint:
-                return meta, planned
+                return PublishedMeanwhile(meta)
             fresh = list_partition(self.raw, pid)
         except StoreConfigError:
             raise
         except StoreError as exc:  # cannot tell: compacting as planned is safe
             log.warning("%s: could not re-check meta.json (%s)", pid.state_key,
                         one_line(str(exc), 200))
-            return None, planned
+            return ToCompact(planned)
         if fresh.fingerprint == published:
-            return meta, planned
+            return PublishedMeanwhile(meta)
         log.info("%s: another run published another raw listing meanwhile; listed again "
                  "(%d files)", pid.state_key, fresh.file_count)
-        return None, replace(planned, partition=fresh)
+        return ToCompact(replace(planned, partition=fresh))
 
     def _settle_busy(self, outcomes: list[PartitionOutcome]) -> list[PartitionOutcome]:
         """Wait for partitions of a ready day that another run on this host is compacting.

@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from compressor.layout import LOCKS_PREFIX, PartitionId
-from compressor.state import one_line, parse_utc_iso, utc_iso
 from compressor.storage.base import NotFound, PreconditionFailed, Store, StoreError
+from compressor.text import one_line, parse_utc_iso, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,8 @@ class LeaseRecord:
 
 
 def _time_field(doc: dict[str, Any], name: str) -> float:
-    value = doc.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected an ISO-8601 UTC time, got {value!r}")
     try:
-        return parse_utc_iso(value)
+        return parse_utc_iso(doc.get(name))
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
 

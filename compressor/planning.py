@@ -18,6 +18,7 @@ from compressor.discovery import Filters, Inventory, Partition, list_partition, 
 from compressor.layout import PartitionId, format_day, parse_day
 from compressor.state import PartitionState
 from compressor.storage.base import NotFound, Store
+from compressor.text import human_size
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,6 @@ class Plan:
         if not self.ready_days:
             lines.append("last_compacted_date: not moved by this run")
         return "\n".join(lines)
-
-
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- days

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from compressor import __version__
 from compressor.discovery import Partition
 from compressor.merge_errors import MergeAborted, MergeInputError
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
-from compressor.planning import human_size
 from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
 from compressor.storage.base import ObjectInfo, Store, StoreError, TransientStoreError
+from compressor.text import human_size, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -336,10 +335,6 @@ def file_sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- meta + publish
 
 
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def build_meta(
     partition: Partition,
     verified: Verified,
@@ -366,7 +361,7 @@ def build_meta(
         "day_quality": quality.to_dict(),
         "post_filter_version": POST_FILTER_VERSION,
         "compactor_version": __version__,
-        "created_at": utc_now_iso(),
+        "created_at": utc_iso(time.time()),
         "merge": figures,
     }
     if skipped_keys:

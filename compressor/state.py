@@ -65,6 +65,7 @@ from compressor.storage.base import (
     Store,
     TransientStoreError,
 )
+from compressor.text import one_line, parse_utc_iso, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +79,9 @@ _ENTRY_KEYS = {
     "status", "rows", "total_size_bytes", "attempts", "updated_at", "started_at",
     "error", "failed_key", "day_quality_post", "skipped_files",
 }
-_ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _DAY_RE = re.compile(r"\d{8}")
 _PARTITION_KEY_RE = re.compile(r"[^/]+/[^/]+/[^/]+/\d{8}")
-_MAX_ERROR_CHARS = 1000
 REPAIR_HINT = "run with --repair-state to back it up and start a fresh state"
-
-
-# ---------------------------------------------------------------- time helpers
-
-
-def utc_iso(ts: float) -> str:
-    """Epoch seconds -> '2024-01-02T03:04:05.123Z' (UTC, millisecond precision)."""
-    seconds, millis = divmod(round(ts * 1000), 1000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
-
-
-def parse_utc_iso(text: str) -> float:
-    """'...Z' ISO-8601 UTC -> epoch seconds; ValueError on anything else."""
-    if not isinstance(text, str) or not _ISO_RE.fullmatch(text):
-        raise ValueError(f"not an ISO-8601 UTC time ending in Z: {text!r}")
-    return datetime.fromisoformat(text).timestamp()
-
-
-def one_line(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
-    """Collapse whitespace (newlines included) and cap the length."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- errors
@@ -133,13 +109,10 @@ def _check_int(name: str, value: Any) -> None:
 
 
 def _check_time(name: str, value: Any) -> None:
-    if isinstance(value, str) and _ISO_RE.fullmatch(value):
-        try:
-            datetime.fromisoformat(value)
-            return
-        except ValueError:
-            pass
-    raise ValueError(f"{name}: not an ISO-8601 UTC time ending in Z: {value!r}")
+    try:
+        parse_utc_iso(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _check_optional_str(name: str, value: Any) -> None:

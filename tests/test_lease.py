@@ -19,8 +19,8 @@ import pytest
 
 from compressor.layout import PartitionId
 from compressor.lease import LeaseLost, LeaseManager, LeaseOwner, LeaseRecord, pid_alive
-from compressor.state import parse_utc_iso
 from compressor.storage.base import Store, TransientStoreError
+from compressor.text import parse_utc_iso
 from tests.test_state import CountingStore, open_spec, store_spec
 
 PID = PartitionId("binance", "trade", "btcusdt", "20240101")

@@ -25,9 +25,10 @@ from compressor.planning import (
     decide,
     plan_days,
 )
-from compressor.state import PartitionState, StateStore, ready_date, utc_iso
+from compressor.state import PartitionState, StateStore, ready_date
 from compressor.storage import LocalStore
 from compressor.storage.base import ObjectInfo
+from compressor.text import utc_iso
 from tests.conftest import put_partition, store_listing
 
 TODAY = date(2026, 11, 25)

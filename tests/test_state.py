@@ -26,7 +26,6 @@ from compressor.state import (
     merge_entries,
     ready_date,
     serialize_document,
-    utc_iso,
 )
 from compressor.storage import LocalStore, S3Store
 from compressor.storage.base import (
@@ -36,6 +35,7 @@ from compressor.storage.base import (
     StoreError,
     TransientStoreError,
 )
+from compressor.text import utc_iso
 from tests.conftest import make_s3_store
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
