@@ -82,9 +82,8 @@ def source_fingerprint(files: Iterable[ObjectInfo]) -> str:
     Any file added, removed, rewritten or resized changes it.
     """
     digest = hashlib.sha256()
-    for info in sorted(files, key=lambda f: f.key):
-        etag = info.etag.strip('"')
-        digest.update(f"{info.key}\t{info.size}\t{etag}\n".encode())
+    for info in sorted(files, key=lambda f: f.key):  # ObjectInfo ETags are unquoted
+        digest.update(f"{info.key}\t{info.size}\t{info.etag}\n".encode())
     return digest.hexdigest()
 
 

@@ -23,6 +23,7 @@ import pytest
 from compressor.storage import (
     LocalStore,
     NotFound,
+    ObjectInfo,
     PreconditionFailed,
     S3Store,
     Store,
@@ -31,7 +32,7 @@ from compressor.storage import (
     TransientStoreError,
     open_store,
 )
-from compressor.storage.local import TMP_MARK
+from compressor.storage.base import TMP_MARK
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port, make_s3_store
 from tests.s3proxy import FAULT_KINDS, S3Proxy
 
@@ -217,6 +218,15 @@ def test_if_match_guards_against_stale_etag(store: Store) -> None:
     quoted = f'"{current}"'  # ETags as S3 prints them are accepted too
     store.put_bytes("state", b"v3", if_match=quoted)
     assert store.get_bytes("state")[0] == b"v3"
+
+
+def test_object_info_etags_are_normalized(store: Store) -> None:
+    """Whatever form a backend or a caller gives, ObjectInfo ETags compare with ==."""
+    assert ObjectInfo("k", 1, ' "abc" ').etag == ObjectInfo("k", 1, "abc").etag == "abc"
+    etag = store.put_bytes("k", b"v")
+    assert etag == md5(b"v") and '"' not in etag
+    listed = next(iter(store.list_objects("")))
+    assert listed == store.head("k") == ObjectInfo("k", 1, f'"{etag}"')
 
 
 def test_if_match_on_missing_key_fails(store: Store) -> None:

@@ -8,19 +8,52 @@ sees either the previous object or the complete new one, never a part.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+#: Names of the stores' temp files (downloads, local writes) start with this.
+TMP_MARK = ".qlc-tmp-"
+#: Read size when streaming files and objects.
+CHUNK = 1 << 20
+
+
+def normalize_etag(etag: str) -> str:
+    """An ETag without the surrounding quotes (and blanks) S3 puts on it."""
+    return etag.strip().strip('"')
+
+
+def temp_name(name: str) -> str:
+    """A unique name for a temp file that will become `name` (at most 255 characters)."""
+    return f"{TMP_MARK}{uuid.uuid4().hex}.{name}"[:255]
+
+
+def md5_file(fh: BinaryIO) -> bytes:
+    """md5 digest of an open file from its current position to the end."""
+    digest = hashlib.md5()
+    while chunk := fh.read(CHUNK):
+        digest.update(chunk)
+    return digest.digest()
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object as a listing or a HEAD describes it."""
+    """One stored object as a listing or a HEAD describes it.
+
+    `etag` is always normalized (unquoted, see normalize_etag), whatever the
+    backend returned, so ETags from any two sources compare with `==`.
+    """
 
     key: str
     size: int
     etag: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", normalize_etag(self.etag))
 
 
 class StoreError(Exception):
@@ -97,9 +130,9 @@ class Store(ABC):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
-        """Write `data` to `key`, return the new ETag.
+        """Write `data` to `key`, return the new ETag (normalized, as in ObjectInfo).
 
-        if_match: write only if the current object's ETag equals it.
+        if_match: write only if the current object's ETag equals it (quoted or not).
         if_none_match: write only if no object exists at `key`.
         Either condition failing raises PreconditionFailed.
         """

@@ -29,35 +29,28 @@ import fcntl
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from .base import (
+    CHUNK,
+    TMP_MARK,
     NotFound,
     ObjectInfo,
     PreconditionFailed,
     Store,
     StoreConfigError,
     StoreError,
+    md5_file,
+    normalize_etag,
+    temp_name,
 )
 
-#: Names of this store's temp files start with this; keys may not use it.
-TMP_MARK = ".qlc-tmp-"
 _XATTR = "user.qlc.md5"
-_CHUNK = 1 << 20
 #: How often a write is retried when a concurrent delete removed its directory.
 _DIR_RACE_RETRIES = 50
-
-
-def _tmp_name(name: str) -> str:
-    return f"{TMP_MARK}{uuid.uuid4().hex}.{name}"[:255]
-
-
-def _norm_etag(etag: str) -> str:
-    return etag.strip().strip('"')
 
 
 class LocalStore(Store):
@@ -217,7 +210,7 @@ class LocalStore(Store):
         if if_match is not None:
             if current is None:
                 raise PreconditionFailed(f"key {key!r} does not exist (if_match)")
-            if current.etag != _norm_etag(if_match):
+            if current.etag != normalize_etag(if_match):
                 raise PreconditionFailed(f"key {key!r} changed since it was read (if_match)")
 
     def _write_tmp(
@@ -227,7 +220,7 @@ class LocalStore(Store):
         directory, name = os.path.split(target)
         for _ in range(_DIR_RACE_RETRIES):
             self._makedirs(key, directory)
-            tmp = os.path.join(directory, _tmp_name(name))
+            tmp = os.path.join(directory, temp_name(name))
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileNotFoundError:
@@ -393,7 +386,7 @@ def _file_info(key: str, path: str) -> ObjectInfo | None:
             st = os.fstat(fh.fileno())
             etag = _cached_etag(fh.fileno(), st)
             if etag is None:
-                etag = _md5_stream(fh)
+                etag = md5_file(fh).hex()
                 _remember_etag(fh.fileno(), etag, st)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
@@ -422,16 +415,9 @@ def _remember_etag(fd: int, etag: str, st: os.stat_result | None = None) -> None
         pass
 
 
-def _md5_stream(src: BinaryIO) -> str:
-    digest = hashlib.md5()
-    while chunk := src.read(_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _copy(src: BinaryIO, out: BinaryIO) -> str:
     digest = hashlib.md5()
-    while chunk := src.read(_CHUNK):
+    while chunk := src.read(CHUNK):
         digest.update(chunk)
         out.write(chunk)
     return digest.hexdigest()
@@ -449,7 +435,7 @@ def _atomic_copy(src: BinaryIO, dest: Path) -> tuple[int, str]:
     a crash loses nothing; the rename alone keeps a partial copy from being seen.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / _tmp_name(dest.name)
+    tmp = dest.parent / temp_name(dest.name)
     try:
         with open(tmp, "wb") as out:
             etag = _copy(src, out)
@@ -507,4 +493,4 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-__all__ = ["LocalStore", "TMP_MARK"]
+__all__ = ["LocalStore"]

@@ -7,8 +7,8 @@ bucket/key/endpoint only, never from server text or the exception's own string,
 so no credential can leak into a message. Credentials are handed to the boto3
 session and not kept on the store object.
 
-ETags are returned without the surrounding quotes S3 puts on them, as the local
-store does; `if_match` accepts either form.
+ETags are returned normalized (without the surrounding quotes S3 puts on them),
+as the local store does; `if_match` accepts either form.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import hashlib
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -43,6 +42,7 @@ from botocore.exceptions import (
 )
 
 from .base import (
+    CHUNK,
     NotFound,
     ObjectInfo,
     PreconditionFailed,
@@ -50,6 +50,9 @@ from .base import (
     StoreConfigError,
     StoreError,
     TransientStoreError,
+    md5_file,
+    normalize_etag,
+    temp_name,
 )
 
 MiB = 1 << 20
@@ -57,7 +60,6 @@ MiB = 1 << 20
 #: S3 itself rejects requests signed more than 15 minutes off (RequestTimeTooSkewed); the
 #: state's and the leases' timestamps come from this clock too.
 MAX_CLOCK_SKEW_S = 15 * 60
-_TMP_MARK = ".qlc-tmp-"
 _LIST_PAGE = 1000
 #: Parts of one multipart upload sent at once.
 _UPLOAD_THREADS = 4
@@ -210,7 +212,7 @@ class S3Store(Store):
             for page in pages:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix) :]
-                    yield ObjectInfo(key, int(obj["Size"]), _strip(obj["ETag"]))
+                    yield ObjectInfo(key, int(obj["Size"]), obj["ETag"])
 
     # ------------------------------------------------------------------ reads
 
@@ -220,7 +222,7 @@ class S3Store(Store):
                 resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
         except NotFound:
             return None
-        return ObjectInfo(key, int(resp["ContentLength"]), _strip(resp["ETag"]))
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         for attempt in range(self._max_attempts):
@@ -234,12 +236,12 @@ class S3Store(Store):
                     continue  # botocore does not retry a body cut off mid-stream
             if len(data) != int(resp["ContentLength"]):
                 continue
-            return data, _strip(resp["ETag"])
+            return data, normalize_etag(resp["ETag"])
         raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
 
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         path = Path(path)
-        tmp = path.parent / f"{_TMP_MARK}{uuid.uuid4().hex}.{path.name}"[:255]
+        tmp = path.parent / temp_name(path.name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(self._max_attempts):
@@ -253,7 +255,7 @@ class S3Store(Store):
                         continue
                 if size == int(resp["ContentLength"]):
                     os.replace(tmp, path)
-                    return ObjectInfo(key, size, _strip(resp["ETag"]))
+                    return ObjectInfo(key, size, resp["ETag"])
             raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
         except OSError as exc:
             raise StoreError(f"cannot write local file {str(path)!r}: {exc.strerror}") from None
@@ -268,7 +270,7 @@ class S3Store(Store):
             if size >= self.multipart_threshold:
                 return self._put_multipart(key, Path(path), size)
             with open(path, "rb") as fh:
-                md5 = _md5_file(fh)
+                md5 = md5_file(fh)
                 fh.seek(0)
                 with self._mapped("put", key):
                     resp = self._client.put_object(
@@ -276,7 +278,7 @@ class S3Store(Store):
                     )
         except OSError as exc:
             raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
-        return ObjectInfo(key, size, _strip(resp["ETag"]))
+        return ObjectInfo(key, size, resp["ETag"])
 
     def _put_multipart(self, key: str, path: Path, size: int) -> ObjectInfo:
         """Parts in parallel, then complete; aborted on any failure so nothing half shows."""
@@ -306,7 +308,7 @@ class S3Store(Store):
         except BaseException:
             self._abort_quietly(full, upload_id)
             raise
-        return ObjectInfo(key, size, _strip(resp["ETag"]))
+        return ObjectInfo(key, size, resp["ETag"])
 
     def _put_part(
         self, key: str, path: Path, upload_id: str, number: int, offset: int, chunk: int
@@ -351,12 +353,12 @@ class S3Store(Store):
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
-            kwargs["IfMatch"] = f'"{_strip(if_match)}"'
+            kwargs["IfMatch"] = f'"{normalize_etag(if_match)}"'
         try:
             resp = self._client.put_object(**kwargs)
         except (ClientError, BotoCoreError) as exc:
             return self._conditional_put_failed(exc, key, digest.hexdigest(), if_match)
-        return _strip(resp["ETag"])
+        return normalize_etag(resp["ETag"])
 
     def _conditional_put_failed(
         self, exc: ClientError | BotoCoreError, key: str, md5: str, if_match: str | None
@@ -565,25 +567,14 @@ def _stream_to(body: Any, tmp: Path) -> int:
     """
     size = 0
     with open(tmp, "wb") as out:
-        while chunk := body.read(MiB):
+        while chunk := body.read(CHUNK):
             out.write(chunk)
             size += len(chunk)
     return size
 
 
-def _md5_file(fh: BinaryIO) -> bytes:
-    digest = hashlib.md5()
-    while chunk := fh.read(MiB):
-        digest.update(chunk)
-    return digest.digest()
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def _strip(etag: str) -> str:
-    return etag.strip().strip('"')
 
 
 def _redact(url: str) -> str:
