@@ -219,7 +219,7 @@ def download(
         if stop.is_set():
             return
         got = raw.get_file(listed.key, path)
-        if got.size != listed.size or _etag(got.etag) != _etag(listed.etag):
+        if got.size != listed.size or got.etag != listed.etag:  # ObjectInfo ETags are unquoted
             raise RawChangedError(f"{listed.key}: raw object changed since it was listed")
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="get")
@@ -239,10 +239,6 @@ def download(
         stop.set()
         pool.shutdown(wait=not aborted, cancel_futures=True)
     return [(path, info.key) for path, info in jobs]
-
-
-def _etag(value: str) -> str:
-    return value.strip().strip('"')
 
 
 # --------------------------------------------------------------------------- merge
