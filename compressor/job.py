@@ -26,9 +26,14 @@ from compressor.planning import (
     Plan,
     PlannedPartition,
     Reason,
+)
+from compressor.publish import (
+    BadInputError,
+    CompactSettings,
+    VerificationError,
+    compact_partition,
     read_meta,
 )
-from compressor.publish import BadInputError, CompactSettings, VerificationError, compact_partition
 from compressor.state import PartitionState, StateStore, ready_date
 from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
 from compressor.text import human_size, one_line, utc_iso

@@ -6,8 +6,6 @@ Nothing here writes: a Plan is what `--dry-run` prints and what the job executes
 from __future__ import annotations
 
 import enum
-import json
-import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,11 +14,10 @@ from typing import Any, Protocol
 
 from compressor.discovery import Filters, Inventory, Partition, list_partition, walk
 from compressor.layout import PartitionId, format_day, parse_day
+from compressor.publish import read_meta
 from compressor.state import PartitionState
-from compressor.storage.base import NotFound, Store
+from compressor.storage.base import Store
 from compressor.text import human_size
-
-log = logging.getLogger(__name__)
 
 #: Partitions listed (and their meta.json read) at once while planning.
 PLAN_WORKERS = 8
@@ -235,20 +232,6 @@ def _parallel_map(
         return [fn(pid) for pid in pids]
     with ThreadPoolExecutor(max_workers=PLAN_WORKERS, thread_name_prefix="plan") as pool:
         return list(pool.map(fn, pids))
-
-
-def read_meta(compact: Store, pid: PartitionId) -> dict[str, Any] | None:
-    """The partition's published meta.json, or None (absent or unreadable: recompact)."""
-    try:
-        data, _ = compact.get_bytes(pid.meta_key)
-    except NotFound:
-        return None
-    try:
-        meta = json.loads(data)
-    except ValueError:
-        log.warning("%s: not JSON; the partition will be compacted again", pid.meta_key)
-        return None
-    return meta if isinstance(meta, dict) else None
 
 
 def decide(

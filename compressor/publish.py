@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 
 from compressor import __version__
 from compressor.discovery import Partition
+from compressor.layout import PartitionId
 from compressor.merge_errors import MergeAborted, MergeInputError
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
 from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
-from compressor.storage.base import ObjectInfo, Store, StoreError, TransientStoreError
+from compressor.storage.base import NotFound, ObjectInfo, Store, StoreError, TransientStoreError
 from compressor.text import human_size, utc_iso
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,20 @@ def build_meta(
     if skipped_keys:
         meta["skipped_files"] = list(skipped_keys)
     return meta
+
+
+def read_meta(compact: Store, pid: PartitionId) -> dict[str, Any] | None:
+    """The partition's published meta.json, or None (absent or unreadable: recompact)."""
+    try:
+        data, _ = compact.get_bytes(pid.meta_key)
+    except NotFound:
+        return None
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        log.warning("%s: not JSON; the partition will be compacted again", pid.meta_key)
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def publish(
