@@ -141,8 +141,15 @@ class PublishedMeanwhile:
     meta: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RecheckFailed:
+    """Re-check: meta.json or the raw listing could not be read; the partition fails."""
+
+    error: str
+
+
 #: What `Job._recheck` found once the partition's lease was held.
-Recheck = ToCompact | PublishedMeanwhile
+Recheck = ToCompact | PublishedMeanwhile | RecheckFailed
 
 
 def _never() -> bool:
@@ -274,6 +281,9 @@ class Job:
                 log.info("%s: skipped: compacted by another run since this run planned",
                          pid.state_key)
                 return self._up_to_date(pid, meta)
+            case RecheckFailed(error):
+                started_at, attempts = self._next_attempt(pid)
+                return self._record_failure(pid, Status.FAILED, error, started_at, attempts)
             case ToCompact(current):
                 if current.partition.file_count == 0:
                     return PartitionOutcome(pid, Status.NO_DATA)
@@ -298,10 +308,10 @@ class Job:
             fresh = list_partition(self.raw, pid)
         except StoreConfigError:
             raise
-        except StoreError as exc:  # cannot tell: compacting as planned is safe
-            log.warning("%s: could not re-check meta.json (%s)", pid.state_key,
-                        one_line(str(exc), 200))
-            return ToCompact(planned)
+        except StoreError as exc:
+            # Cannot tell: a newer output may be published, and compacting our listing
+            # would replace it with an older one. Fail (retryable); the next run re-plans.
+            return RecheckFailed(one_line(f"could not re-check meta.json: {exc}"))
         if fresh.fingerprint == published:
             return PublishedMeanwhile(meta)
         log.info("%s: another run published another raw listing meanwhile; listed again "
@@ -371,9 +381,7 @@ class Job:
 
     def _compact(self, planned: PlannedPartition, fence: Callable[[], None]) -> PartitionOutcome:
         pid, part = planned.pid, planned.partition
-        previous = self.state.get(pid)
-        attempts = previous.attempts + 1 if previous else 1
-        started_at = utc_iso(time.time())
+        started_at, attempts = self._next_attempt(pid)
         self._record(pid, PartitionState.in_progress(started_at=started_at, attempts=attempts))
         log.info("%s: compacting %d files, %s (%s)", pid.state_key, part.file_count,
                  human_size(part.total_bytes), planned.describe)
@@ -397,6 +405,11 @@ class Job:
                  if result.skipped_files else "")
         return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds)
 
+    def _next_attempt(self, pid: PartitionId) -> tuple[str, int]:
+        """(started_at, attempt number) of an attempt at the partition starting now."""
+        previous = self.state.get(pid)
+        return utc_iso(time.time()), previous.attempts + 1 if previous else 1
+
     def _failed(
         self, pid: PartitionId, exc: Exception, started_at: str, attempts: int, seconds: float
     ) -> PartitionOutcome:
@@ -405,6 +418,13 @@ class Job:
             self.report.stopped = True
         if status is Status.FAILED and not isinstance(exc, _EXPECTED):
             log.exception("%s: unexpected error", pid.state_key)
+        return self._record_failure(pid, status, error, started_at, attempts,
+                                    failed_key=failed_key, seconds=seconds)
+
+    def _record_failure(
+        self, pid: PartitionId, status: Status, error: str, started_at: str, attempts: int,
+        *, failed_key: str | None = None, seconds: float = 0.0,
+    ) -> PartitionOutcome:
         log.error("%s: %s: %s", pid.state_key, status.value, error)
         self._record(pid, PartitionState.failure(
             status=status.value, error=error, started_at=started_at,
