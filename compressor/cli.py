@@ -31,7 +31,7 @@ from compressor.layout import format_day, parse_day
 from compressor.lease import LeaseManager, LeaseOwner, pid_alive
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
-from compressor.planning import Mode, Plan, PlanOptions, UsageError, build_plan
+from compressor.planning import Mode, Plan, PlanOptions, build_plan, check_dates
 from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality import summarize_state
 from compressor.state import StateCorruptError, StateStore
@@ -54,6 +54,10 @@ DEMO_SHAPE: dict[str, Any] = {
     "files_per_partition": 8,
     "rows_per_file": 300,
 }
+
+
+class UsageError(ValueError):
+    """The run asked for is not allowed (bad flag or date, today or future, wrong combo)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -242,8 +246,13 @@ def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
         filters = Filters.parse(args.exchanges, args.streams, args.symbols)
     except ValueError as exc:
         raise UsageError(f"--exchanges/--streams/--symbols: {exc}") from None
+    mode = Mode(args.mode)
+    try:
+        backfill = check_dates(mode, today, args.date_from, args.date_to)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return PlanOptions(
-        mode=Mode(args.mode), today=today, date_from=args.date_from, date_to=args.date_to,
+        mode=mode, today=today, backfill=backfill,
         filters=filters, overwrite=args.overwrite, retry_quarantine=args.retry_quarantine,
     )
 

@@ -23,10 +23,6 @@ from compressor.text import human_size
 PLAN_WORKERS = 8
 
 
-class UsageError(ValueError):
-    """The run asked for is not allowed (bad date, today or future, wrong flag combo)."""
-
-
 class Mode(enum.StrEnum):
     DAILY = "daily"
     CATCH_UP = "catch-up"
@@ -130,20 +126,20 @@ class Plan:
 def check_dates(
     mode: Mode, today: date, date_from: str | None, date_to: str | None
 ) -> tuple[date, date] | None:
-    """Validate the date flags; the backfill range or None. UsageError names the flag."""
+    """Validate the date flags; the backfill range or None. ValueError names the flag."""
     if mode is not Mode.BACKFILL:
         if date_from or date_to:
-            raise UsageError("--date-from/--date-to apply to --mode backfill only")
+            raise ValueError("--date-from/--date-to apply to --mode backfill only")
         return None
     if not date_from:
-        raise UsageError("--mode backfill needs --date-from YYYYMMDD")
+        raise ValueError("--mode backfill needs --date-from YYYYMMDD")
     first = _flag_day("--date-from", date_from)
     last = _flag_day("--date-to", date_to) if date_to else first
     if last < first:
-        raise UsageError(f"--date-to {date_to} is before --date-from {date_from}")
+        raise ValueError(f"--date-to {date_to} is before --date-from {date_from}")
     if last >= today:
         flag = "--date-to" if date_to else "--date-from"
-        raise UsageError(
+        raise ValueError(
             f"{flag} {format_day(last)} is today or in the future (today is "
             f"{format_day(today)} UTC); only past days are compacted"
         )
@@ -154,7 +150,7 @@ def _flag_day(flag: str, text: str) -> date:
     try:
         return parse_day(text)
     except ValueError:
-        raise UsageError(f"{flag}: not a YYYYMMDD date: {text!r}") from None
+        raise ValueError(f"{flag}: not a YYYYMMDD date: {text!r}") from None
 
 
 def catch_up_days(today: date, last_compacted: str | None, raw_dates: Sequence[str]) -> list[str]:
@@ -195,8 +191,8 @@ def plan_days(
 class PlanOptions:
     mode: Mode = Mode.CATCH_UP
     today: date = field(default_factory=date.today)
-    date_from: str | None = None
-    date_to: str | None = None
+    #: First and last day of a backfill (`check_dates`); None in the other modes.
+    backfill: tuple[date, date] | None = None
     filters: Filters = field(default_factory=Filters)
     overwrite: bool = False
     retry_quarantine: bool = False
@@ -209,10 +205,9 @@ class PlanOptions:
 
 def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOptions) -> Plan:
     """Walk the raw store, choose the days, list each partition and decide for it."""
-    backfill = check_dates(options.mode, options.today, options.date_from, options.date_to)
     inventory: Inventory = walk(raw, options.filters)
     last = state.last_compacted_date
-    days, ready = plan_days(options.mode, options.today, last, inventory.dates, backfill)
+    days, ready = plan_days(options.mode, options.today, last, inventory.dates, options.backfill)
     if options.filtered:
         ready = []  # a narrowed run never vouches for a whole day
     pids = [pid for day in days for pid in inventory.partitions(day)]

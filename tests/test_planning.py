@@ -18,7 +18,6 @@ from compressor.planning import (
     Mode,
     PlanOptions,
     Reason,
-    UsageError,
     build_plan,
     catch_up_days,
     check_dates,
@@ -87,10 +86,10 @@ def test_backfill_is_the_inclusive_range_and_never_moves_readiness() -> None:
         (Mode.CATCH_UP, None, "20261120", "backfill only"),
     ],
 )
-def test_bad_date_flags_are_usage_errors(
+def test_bad_date_flags_are_rejected_naming_the_flag(
     mode: Mode, date_from: str | None, date_to: str | None, needle: str
 ) -> None:
-    with pytest.raises(UsageError, match=needle):
+    with pytest.raises(ValueError, match=needle):
         check_dates(mode, TODAY, date_from, date_to)
 
 
@@ -184,8 +183,9 @@ def test_plan_reads_meta_and_touches_nothing(tmp_path: Path) -> None:
         _meta(list_partition(raw, done).fingerprint)).encode())
     before = (store_listing(raw), store_listing(compact))
     state = StateStore(compact)
-    plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.BACKFILL, today=TODAY,
-                                                       date_from="20261123", date_to="20261124"))
+    backfill = (date(2026, 11, 23), date(2026, 11, 24))
+    plan = build_plan(raw, compact, state,
+                      PlanOptions(mode=Mode.BACKFILL, today=TODAY, backfill=backfill))
     assert (store_listing(raw), store_listing(compact)) == before
     assert plan.days == ["20261123", "20261124"]
     assert [p.pid for p in plan.partitions] == sorted(
