@@ -227,20 +227,6 @@ class StopFlag:
 # --------------------------------------------------------------------------- actions
 
 
-def state_document(state: StateStore) -> dict[str, Any]:
-    """The state as the readers see it (for summaries)."""
-    partitions = {}
-    for key in state.partition_keys():
-        entry = state.get(key)
-        if entry is not None:
-            partitions[key] = entry.to_json()
-    return {
-        "last_compacted_date": state.last_compacted_date,
-        "updated_at": state.updated_at,
-        "partitions": partitions,
-    }
-
-
 def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
     try:
         filters = Filters.parse(args.exchanges, args.streams, args.symbols)
@@ -329,7 +315,7 @@ def quality_report(args: argparse.Namespace, compact: Store) -> int:
     compact.check()
     state = StateStore(compact)
     state.load()
-    print(summarize_state(state_document(state), format_day(_today(args))))
+    print(summarize_state(state.snapshot(), format_day(_today(args))))
     return EXIT_OK
 
 
@@ -371,7 +357,7 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
             return stop.exit_code
     state = StateStore(open_store(str(root / "compact"), {}, role="compact"))
     print()
-    print(summarize_state(state_document(state), format_day(today)))
+    print(summarize_state(state.snapshot(), format_day(today)))
     print(f"\noutputs: {root / 'compact'}   state: {root / 'compact/compacted/_state.json'}")
     return code
 

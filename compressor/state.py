@@ -397,6 +397,16 @@ def _salvage(data: bytes) -> tuple[dict[str, Any], int, int]:
 
 
 @dataclass(frozen=True)
+class StateSnapshot:
+    """The whole state as readers see it, typed: the loaded document with queued updates."""
+
+    last_compacted_date: str | None
+    updated_at: str | None
+    #: Entries by state key, `<ex>/<stream>/<sym>/<YYYYMMDD>`.
+    partitions: dict[str, PartitionState]
+
+
+@dataclass(frozen=True)
 class RepairResult:
     """What `backup_and_reset` did. backup_key is None when there was nothing to repair."""
 
@@ -490,10 +500,6 @@ class StateStore:
         with self._lock:
             return _max_day(doc["last_compacted_date"], self._pending_lcd)
 
-    @property
-    def updated_at(self) -> str | None:
-        return self._document()["updated_at"]
-
     def get(self, pid: PartitionId | str) -> PartitionState | None:
         """The partition's entry as loaded, merged with queued updates; None if absent."""
         skey = pid if isinstance(pid, str) else pid.state_key
@@ -511,6 +517,15 @@ class StateStore:
         doc = self._document()
         with self._lock:
             return sorted(set(doc["partitions"]) | set(self._pending))
+
+    def snapshot(self) -> StateSnapshot:
+        """Every entry (as `get` gives it), last_compacted_date and updated_at."""
+        entries = {key: self.get(key) for key in self.partition_keys()}
+        return StateSnapshot(
+            last_compacted_date=self.last_compacted_date,
+            updated_at=self._document()["updated_at"],
+            partitions={key: entry for key, entry in entries.items() if entry is not None},
+        )
 
     # -- queueing ----------------------------------------------------------------
 

@@ -180,6 +180,22 @@ def test_flush_writes_reader_shape(store: Store) -> None:
     assert fresh.get(other) == failed(1, 3, "quarantined")
 
 
+def test_snapshot_is_the_loaded_state_with_queued_updates(store: Store) -> None:
+    other = PartitionId("okx", "bbo", "ethusdt", "20240101")
+    first = StateStore(store, clock=lambda: T0 + 5)
+    first.record(PID, ok(0))
+    first.advance_last_compacted("20240101")
+    first.flush()
+    state = StateStore(store)
+    state.record(PID, ok(1, rows=11))  # a newer attempt, still queued
+    state.record(other, running(2))
+    state.advance_last_compacted("20240102")
+    snap = state.snapshot()
+    assert snap.partitions == {PID.state_key: ok(1, rows=11), other.state_key: running(2)}
+    assert snap.last_compacted_date == "20240102"
+    assert snap.updated_at == "2023-11-14T22:13:25.000Z"  # of the stored document
+
+
 def test_nothing_queued_writes_nothing(store: Store) -> None:
     counting = CountingStore(store)
     assert StateStore(counting).flush() is False
