@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from compressor.storage import LocalStore, S3Store, Store
+from compressor.storage import LocalStore, ObjectInfo, S3Store, Store, TransientStoreError
 from tests.s3proxy import S3Proxy
 from tests.s3server import (  # noqa: F401 - free_port and the keys: re-exported for tests
     TEST_ACCESS_KEY,
@@ -151,3 +151,61 @@ def put_partition(store: Store, spec: Any, scratch: Path) -> list[str]:
 def store_listing(store: Store) -> dict[str, tuple[int, str]]:
     """Every object of a store: key -> (size, etag). For before/after comparisons."""
     return {o.key: (o.size, o.etag) for o in store.list_objects("")}
+
+
+class FlakyLocalStore(LocalStore):
+    """A real LocalStore that raises chosen errors on chosen operations and keys.
+
+    `fail(op, prefix, error, times)` makes `op` ('list_objects', 'get_bytes', 'get_file',
+    'put_bytes', 'put_file', 'remove_stale_partials') raise `error` for keys (or listing
+    prefixes) starting with `prefix`, `times` times (None: until `clear()`).
+    """
+
+    OPS = ("list_objects", "get_bytes", "get_file", "put_bytes", "put_file",
+           "remove_stale_partials")
+
+    def __init__(self, root: Path | str) -> None:
+        super().__init__(root)
+        self.faults: list[list[Any]] = []
+
+    def fail(self, op: str, prefix: str = "", error: BaseException | None = None,
+             times: int | None = None) -> None:
+        assert op in self.OPS, op
+        self.faults.append([op, prefix, error or TransientStoreError(
+            f"injected {op} fault on {prefix!r}"), times])
+
+    def clear(self) -> None:
+        self.faults.clear()
+
+    def _fault(self, op: str, key: str) -> None:
+        for fault in self.faults:
+            name, prefix, error, times = fault
+            if name == op and key.startswith(prefix) and times != 0:
+                if times is not None:
+                    fault[3] = times - 1
+                raise error
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._fault("list_objects", prefix)
+        return super().list_objects(prefix)
+
+    def get_bytes(self, key: str) -> tuple[bytes, str]:
+        self._fault("get_bytes", key)
+        return super().get_bytes(key)
+
+    def get_file(self, key: str, path: Path) -> ObjectInfo:
+        self._fault("get_file", key)
+        return super().get_file(key, path)
+
+    def put_bytes(self, key: str, data: bytes, *, if_match: str | None = None,
+                  if_none_match: bool = False) -> str:
+        self._fault("put_bytes", key)
+        return super().put_bytes(key, data, if_match=if_match, if_none_match=if_none_match)
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        self._fault("put_file", key)
+        return super().put_file(key, path)
+
+    def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
+        self._fault("remove_stale_partials", "")
+        return super().remove_stale_partials(max_age_s)

@@ -39,8 +39,8 @@ from compressor.lease import LeaseManager, LeaseOwner
 from compressor.planning import Action, Mode, PlanOptions, build_plan
 from compressor.publish import CompactSettings, compact_partition
 from compressor.state import StateStore
-from compressor.storage import LocalStore, ObjectInfo, S3Store, TransientStoreError
-from tests.conftest import make_s3_store, put_partition
+from compressor.storage import LocalStore, S3Store
+from tests.conftest import FlakyLocalStore, make_s3_store, put_partition
 from tests.s3proxy import S3Proxy
 from tests.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, cli_environment
 
@@ -342,33 +342,13 @@ def test_an_older_listing_published_meanwhile_is_replaced(local: Local) -> None:
     assert meta["source_files"] == 4
 
 
-class FlakyLocalStore(LocalStore):
-    """A LocalStore whose listings and reads under `failing` prefixes raise, while set."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.failing: set[str] = set()
-
-    def _fault(self, key: str) -> None:
-        if any(key.startswith(prefix) for prefix in self.failing):
-            raise TransientStoreError(f"injected fault on {key!r}")
-
-    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        self._fault(prefix)
-        return super().list_objects(prefix)
-
-    def get_bytes(self, key: str) -> tuple[bytes, str]:
-        self._fault(key)
-        return super().get_bytes(key)
-
-
 @pytest.mark.parametrize("failing", ["raw listing", "meta.json read"])
 def test_a_recheck_that_cannot_read_fails_and_never_publishes_the_older_listing(
     local: Local, failing: str
 ) -> None:
     """Another run published a newer listing; our re-check cannot read: fail, retryably."""
-    local = replace(local, raw=FlakyLocalStore(local.raw.root),
-                    compact=FlakyLocalStore(local.compact.root))
+    raw, compact = FlakyLocalStore(local.raw.root), FlakyLocalStore(local.compact.root)
+    local = replace(local, raw=raw, compact=compact)
     pid = local.pids[0]
     job = _daily_job(local, lambda s: None)  # plans now, without the late file
     _late_file(local, pid)
@@ -376,17 +356,17 @@ def test_a_recheck_that_cannot_read_fails_and_never_publishes_the_older_listing(
     _publish_as_other_run(local, newer)
     published = local.compact.get_bytes(pid.data_key)[0]
     if failing == "raw listing":
-        local.raw.failing.add(pid.prefix)
+        raw.fail("list_objects", pid.prefix)
     else:
-        local.compact.failing.add(pid.meta_key)
+        compact.fail("get_bytes", pid.meta_key)
 
     report = job.run()
 
     assert [o.status for o in report.outcomes] == [Status.FAILED, Status.SUCCESS]
     assert "could not re-check meta.json" in (report.outcomes[0].error or "")
     assert not report.ok and report.last_compacted_after is None
-    local.raw.failing.clear()
-    local.compact.failing.clear()
+    raw.clear()
+    compact.clear()
     meta = json.loads(local.compact.get_bytes(pid.meta_key)[0])
     assert meta["source_fingerprint"] == newer.fingerprint and meta["source_files"] == 4
     assert local.compact.get_bytes(pid.data_key)[0] == published
