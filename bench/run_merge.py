@@ -14,7 +14,6 @@ to hold as many rows as the inputs. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -197,14 +196,6 @@ def _parse_time_v(text: str) -> tuple[float | None, float | None]:
     return wall, rss
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _error_line(stderr: bytes, returncode: int) -> str:
     """The exception line of a worker's traceback (DuckDB adds query context after it)."""
     lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
@@ -253,6 +244,8 @@ def run_once(
         return Run(rep, "unavailable", message=report["unavailable"])
     if proc.returncode != 0:
         return Run(rep, "failed", wall, None, rss, message=_error_line(stderr, proc.returncode))
+    from compressor.publish import file_sha256  # here: the measured workers never import it
+
     return Run(
         rep,
         "ok",
@@ -260,7 +253,7 @@ def run_once(
         op_s=report.get("op_seconds"),
         peak_rss_mb=rss,
         output_bytes=output.stat().st_size if output.exists() else None,
-        sha256=_sha256(output) if output.exists() else None,
+        sha256=file_sha256(output) if output.exists() else None,
         extra=report.get("extra") or {},
     )
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +33,8 @@ import pytest
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.storage import S3Store, Store
-from tests.conftest import free_port, make_s3_store, put_partition
+from tests.conftest import make_s3_store, put_partition
+from tests.s3server import moto_server as start_moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"
@@ -266,38 +264,13 @@ def one_line_error(result: Result) -> str:
 # --------------------------------------------------------------------------- auth server
 
 
-_AUTH_LAUNCHER = "import sys, moto.server as ms; ms.main(sys.argv[1:])"
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited early: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer at {url}")
-
-
 @pytest.fixture(scope="session")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A moto server that enforces IAM authentication (INITIAL_NO_AUTH_ACTION_COUNT):
     its first 3 requests create a user, its policy and an access key; then every
     request must be signed with that key."""
-    port = free_port()
     log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _AUTH_LAUNCHER, "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log)
+    with start_moto_server(log, env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
         iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
                            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
         iam.create_user(UserName="qlc")
@@ -311,10 +284,3 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         for bucket in ("qlc-auth-raw", "qlc-auth-compact"):
             s3.create_bucket(Bucket=bucket)
         yield {"url": url, "access": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

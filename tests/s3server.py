@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,16 +66,21 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
 
 
 @contextmanager
-def moto_server(log: Path, timeout: float = 30.0) -> Iterator[str]:
-    """Start a moto S3 server subprocess; yields its endpoint URL; stops it on exit."""
+def moto_server(
+    log: Path, timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Start a moto S3 server subprocess; yields its endpoint URL; stops it on exit.
+
+    `env`: extra environment for the server (e.g. INITIAL_NO_AUTH_ACTION_COUNT).
+    """
     port = free_port()
-    env = {**os.environ, "MOTO_PORT": str(port)}
+    server_env = {**os.environ, **(env or {}), "MOTO_PORT": str(port)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", MOTO_LAUNCHER, "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=server_env,
         )
     url = f"http://127.0.0.1:{port}"
     try:
