@@ -34,8 +34,8 @@ from compressor.publish import (
     compact_partition,
     read_meta,
 )
-from compressor.state import PartitionState, StateStore, ready_date
-from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
+from compressor.state import PartitionState, StateCorruptError, StateStore, ready_date
+from compressor.storage.base import Store, StoreConfigError, StoreError
 from compressor.text import human_size, one_line, utc_iso
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,8 @@ class Job:
                 done_days[day] = all(o.done for o in outcomes) and not report.stopped
                 self._advance(done_days)
                 self._flush()
-        except StoreConfigError:
-            self._flush_quietly()  # keep what was done before the store became unusable
-            raise
+        finally:  # whatever ended the run (an unusable store, too): keep what it did
+            self._flush_quietly()
         report.seconds = time.monotonic() - started
         return report
 
@@ -221,23 +220,31 @@ class Job:
             self.report.last_compacted_after = new
 
     def _record(self, pid: PartitionId, entry: PartitionState) -> None:
+        """Queue a state update. A flush it triggers may fail: the update stays queued."""
         try:
             self.state.record(pid, entry)
-        except TransientStoreError as exc:  # kept queued; the next flush retries
+        except StoreConfigError:
+            raise
+        except (StoreError, StateCorruptError) as exc:  # the next flush retries
             log.warning("state flush deferred: %s", one_line(str(exc), 300))
 
     def _flush(self) -> None:
+        """End-of-day flush; a failure is the report's state_error and the run goes on."""
         try:
             self.state.flush()
             self.report.state_error = None
-        except TransientStoreError as exc:
+        except StoreConfigError:
+            raise
+        except (StoreError, StateCorruptError) as exc:  # updates stay queued
             self.report.state_error = one_line(str(exc), 300)
             log.error("state not saved yet: %s", self.report.state_error)
 
     def _flush_quietly(self) -> None:
+        """The run's last flush, however it ended: never raises, says why the state lags."""
         try:
-            self.state.flush()
-        except Exception as exc:  # the run is failing already; say why the state lags
+            if self.state.flush():  # False: nothing was queued, the state is saved
+                self.report.state_error = None
+        except Exception as exc:
             log.error("state not saved: %s", one_line(str(exc), 300))
 
     # -- one partition -------------------------------------------------------------
