@@ -27,7 +27,7 @@ from dotenv import dotenv_values
 from compressor import __version__
 from compressor.discovery import Filters
 from compressor.job import Job, RunReport
-from compressor.layout import format_day, parse_day
+from compressor.layout import PROBE_PREFIX, format_day, parse_day
 from compressor.lease import LeaseManager, LeaseOwner, pid_alive
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
@@ -298,6 +298,7 @@ def run_once(
     if args.dry_run:
         print(plan.render())
         return EXIT_OK
+    compact.check_conditional_writes(PROBE_PREFIX)  # leases, state CAS; it writes: not in --dry-run
     check_tmp_dir(args.tmp_dir)
     for path in clean_stale_tmp(args.tmp_dir, pid_alive):
         log.info("removed %s, left by a run that is gone", path)

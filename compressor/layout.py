@@ -10,6 +10,8 @@ DATA_FILE = "data.parquet"
 META_FILE = "meta.json"
 STATE_KEY = "compacted/_state.json"
 LOCKS_PREFIX = "compacted/locks/"
+#: Short-lived objects of Store.check_conditional_writes (deleted by the probing run).
+PROBE_PREFIX = "compacted/probes/"
 
 _PREFIX_RE = re.compile(
     r"^exchange=(?P<exchange>[^/]+)/stream=(?P<stream>[^/]+)/"

@@ -13,6 +13,13 @@ forwarded to the upstream server or answered with an injected fault:
 - ``reset_after``: the request IS forwarded and applied, then the connection
   is reset instead of answering (the "did my write happen?" case). Not in the
   default mix; ask for it explicitly.
+- ``not_implemented``: 501 with an S3 ``NotImplemented`` XML error (a server
+  lacking a feature, e.g. conditional writes). Permanent: not in ALL_FAULT_KINDS.
+
+``strip_headers`` (lower-case names, e.g. ``{"if-match", "if-none-match"}``)
+are dropped from forwarded requests: a server that ignores them, such as one
+without conditional writes. Headers are signed: only the plain moto server,
+which checks no signatures, accepts such requests.
 
 ``date_offset`` (seconds) shifts the ``Date`` header of every forwarded
 response: the server's clock seen as that far off from ours.
@@ -42,7 +49,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 FAULT_KINDS = ("slowdown", "internal", "reset", "delay")
+#: Every fault a retry can get past.
 ALL_FAULT_KINDS = (*FAULT_KINDS, "reset_after")
+_KNOWN_KINDS = (*ALL_FAULT_KINDS, "not_implemented")
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -124,6 +133,8 @@ class S3Proxy:
         self.delay = 2.0
         #: Seconds added to the Date header of forwarded responses (clock-skew tests).
         self.date_offset = 0.0
+        #: Request headers (lower-case names) not forwarded: a server ignoring them.
+        self.strip_headers: frozenset[str] = frozenset()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -173,7 +184,7 @@ class S3Proxy:
         `delay` is the stall of the 'delay' kind, in seconds.
         """
         kinds = tuple(kinds)
-        unknown = set(kinds) - set(ALL_FAULT_KINDS)
+        unknown = set(kinds) - set(_KNOWN_KINDS)
         if unknown or not kinds or not 0.0 <= rate <= 1.0:
             raise ValueError(f"bad fault setting: rate={rate}, kinds={kinds}")
         with self._lock:
@@ -194,7 +205,7 @@ class S3Proxy:
     ) -> None:
         """Force `kind` on the next `count` requests (of shapes `ops`, whose path contains
         `path_contains`), before any random fault."""
-        if kind not in ALL_FAULT_KINDS:
+        if kind not in _KNOWN_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         shapes = frozenset(ops) if ops is not None else None
         with self._lock:
@@ -270,6 +281,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._send_error(503, "SlowDown", "Please reduce your request rate.")
         elif seen.fault == "internal":
             self._send_error(500, "InternalError", "We encountered an internal error.")
+        elif seen.fault == "not_implemented":
+            self._send_error(501, "NotImplemented", "A header you provided is not implemented.")
         elif seen.fault == "reset":
             self._reset()
         elif seen.fault == "delay":
@@ -304,7 +317,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.owner.upstream_host, self.owner.upstream_port, timeout=self.owner.timeout
         )
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            dropped = _HOP_BY_HOP | self.owner.strip_headers
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body or None, headers=headers)

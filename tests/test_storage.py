@@ -11,6 +11,8 @@ import hashlib
 import multiprocessing
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +37,8 @@ from compressor.storage import (
 from compressor.storage.base import TMP_MARK
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port, make_s3_store
 from tests.s3proxy import FAULT_KINDS, S3Proxy
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def md5(data: bytes) -> str:
@@ -702,6 +706,86 @@ def test_s3_conditional_write_lost_to_another_writer_after_retry(
     with pytest.raises(PreconditionFailed):
         store.put_bytes("lease", b"mine", if_none_match=True)
     assert store.get_bytes("lease")[0] == b"theirs"
+
+
+# ---------------------------------------------------- conditional writes probe
+
+PROBES = "compacted/probes/"
+CONDITIONAL = frozenset({"if-none-match", "if-match"})
+
+
+def test_conditional_writes_probe_passes_and_leaves_nothing(store: Store) -> None:
+    store.put_bytes("compacted/_state.json", b"{}")
+    store.check_conditional_writes(PROBES)
+    store.check_conditional_writes(PROBES)  # a new probe key each time
+    assert keys_of(store) == ["compacted/_state.json"]
+
+
+@pytest.mark.parametrize(
+    ("stripped", "how"),
+    [
+        (CONDITIONAL, "a second create with If-None-Match succeeded"),
+        (frozenset({"if-none-match"}), "a second create with If-None-Match succeeded"),
+        (frozenset({"if-match"}), "a write with a wrong If-Match ETag succeeded"),
+    ],
+)
+def test_s3_server_ignoring_conditional_writes_is_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, stripped: frozenset[str], how: str
+) -> None:
+    store = proxied()
+    s3proxy.strip_headers = stripped
+    with pytest.raises(StoreConfigError) as err:
+        store.check_conditional_writes(PROBES)
+    assert str(err.value) == (
+        f"S3 endpoint {s3proxy.endpoint} (bucket {store.bucket!r}) does not honour "
+        f"conditional writes (If-None-Match/If-Match); leases and state need them ({how})"
+    )
+    assert keys_of(store) == []  # the probe object is deleted
+
+
+def test_s3_server_rejecting_conditional_writes_is_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied()
+    s3proxy.fail_next("not_implemented", ops={"PUT"})
+    with pytest.raises(StoreConfigError, match="does not honour conditional writes") as err:
+        store.check_conditional_writes(PROBES)
+    assert "NotImplemented (HTTP 501)" in str(err.value)
+    assert s3proxy.counts()["PUT"] == 1  # a 501 is not retried
+    assert keys_of(store) == []
+
+
+def test_s3_probe_survives_lost_replies(proxied: Callable[..., S3Store], s3proxy: S3Proxy) -> None:
+    """Writes applied whose reply is lost are retried into a 412: still a correct verdict."""
+    store = proxied(max_attempts=10)
+    s3proxy.set_faults(0.5, ["reset_after"], seed=1, ops={"PUT"})
+    store.check_conditional_writes(PROBES)
+    assert s3proxy.fault_counts["reset_after"] >= 3
+    assert s3proxy.counts()["HEAD"] == 3  # each write recovered from its lost reply
+    assert keys_of(store) == []
+
+
+def run_cli(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(REPO / "run.py"), "--mode", "daily", "--tmp-dir", str(cwd / "t")]
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_run_on_a_server_ignoring_conditional_writes_exits_2(
+    cli_env: dict[str, str], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    through_proxy = {**cli_env, "S3_COMPACT_ENDPOINT": s3proxy.endpoint}
+    ok = run_cli(through_proxy, tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert s3proxy.counts()["PUT"] >= 3  # the probe ran
+    s3proxy.strip_headers = CONDITIONAL
+    bad = run_cli(through_proxy, tmp_path)
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert f"S3 endpoint {s3proxy.endpoint} (bucket " in lines[0]
+    assert "does not honour conditional writes (If-None-Match/If-Match)" in lines[0]
+    compact = make_s3_store(cli_env["S3_ENDPOINT"], cli_env["S3_COMPACT_BUCKET"])
+    assert keys_of(compact, PROBES) == []
 
 
 # ---------------------------------------------------------------- open_store

@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -89,6 +90,11 @@ class Store(ABC):
     #: Printable location, e.g. 's3://quantlab-raw' or '/data/raw'. Never holds secrets.
     uri: str
 
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (S3Store names its endpoint). No secrets."""
+        return f"store {self.uri}"
+
     @abstractmethod
     def check(self) -> None:
         """Verify the store is reachable and usable; raise StoreConfigError naming the problem."""
@@ -140,6 +146,58 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete `key`; deleting a missing key is not an error."""
+
+    def check_conditional_writes(self, prefix: str) -> None:
+        """StoreConfigError unless writes honour if_none_match and if_match.
+
+        Leases and the state's compare-and-swap rely on them; an S3-compatible
+        server that ignores If-None-Match/If-Match makes both last-writer-wins
+        without any error. Writes one small probe object under `prefix` (a new
+        key per call, so concurrent runs don't disturb each other) three times,
+        then deletes it: call it once per run, only on a store the run writes to.
+        """
+        key = f"{prefix}conditional-writes-{uuid.uuid4().hex}"
+        try:
+            ignored = self._conditions_ignored(key)
+        except BaseException:
+            with suppress(StoreError):
+                self.delete(key)
+            raise
+        self.delete(key)
+        if ignored:
+            raise StoreConfigError(
+                f"{self.location} does not honour conditional writes "
+                f"(If-None-Match/If-Match); leases and state need them ({ignored})"
+            )
+
+    def _conditions_ignored(self, key: str) -> str | None:
+        """How the store failed the probe on the fresh `key`, or None if it passed.
+
+        The writes meant to fail carry bytes other than the object's: a lost reply
+        retried into a 412 is never taken for their own write (S3Store.put_bytes).
+        """
+        try:
+            self.put_bytes(key, b"probe 1", if_none_match=True)
+        except (StoreConfigError, TransientStoreError):
+            raise
+        except StoreError as exc:  # e.g. NotImplemented: the server rejects the header
+            return f"a create with If-None-Match failed: {exc}"
+        wrong_etag = hashlib.md5(b"probe 0").hexdigest()
+        must_fail = {
+            "a second create with If-None-Match succeeded": lambda: self.put_bytes(
+                key, b"probe 2", if_none_match=True
+            ),
+            "a write with a wrong If-Match ETag succeeded": lambda: self.put_bytes(
+                key, b"probe 2", if_match=wrong_etag
+            ),
+        }
+        for what, write in must_fail.items():
+            try:
+                write()
+            except PreconditionFailed:
+                continue
+            return what
+        return None
 
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         """Clean up invisible leftovers of writers killed mid-write; returns how many.

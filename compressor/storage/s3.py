@@ -146,6 +146,10 @@ class S3Store(Store):
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
 
+    @property
+    def location(self) -> str:
+        return f"S3 endpoint {self.endpoint} (bucket {self.bucket!r})"
+
     # ----------------------------------------------------------------- checks
 
     def check(self) -> None:
@@ -459,6 +463,8 @@ class S3Store(Store):
             return StoreConfigError(
                 f"{text}: check the bucket name, the credentials and the endpoint {self.endpoint}"
             )
+        if code == "NotImplemented" or status == 501:  # a header or feature it lacks
+            return StoreError(f"{text}: not supported by the server at {self.endpoint}")
         if code in _TRANSIENT or status >= 500 or status == 429:
             return TransientStoreError(f"{text} after {self._max_attempts} attempts")
         return StoreError(text)
