@@ -34,15 +34,20 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def _admin_client(moto_server: str) -> Any:
+def admin_client(endpoint: str) -> Any:
+    """A plain boto3 client with the test credentials, to act behind a store's back."""
     return boto3.client(
         "s3",
-        endpoint_url=moto_server,
+        endpoint_url=endpoint,
         aws_access_key_id=TEST_ACCESS_KEY,
         aws_secret_access_key=TEST_SECRET_KEY,
         region_name=TEST_REGION,
     )
+
+
+@pytest.fixture(scope="session")
+def _admin_client(moto_server: str) -> Any:
+    return admin_client(moto_server)
 
 
 @pytest.fixture

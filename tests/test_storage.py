@@ -19,7 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pytest
 
 from compressor.storage import (
@@ -35,7 +34,13 @@ from compressor.storage import (
     open_store,
 )
 from compressor.storage.base import TMP_MARK
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port, make_s3_store
+from tests.conftest import (
+    TEST_ACCESS_KEY,
+    TEST_SECRET_KEY,
+    admin_client,
+    free_port,
+    make_s3_store,
+)
 from tests.s3proxy import FAULT_KINDS, S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -514,13 +519,7 @@ def test_s3_odd_but_legal_keys_are_data(moto_server: str, s3_bucket: str) -> Non
 
 
 def test_s3_store_prefix_is_transparent(moto_server: str, s3_bucket: str) -> None:
-    inner = S3Store(
-        s3_bucket,
-        "compact/v1",
-        endpoint_url=moto_server,
-        access_key=TEST_ACCESS_KEY,
-        secret_key=TEST_SECRET_KEY,
-    )
+    inner = make_s3_store(moto_server, s3_bucket, prefix="compact/v1")
     outer = make_s3_store(moto_server, s3_bucket)
     inner.put_bytes("a/b", b"x")
     assert inner.uri == f"s3://{s3_bucket}/compact/v1/"[:-1]
@@ -560,31 +559,13 @@ def test_s3_failed_multipart_upload_leaves_nothing(
         store.put_file("big/data.parquet", src)
     assert s3proxy.counts()["ABORT_MULTIPART"] == 1
     assert store.get_bytes("big/data.parquet")[0] == b"previous version"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3proxy.endpoint,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    client = admin_client(s3proxy.endpoint)
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
 def test_s3_remove_stale_partials_aborts_old_uploads(moto_server: str, s3_bucket: str) -> None:
-    store = S3Store(
-        s3_bucket,
-        "pre",
-        endpoint_url=moto_server,
-        access_key=TEST_ACCESS_KEY,
-        secret_key=TEST_SECRET_KEY,
-    )
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    store = make_s3_store(moto_server, s3_bucket, prefix="pre")
+    client = admin_client(moto_server)
     client.create_multipart_upload(Bucket=s3_bucket, Key="pre/killed/data.parquet")
     client.create_multipart_upload(Bucket=s3_bucket, Key="other/data.parquet")
     # moto reports every upload as initiated in 2010, so the age cut-off itself
@@ -600,13 +581,7 @@ def test_s3_abort_of_stale_upload_cut_off_is_a_store_error(
 ) -> None:
     """A connection error below HTTP (BotoCoreError) is mapped like any other failure."""
     store = proxied(max_attempts=1)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3proxy.endpoint,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    client = admin_client(s3proxy.endpoint)
     client.create_multipart_upload(Bucket=s3_bucket, Key="killed/data.parquet")
     s3proxy.fail_next("reset", ops={"ABORT_MULTIPART"})
     with pytest.raises(TransientStoreError, match="abort upload .*killed/data.parquet") as err:
