@@ -259,17 +259,25 @@ def execute(
 def clean_dead_runs_leftovers(compact: Store, leases: LeaseManager) -> None:
     """Leases and incomplete uploads left in the compact store by runs killed outright.
 
-    Best effort: a store error here only delays the cleanup to the next run.
+    Best effort: a store error here only delays the cleanup to the next run. Aborting
+    uploads needs a permission nothing else in the job uses (s3:ListBucketMultipartUploads),
+    so any error there, AccessDenied included, is a warning and the run goes on.
     """
     try:
         leases.reap_stale()
-        aborted = compact.remove_stale_partials()
-        if aborted:
-            log.info("aborted %d incomplete uploads left by runs that are gone", aborted)
     except StoreConfigError:
-        raise
+        raise  # the leases need the same access: the run could not work anyway
     except StoreError as exc:
-        log.warning("could not clean up after runs that are gone: %s", _one_line(exc))
+        log.warning("could not remove leases left by runs that are gone: %s",
+                    one_line(str(exc)))
+    try:
+        aborted = compact.remove_stale_partials()
+    except StoreError as exc:
+        log.warning("could not abort incomplete uploads left by runs that are gone: %s",
+                    one_line(str(exc)))
+        return
+    if aborted:
+        log.info("aborted %d incomplete uploads left by runs that are gone", aborted)
 
 
 def check_tmp_dir(path: Path) -> None:

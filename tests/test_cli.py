@@ -9,22 +9,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
+from compressor import cli
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
-from compressor.layout import PartitionId
+from compressor.job import RunReport, Status
+from compressor.layout import LOCKS_PREFIX, PartitionId
+from compressor.planning import Mode, PlanOptions, build_plan
+from compressor.publish import CompactSettings
 from compressor.state import StateStore
-from compressor.storage import S3Store
+from compressor.storage import (
+    LocalStore,
+    S3Store,
+    StoreConfigError,
+    StoreError,
+    TransientStoreError,
+)
+from compressor.storage.base import TMP_MARK
 from tests.conftest import (
     TEST_ACCESS_KEY,
     TEST_SECRET_KEY,
+    FlakyLocalStore,
     free_port,
     make_s3_store,
     put_partition,
@@ -497,3 +513,51 @@ def test_sigterm_stops_cleanly_with_143(world: World, moto_server: str) -> None:
     assert r.code == 0, r.err
     assert not list((world.cwd / "tmp").glob("qlc-part-*"))
     assert len(leftovers) <= 1
+
+
+# ------------------------------------------------------------------- cleanup after dead runs
+
+
+def _local_daily(tmp_path: Path, compact: LocalStore) -> tuple[RunReport, LocalStore]:
+    raw = LocalStore(tmp_path / "raw")
+    put_partition(raw, PartitionSpec(date="20261124", files=3, rows_per_file=30), tmp_path)
+    state = StateStore(compact)
+    plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)))
+    settings = CompactSettings(tmp_root=tmp_path / "work")
+    return cli.execute(plan, raw, compact, state, settings, cli.StopFlag()), raw
+
+
+@pytest.mark.parametrize("error", [
+    StoreConfigError("list uploads bucket 'q' at http://s3: AccessDenied (HTTP 403)"),
+    TransientStoreError("list uploads bucket 'q' at http://s3: SlowDown (HTTP 503)"),
+])
+def test_cleanup_of_dead_runs_uploads_is_best_effort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: StoreError
+) -> None:
+    """No s3:ListBucketMultipartUploads permission must not make every run exit 2."""
+    for name in ("raw", "compact"):
+        (tmp_path / name).mkdir()
+    compact = FlakyLocalStore(tmp_path / "compact")
+    compact.fail("remove_stale_partials", error=error)
+    with caplog.at_level(logging.WARNING, logger="compressor.cli"):
+        report, _ = _local_daily(tmp_path, compact)
+    assert report.ok and report.count(Status.SUCCESS) == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.cli"]
+    assert warning.startswith("could not abort incomplete uploads") and str(error) in warning
+
+
+def test_a_lease_cleanup_error_still_aborts_stale_uploads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("raw", "compact"):
+        (tmp_path / name).mkdir()
+    compact = FlakyLocalStore(tmp_path / "compact")
+    stale = tmp_path / "compact" / f"{TMP_MARK}left-by-a-killed-writer"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    compact.fail("list_objects", LOCKS_PREFIX, times=1)  # reap_stale's listing
+    with caplog.at_level(logging.WARNING, logger="compressor.cli"):
+        report, _ = _local_daily(tmp_path, compact)
+    assert report.ok and not stale.exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.cli"]
+    assert warning.startswith("could not remove leases left by runs that are gone")
