@@ -184,23 +184,25 @@ def _to_ms(value: Any) -> int:
     return int(pa.scalar(value, pa.timestamp("us")).cast(pa.int64()).as_py() // 1000)
 
 
-def to_ms_array(path: Path, column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """ts_event as int64 milliseconds, whatever integer or timestamp type it was written as."""
+def to_ms_array(
+    path: Path, column: pa.ChunkedArray | pa.Array, name: str = TS
+) -> pa.ChunkedArray | pa.Array:
+    """A time column as int64 milliseconds, whatever integer or timestamp type it has.
+
+    Never changes a value silently: sub-millisecond timestamps or an unsigned value
+    beyond int64 raise BadTsEventTypeError naming `path` and `name`.
+    """
     col_type = _value_type(column.type)
     if pa.types.is_dictionary(column.type):
         column = column.cast(col_type)
-    if pa.types.is_timestamp(col_type):
-        column = column.cast(pa.timestamp("ms"), safe=False)
-        try:
-            return column.cast(pa.int64())
-        except pa.ArrowInvalid as exc:
-            raise BadTsEventTypeError(path, f"ts_event cannot be ms ({exc})", TS) from None
-    if col_type == pa.uint64():
-        try:
-            return column.cast(pa.int64())
-        except pa.ArrowInvalid:
-            raise BadTsEventTypeError(path, "ts_event overflows int64", TS) from None
-    return column.cast(pa.int64())
+    try:
+        if pa.types.is_timestamp(col_type):
+            column = column.cast(pa.timestamp("ms"))
+        return column.cast(pa.int64())
+    except pa.ArrowInvalid as exc:
+        raise BadTsEventTypeError(
+            path, f"{name} is not int64 milliseconds ({_first_line(exc)})", name
+        ) from None
 
 
 def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:

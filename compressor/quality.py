@@ -101,7 +101,7 @@ class QualityAccumulator:
         )
 
     def _ms(self, table: pa.Table, name: str) -> pa.Array:
-        column = to_ms_array(self._path, table.column(name))
+        column = to_ms_array(self._path, table.column(name), name)
         return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
     def _count_out_of_day(self, ts: pa.Array) -> None:

@@ -300,3 +300,13 @@ def test_settings_from_environment_name_the_variable():
                             ("MERGE_ZSTD_LEVEL", "23")]:
         with pytest.raises(ValueError, match=variable):
             MergeSettings.from_env({variable: value})
+
+
+def test_sub_millisecond_timestamps_are_refused_not_truncated(tmp_path):
+    spec = PartitionSpec(files=1, rows_per_file=5)
+    table = raw_table(spec, 0)
+    micros = pa.array([v * 1000 + 1 for v in table.column(0).to_pylist()], pa.timestamp("us"))
+    bad = _write(tmp_path / "a.parquet", table.set_column(0, "ts_event", micros))
+    with pytest.raises(BadTsEventTypeError, match="milliseconds") as info:
+        merge([bad], tmp_path / "out.parquet", tmp_path)
+    assert info.value.path == str(bad)
