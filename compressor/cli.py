@@ -347,9 +347,13 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
     root: Path = args.demo
     today = _today(args)
     days = [format_day(today - timedelta(days=n)) for n in range(DEMO_DAYS, 0, -1)]
-    (root / "raw").mkdir(parents=True, exist_ok=True)
-    (root / "compact").mkdir(parents=True, exist_ok=True)
-    written = write_demo_lake(root / "raw", days, **DEMO_SHAPE)
+    try:
+        (root / "raw").mkdir(parents=True, exist_ok=True)
+        (root / "compact").mkdir(parents=True, exist_ok=True)
+        written = write_demo_lake(root / "raw", days, **DEMO_SHAPE)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--demo {root}: cannot write the demo lake there ({reason})") from None
     log.info("demo: wrote %d raw partitions for %s into %s", len(written), ", ".join(days),
              root / "raw")
     base = ["--raw", str(root / "raw"), "--compact", str(root / "compact"),

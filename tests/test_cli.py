@@ -515,6 +515,18 @@ def test_sigterm_stops_cleanly_with_143(world: World, moto_server: str) -> None:
     assert len(leftovers) <= 1
 
 
+# --------------------------------------------------------------------------- one-line exits 2
+
+
+def test_an_unwritable_demo_dir_exits_2_naming_it(tmp_path: Path, world: World) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    r = world.run("--demo", str(taken), "--today", TODAY)
+    assert r.code == 2
+    assert r.err.strip().splitlines() == [r.err.strip()]
+    assert f"--demo {taken}" in r.err and "Traceback" not in r.err
+
+
 # ------------------------------------------------------------------- cleanup after dead runs
 
 
