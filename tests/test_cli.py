@@ -518,6 +518,17 @@ def test_sigterm_stops_cleanly_with_143(world: World, moto_server: str) -> None:
 # --------------------------------------------------------------------------- one-line exits 2
 
 
+@pytest.mark.parametrize(("variable", "value"), [("MAX_OPEN_FILES", "1"),
+                                                 ("MERGE_BATCH_SIZE", "abc")])
+def test_a_bad_merge_setting_exits_2_naming_the_variable(
+    world: World, variable: str, value: str
+) -> None:
+    r = world.run("--today", TODAY, env={**world.env, variable: value})
+    assert r.code == 2
+    assert r.err.strip().splitlines() == [r.err.strip()]
+    assert f"{variable}={value!r}" in r.err and "Traceback" not in r.err
+
+
 def test_an_unwritable_demo_dir_exits_2_naming_it(tmp_path: Path, world: World) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("not a directory\n")
