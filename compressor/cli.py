@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.install()
         code = _dispatch(args, stop)
     except (UsageError, StoreError, StateCorruptError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
@@ -420,7 +420,3 @@ def _exit_now(code: int) -> NoReturn:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
-
-
-def _one_line(exc: BaseException) -> str:
-    return one_line(str(exc)) or type(exc).__name__
