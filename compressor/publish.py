@@ -55,14 +55,17 @@ TMP_PREFIX = "qlc-part-"
 
 
 class BadInputError(Exception):
-    """A raw object the merge cannot use; the partition is quarantined. Names the key."""
+    """A raw object the merge cannot use; the partition is quarantined.
 
-    def __init__(self, key: str, reason: str, column: str | None = None, corrupt: bool = False):
+    The message names the raw `key` (never the local download path); `cause` is the
+    merge's own error (column, corrupt or not).
+    """
+
+    def __init__(self, key: str, cause: MergeInputError) -> None:
         self.key = key
-        self.column = column
-        self.corrupt = corrupt
-        where = key + (f" column {column!r}" if column else "")
-        super().__init__(f"{where}: {reason}")
+        self.cause = cause
+        column = f" column {cause.column!r}" if cause.column else ""
+        super().__init__(f"{key}{column}: {cause.reason}")
 
 
 class VerificationError(Exception):
@@ -269,7 +272,7 @@ def _merge(
         except MergeInputError as exc:
             key = keys.get(Path(exc.path), exc.path)
             if not (settings.skip_corrupt and exc.corrupt and Path(exc.path) in keys):
-                raise BadInputError(key, exc.reason, exc.column, exc.corrupt) from exc
+                raise BadInputError(key, exc) from exc
             log.warning("%s: corrupt, skipped (--skip-corrupt): %s", key, exc.reason)
             skipped.add(Path(exc.path))
             output.unlink(missing_ok=True)

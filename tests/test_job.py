@@ -28,7 +28,7 @@ from compressor.generator import PartitionSpec, special_files
 from compressor.job import REPORT_PROBLEMS, Job, PartitionOutcome, RunReport, Status, classify
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseLost, LeaseManager
-from compressor.merge_errors import MergeAborted
+from compressor.merge_errors import CorruptFileError, MergeAborted, SchemaConflictError
 from compressor.planning import Mode, Plan, PlanOptions, build_plan
 from compressor.publish import (
     BadInputError,
@@ -99,8 +99,11 @@ def lake(tmp_path: Path) -> Lake:
 
 
 @pytest.mark.parametrize(("exc", "status", "failed_key", "error"), [
-    (BadInputError("a/b.parquet", "not Parquet"), Status.QUARANTINED, "a/b.parquet",
-     "a/b.parquet: not Parquet"),
+    (BadInputError("a/b.parquet", CorruptFileError("/tmp/w/in/000001.parquet", "not Parquet")),
+     Status.QUARANTINED, "a/b.parquet", "a/b.parquet: not Parquet"),
+    (BadInputError("a/c.parquet", SchemaConflictError("/tmp/w/in/000002.parquet", "string "
+                                                      "vs double", column="price")),
+     Status.QUARANTINED, "a/c.parquet", "a/c.parquet column 'price': string vs double"),
     (MergeAborted("interrupted while merging"), Status.FAILED, None, "interrupted"),
     (LeaseLost("compacted/locks/x.lock", "expired"), Status.FAILED, None,
      "compacted/locks/x.lock: lease lost: expired"),

@@ -128,7 +128,7 @@ def test_corrupt_object_quarantines_naming_the_key_and_publishes_nothing(
         compact_partition(list_partition(raw, spec.partition), raw, compact, settings)
     assert info.value.key == keys[bad]
     assert keys[bad] in str(info.value)
-    assert info.value.corrupt
+    assert info.value.cause.corrupt and str(info.value).startswith(f"{keys[bad]}: ")
     assert list(compact.list_objects("")) == []
     assert list((tmp_path / "work").iterdir()) == []
 
