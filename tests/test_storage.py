@@ -322,6 +322,117 @@ def test_remove_stale_partials_spares_objects(store: Store) -> None:
     assert keys_of(store) == ["keep/me"]
 
 
+# ------------------------------------------------- conditional put_file, delete
+
+
+def write_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_put_file_if_none_match_second_writer_loses(store: Store, tmp_path: Path) -> None:
+    first = store.put_file("p/data.parquet", write_file(tmp_path, "a", b"first"),
+                           if_none_match=True)
+    assert first == ObjectInfo("p/data.parquet", 5, md5(b"first"))
+    with pytest.raises(PreconditionFailed, match="p/data.parquet"):
+        store.put_file("p/data.parquet", write_file(tmp_path, "b", b"second"),
+                       if_none_match=True)
+    assert store.get_bytes("p/data.parquet")[0] == b"first"
+
+
+def test_put_file_if_match_guards_against_stale_etag(store: Store, tmp_path: Path) -> None:
+    stale = store.put_bytes("p/data.parquet", b"v1")
+    current = store.put_file("p/data.parquet", write_file(tmp_path, "v2", b"v2"), if_match=stale)
+    assert current.etag == md5(b"v2")
+    with pytest.raises(PreconditionFailed, match="p/data.parquet"):
+        store.put_file("p/data.parquet", write_file(tmp_path, "v3", b"v3"), if_match=stale)
+    assert store.get_bytes("p/data.parquet")[0] == b"v2"
+    store.put_file("p/data.parquet", tmp_path / "v3", if_match=f'"{current.etag}"')
+    assert store.get_bytes("p/data.parquet")[0] == b"v3"
+
+
+def test_put_file_if_match_on_missing_key_fails(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed, match="nothing-here"):
+        store.put_file("nothing-here", write_file(tmp_path, "x", b"x"), if_match=md5(b"x"))
+    assert store.head("nothing-here") is None
+    assert keys_of(store) == []
+
+
+def test_delete_if_match_deletes_only_that_version(store: Store) -> None:
+    stale = store.put_bytes("locks/p.lock", b"ours")
+    current = store.put_bytes("locks/p.lock", b"the next holder's")
+    with pytest.raises(PreconditionFailed, match="locks/p.lock"):
+        store.delete("locks/p.lock", if_match=stale)
+    assert store.get_bytes("locks/p.lock") == (b"the next holder's", current)
+    store.delete("locks/p.lock", if_match=f'"{current}"')  # quoted, as S3 prints it
+    assert store.head("locks/p.lock") is None
+    assert store.list_prefixes("") == []  # the emptied prefix vanishes, as without if_match
+
+
+def test_delete_if_match_of_a_missing_key_fails(store: Store) -> None:
+    with pytest.raises(PreconditionFailed, match="never/existed"):
+        store.delete("never/existed", if_match=md5(b"x"))
+    etag = store.put_bytes("gone", b"x")
+    store.delete("gone", if_match=etag)
+    with pytest.raises(PreconditionFailed, match="gone"):
+        store.delete("gone", if_match=etag)
+    store.delete("gone")  # without if_match a missing key is still not an error
+
+
+def test_concurrent_conditional_deletes_exactly_one_wins(store: Store) -> None:
+    etag = store.put_bytes("locks/p.lock", b"held")
+    barrier = threading.Barrier(6)
+
+    def deleter(_: int) -> bool:
+        barrier.wait()
+        try:
+            store.delete("locks/p.lock", if_match=etag)
+            return True
+        except PreconditionFailed:
+            return False
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(deleter, range(6))) == [False] * 5 + [True]
+    assert store.head("locks/p.lock") is None
+
+
+def test_conditional_delete_and_takeover_race_never_both_win(store: Store) -> None:
+    """A release (delete If-Match) racing a takeover (put If-Match) of the same version:
+    either the takeover lands and survives, or the delete wins and the put fails."""
+    for round_ in range(6):
+        key = f"locks/round-{round_}.lock"
+        etag = store.put_bytes(key, b"old holder")
+        barrier = threading.Barrier(2)
+
+        def release(key: str = key, etag: str = etag, barrier: threading.Barrier = barrier
+                    ) -> bool:
+            barrier.wait()
+            try:
+                store.delete(key, if_match=etag)
+                return True
+            except PreconditionFailed:
+                return False
+
+        def take_over(key: str = key, etag: str = etag, barrier: threading.Barrier = barrier
+                      ) -> bool:
+            barrier.wait()
+            try:
+                store.put_bytes(key, b"new holder", if_match=etag)
+                return True
+            except PreconditionFailed:
+                return False
+
+        with ThreadPoolExecutor(2) as pool:
+            released, taken = pool.submit(release), pool.submit(take_over)
+            outcome = (released.result(), taken.result())
+        assert outcome in ((True, False), (False, True))
+        if outcome[1]:
+            assert store.get_bytes(key)[0] == b"new holder"
+        else:
+            assert store.head(key) is None
+
+
 # ---------------------------------------------------------------- local only
 
 
@@ -683,6 +794,109 @@ def test_s3_conditional_write_lost_to_another_writer_after_retry(
     assert store.get_bytes("lease")[0] == b"theirs"
 
 
+# ------------------------------------- S3: conditional put_file, multipart, delete
+
+
+def test_s3_put_file_conditional_reply_lost_still_wins(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """Single PUT: committed, reply lost, retried into a 412: ours (ETag = our md5)."""
+    store = proxied(max_attempts=3)
+    s3proxy.fail_next("reset_after", ops={"PUT"})
+    info = store.put_file("lease", write_file(tmp_path, "f", b"mine"), if_none_match=True)
+    assert info == ObjectInfo("lease", 4, md5(b"mine"))
+    assert s3proxy.counts()["PUT"] == 2 and s3proxy.counts()["HEAD"] == 1
+
+
+def test_s3_multipart_put_file_if_none_match(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path, s3_bucket: str
+) -> None:
+    """moto honours If-None-Match on CompleteMultipartUpload itself (the proxy only counts)."""
+    # One part of any size needs no 5 MiB minimum: moto, as S3, checks it on all but the last.
+    store = proxied(multipart_threshold=1024, multipart_chunksize=5 << 20)
+    payload = os.urandom(64 << 10)
+    src = write_file(tmp_path, "big", payload)
+    info = store.put_file("big/data.parquet", src, if_none_match=True)
+    assert info.etag == hashlib.md5(hashlib.md5(payload).digest()).hexdigest() + "-1"
+    s3proxy.reset_counts()
+    with pytest.raises(PreconditionFailed, match="big/data.parquet"):
+        store.put_file("big/data.parquet", write_file(tmp_path, "other", b"y" * 4096),
+                       if_none_match=True)
+    counts = s3proxy.counts()
+    assert counts["COMPLETE_MULTIPART"] == 1 and counts["ABORT_MULTIPART"] == 1
+    assert store.get_bytes("big/data.parquet")[0] == payload
+    client = admin_client(s3proxy.endpoint)
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_multipart_put_file_if_match(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path, s3_bucket: str
+) -> None:
+    """If-Match on CompleteMultipartUpload, as AWS honours it (the proxy fills moto's gap):
+    two real parts (5 MiB + rest), a stale ETag and a missing object fail and abort."""
+    store = proxied(multipart_threshold=1 << 20, multipart_chunksize=5 << 20)
+    old = store.put_bytes("big/data.parquet", b"previous version")
+    payload = os.urandom((5 << 20) + 4096)
+    src = write_file(tmp_path, "big", payload)
+    info = store.put_file("big/data.parquet", src, if_match=old)
+    halves = [payload[: 5 << 20], payload[5 << 20 :]]
+    expected = hashlib.md5(b"".join(hashlib.md5(h).digest() for h in halves)).hexdigest() + "-2"
+    assert info == ObjectInfo("big/data.parquet", len(payload), expected)
+    assert store.head("big/data.parquet") == info
+    s3proxy.reset_counts()
+    with pytest.raises(PreconditionFailed, match="big/data.parquet"):
+        store.put_file("big/data.parquet", src, if_match=old)  # stale now
+    with pytest.raises(PreconditionFailed, match="missing/data.parquet"):
+        store.put_file("missing/data.parquet", src, if_match=old)
+    counts = s3proxy.counts()
+    assert counts["COMPLETE_MULTIPART"] == 2 and counts["ABORT_MULTIPART"] == 2
+    assert store.head("big/data.parquet") == info
+    assert store.head("missing/data.parquet") is None
+    client = admin_client(s3proxy.endpoint)
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_moto_ignores_if_match_on_complete_without_the_proxy(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """Why the proxy checks it: moto 5.2 completes over a stale If-Match. When this
+    fails, moto honours If-Match on CompleteMultipartUpload itself."""
+    store = proxied(multipart_threshold=1024)
+    store.put_bytes("k", b"current")
+    s3proxy.complete_if_match = False
+    info = store.put_file("k", write_file(tmp_path, "f", b"z" * 4096), if_match=md5(b"stale"))
+    assert info.etag.endswith("-1")
+
+
+def test_s3_multipart_conditional_reply_lost_still_wins(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """The complete commits, its reply is lost, the retry finds its own object (412):
+    recognised by the multipart ETag (md5 of the part md5s + '-N'), nothing aborted."""
+    store = proxied(multipart_threshold=1024, max_attempts=3)
+    old = store.put_bytes("big/data.parquet", b"previous version")
+    payload = os.urandom(8192)
+    s3proxy.fail_next("reset_after", ops={"COMPLETE_MULTIPART"})
+    info = store.put_file("big/data.parquet", write_file(tmp_path, "f", payload), if_match=old)
+    assert info.etag == hashlib.md5(hashlib.md5(payload).digest()).hexdigest() + "-1"
+    counts = s3proxy.counts()
+    assert counts["COMPLETE_MULTIPART"] == 2 and counts["HEAD"] == 1
+    assert "ABORT_MULTIPART" not in counts
+    assert store.get_bytes("big/data.parquet")[0] == payload
+
+
+def test_s3_conditional_delete_whose_reply_was_lost(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    """Deleted, reply lost, retried into a 404: the version we named is gone, no error."""
+    store = proxied(max_attempts=3)
+    etag = store.put_bytes("locks/p.lock", b"ours")
+    s3proxy.fail_next("reset_after", ops={"DELETE"})
+    store.delete("locks/p.lock", if_match=etag)
+    assert s3proxy.counts()["DELETE"] == 2
+    assert store.head("locks/p.lock") is None
+
+
 # ---------------------------------------------------- conditional writes probe
 
 PROBES = "compacted/probes/"
@@ -730,13 +944,69 @@ def test_s3_server_rejecting_conditional_writes_is_a_config_error(
     assert keys_of(store) == []
 
 
+def test_s3_server_ignoring_conditional_deletes_is_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied()
+    s3proxy.strip_headers, s3proxy.strip_ops = frozenset({"if-match"}), frozenset({"DELETE"})
+    with pytest.raises(StoreConfigError) as err:
+        store.check_conditional_writes(PROBES)
+    assert str(err.value) == (
+        f"S3 endpoint {s3proxy.endpoint} (bucket {store.bucket!r}) does not honour "
+        "conditional writes (If-None-Match/If-Match); leases and state need them "
+        "(a delete with a wrong If-Match ETag succeeded)"
+    )
+    assert keys_of(store) == []
+
+
+def test_s3_server_rejecting_conditional_deletes_is_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied()
+    s3proxy.fail_next("not_implemented", ops={"DELETE"})
+    with pytest.raises(StoreConfigError, match="a delete with a wrong If-Match ETag failed: "
+                       ".*NotImplemented \\(HTTP 501\\)"):
+        store.check_conditional_writes(PROBES)
+    assert keys_of(store) == []
+
+
+class _DeleteIgnoresIfMatch(LocalStore):
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        super().delete(key)
+
+
+class _DeleteRefusesButRemoves(LocalStore):
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        super().delete(key)
+        if if_match is not None:
+            raise PreconditionFailed(f"key {key!r}: pretended")
+
+
+@pytest.mark.parametrize(
+    ("kind", "how"),
+    [
+        (_DeleteIgnoresIfMatch, "a delete with a wrong If-Match ETag succeeded"),
+        (_DeleteRefusesButRemoves, "a delete with a wrong If-Match ETag removed the object"),
+    ],
+)
+def test_store_ignoring_conditional_deletes_is_refused(
+    tmp_path: Path, kind: type[LocalStore], how: str
+) -> None:
+    store = kind(tmp_path)
+    with pytest.raises(StoreConfigError, match=f"does not honour conditional writes .*\\({how}\\)"):
+        store.check_conditional_writes(PROBES)
+    assert keys_of(store) == []
+
+
 def test_s3_probe_survives_lost_replies(proxied: Callable[..., S3Store], s3proxy: S3Proxy) -> None:
     """Writes applied whose reply is lost are retried into a 412: still a correct verdict."""
     store = proxied(max_attempts=10)
     s3proxy.set_faults(0.5, ["reset_after"], seed=1, ops={"PUT"})
     store.check_conditional_writes(PROBES)
     assert s3proxy.fault_counts["reset_after"] >= 3
-    assert s3proxy.counts()["HEAD"] == 3  # each write recovered from its lost reply
+    # each write recovered from its lost reply, then one HEAD: the object survived the
+    # delete with a wrong If-Match
+    assert s3proxy.counts()["HEAD"] == 3 + 1
     assert keys_of(store) == []
 
 

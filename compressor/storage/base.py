@@ -124,8 +124,21 @@ class Store(ABC):
         """Download `key` to local `path` (written atomically). Raises NotFound."""
 
     @abstractmethod
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        """Upload local `path` to `key` (multipart when large); visible only when complete."""
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        """Upload local `path` to `key` (multipart when large); visible only when complete.
+
+        The conditions are put_bytes's: if_match writes only over the object with
+        that ETag (PreconditionFailed when it differs or the object is gone),
+        if_none_match only where no object exists. A failed condition leaves
+        nothing behind (S3: the multipart upload is aborted).
+        """
 
     @abstractmethod
     def put_bytes(
@@ -144,16 +157,24 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Delete `key`; deleting a missing key is not an error."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete `key`; deleting a missing key is not an error.
+
+        if_match: delete only if the current object's ETag equals it (quoted or
+        not); PreconditionFailed when it differs or when the object is gone. This
+        is how a lease is released without ever deleting the next holder's lock.
+        """
 
     def check_conditional_writes(self, prefix: str) -> None:
-        """StoreConfigError unless writes honour if_none_match and if_match.
+        """StoreConfigError unless writes honour if_none_match and if_match, and
+        deletes honour if_match.
 
         Leases and the state's compare-and-swap rely on them; an S3-compatible
         server that ignores If-None-Match/If-Match makes both last-writer-wins
-        without any error. Writes one small probe object under `prefix` (a new
-        key per call, so concurrent runs don't disturb each other) three times,
+        without any error, and one that ignores If-Match on DELETE lets a run
+        releasing its lease delete the next holder's lock. Writes one small probe
+        object under `prefix` (a new key per call, so concurrent runs don't
+        disturb each other) three times, tries to delete it with a wrong ETag,
         then deletes it: call it once per run, only on a store the run writes to.
         """
         key = f"{prefix}conditional-writes-{uuid.uuid4().hex}"
@@ -197,6 +218,18 @@ class Store(ABC):
             except PreconditionFailed:
                 continue
             return what
+        try:
+            self.delete(key, if_match=wrong_etag)
+        except (StoreConfigError, TransientStoreError):
+            raise
+        except PreconditionFailed:
+            pass
+        except StoreError as exc:  # e.g. NotImplemented: the server rejects the header
+            return f"a delete with a wrong If-Match ETag failed: {exc}"
+        else:
+            return "a delete with a wrong If-Match ETag succeeded"
+        if self.head(key) is None:
+            return "a delete with a wrong If-Match ETag removed the object"
         return None
 
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:

@@ -5,10 +5,10 @@ relies on, and how they are kept:
 
 - Atomic writes: content goes to a temp file in the target's directory, is
   fsynced, then `os.replace`d over the target; the directory is fsynced too.
-- Conditional writes (if_match / if_none_match) and every commit step (replace,
-  unlink, removal of emptied directories) run under an exclusive `flock` on
-  the key's parent directory, so they are atomic between threads and between
-  processes on this machine. No lock files are left behind.
+- Conditional writes and deletes (if_match / if_none_match) and every commit
+  step (replace, unlink, removal of emptied directories) run under an exclusive
+  `flock` on the key's parent directory, so check-then-act is atomic between
+  threads and between processes on this machine. No lock files are left behind.
 - Listing follows S3: key order is lexicographic by UTF-8 bytes, prefixes are
   plain string prefixes, a "directory" exists only while it holds an object,
   and the store's own temp files are never listed.
@@ -170,7 +170,14 @@ class LocalStore(Store):
 
     # ----------------------------------------------------------------- writes
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         target = self._path(key)
         try:
             src = open(path, "rb")  # noqa: SIM115 - closed below
@@ -178,7 +185,11 @@ class LocalStore(Store):
             raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
         with src:
             tmp, size, etag = self._write_tmp(key, target, lambda out: _copy(src, out))
-        self._commit(key, target, tmp, lambda: None)
+
+        def precondition() -> None:
+            self._check_condition(key, target, if_match, if_none_match)
+
+        self._commit(key, target, tmp, precondition)
         return ObjectInfo(key, size, etag)
 
     def put_bytes(
@@ -269,11 +280,16 @@ class LocalStore(Store):
         finally:
             _unlink_quietly(tmp)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """See Store.delete. With if_match the ETag check and the unlink are one step
+        under the directory lock that conditional writes take, so a concurrent
+        conditional write lands either before the check or after the unlink."""
         target = self._path(key)
         directory = os.path.dirname(target)
         try:
             with _dir_lock(directory):
+                if if_match is not None:
+                    self._check_condition(key, target, if_match, False)
                 try:
                     os.unlink(target)
                 except (FileNotFoundError, NotADirectoryError):
@@ -283,7 +299,10 @@ class LocalStore(Store):
                 _fsync_dir(directory)
                 self._prune_dirs(directory)
         except (FileNotFoundError, NotADirectoryError):
-            return  # the directory does not exist, so neither does the key
+            # the directory does not exist, so neither does the key
+            if if_match is not None:
+                raise PreconditionFailed(f"key {key!r} does not exist (if_match)") from None
+            return
         except OSError as exc:
             raise StoreError(f"cannot delete key {key!r}: {exc.strerror}") from None
 

@@ -268,24 +268,50 @@ class S3Store(Store):
 
     # ----------------------------------------------------------------- writes
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        """A single PUT below multipart_threshold, else a multipart upload.
+
+        The conditions go on the PUT, or on CompleteMultipartUpload: until that
+        completes nothing is visible, so that is where the check belongs (AWS
+        honours If-Match and If-None-Match there). As with put_bytes, a lost
+        reply retried into a 412 whose object holds exactly our upload (its
+        ETag is the one our bytes give) counts as our write.
+        """
+        conditions = _conditions(if_match, if_none_match)
         try:
             size = os.path.getsize(path)
             if size >= self.multipart_threshold:
-                return self._put_multipart(key, Path(path), size)
+                return self._put_multipart(key, Path(path), size, conditions, if_match)
             with open(path, "rb") as fh:
                 md5 = md5_file(fh)
                 fh.seek(0)
-                with self._mapped("put", key):
+                try:
                     resp = self._client.put_object(
-                        Bucket=self.bucket, Key=self._full(key), Body=fh, ContentMD5=_b64(md5)
+                        Bucket=self.bucket,
+                        Key=self._full(key),
+                        Body=fh,
+                        ContentMD5=_b64(md5),
+                        **conditions,
                     )
+                except (ClientError, BotoCoreError) as exc:
+                    etag = self._conditional_put_failed(exc, key, md5.hex(), if_match)
+                    return ObjectInfo(key, size, etag)
         except OSError as exc:
             raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
         return ObjectInfo(key, size, resp["ETag"])
 
-    def _put_multipart(self, key: str, path: Path, size: int) -> ObjectInfo:
-        """Parts in parallel, then complete; aborted on any failure so nothing half shows."""
+    def _put_multipart(
+        self, key: str, path: Path, size: int, conditions: dict[str, str], if_match: str | None
+    ) -> ObjectInfo:
+        """Parts in parallel, then complete (with the conditions); aborted on any
+        failure, a failed condition included, so nothing half shows."""
         full = self._full(key)
         chunk = max(self.multipart_chunksize, -(-size // 10_000))
         with self._mapped("put", key):
@@ -296,19 +322,24 @@ class S3Store(Store):
             offsets = list(range(0, size, chunk))
             numbers = range(1, len(offsets) + 1)
 
-            def put_part(number: int, offset: int) -> str:
+            def put_part(number: int, offset: int) -> tuple[str, bytes]:
                 return self._put_part(key, path, upload_id, number, offset, chunk)
 
             with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
-                etags = list(pool.map(put_part, numbers, offsets))
-            parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
-            with self._mapped("put", key):
+                uploaded = list(pool.map(put_part, numbers, offsets))
+            parts = [{"ETag": etag, "PartNumber": n + 1} for n, (etag, _) in enumerate(uploaded)]
+            try:
                 resp = self._client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=full,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                    **conditions,
                 )
+            except (ClientError, BotoCoreError) as exc:
+                expected = multipart_etag([md5 for _, md5 in uploaded])
+                etag = self._conditional_put_failed(exc, key, expected, if_match)
+                return ObjectInfo(key, size, etag)  # a lost reply: the upload completed
         except BaseException:
             self._abort_quietly(full, upload_id)
             raise
@@ -316,10 +347,12 @@ class S3Store(Store):
 
     def _put_part(
         self, key: str, path: Path, upload_id: str, number: int, offset: int, chunk: int
-    ) -> str:
+    ) -> tuple[str, bytes]:
+        """(the part's ETag as the server gave it, md5 digest of the part)."""
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read(chunk)
+        digest = hashlib.md5(data).digest()
         with self._mapped("put", key):
             resp = self._client.upload_part(
                 Bucket=self.bucket,
@@ -327,9 +360,9 @@ class S3Store(Store):
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=data,
-                ContentMD5=_b64(hashlib.md5(data).digest()),
+                ContentMD5=_b64(digest),
             )
-        return str(resp["ETag"])
+        return str(resp["ETag"]), digest
 
     def _abort_quietly(self, full_key: str, upload_id: str) -> None:
         try:
@@ -354,10 +387,7 @@ class S3Store(Store):
             "Body": data,
             "ContentMD5": _b64(digest.digest()),
         }
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kwargs["IfMatch"] = f'"{normalize_etag(if_match)}"'
+        kwargs.update(_conditions(if_match, if_none_match))
         try:
             resp = self._client.put_object(**kwargs)
         except (ClientError, BotoCoreError) as exc:
@@ -371,20 +401,43 @@ class S3Store(Store):
 
         When an attempt commits but its response is lost (reset, timeout),
         botocore retries and the retry finds its own object: 412. If a retry
-        happened and the object now holds exactly our bytes, the write won.
+        happened and the object now holds exactly our bytes (its ETag is `md5`:
+        the md5 hex of a single PUT, the multipart ETag of an upload), the write
+        won; that ETag is returned.
         """
         err = self._error(exc, "put", key)
         if isinstance(err, NotFound) and if_match is not None:
             err = PreconditionFailed(f"put {self._where(key)}: object is gone (if_match)")
-        if isinstance(err, PreconditionFailed) and _retried(exc):
+        # NoSuchUpload: a CompleteMultipartUpload retried after the upload completed.
+        ours_maybe = isinstance(err, PreconditionFailed) or _code(exc) == "NoSuchUpload"
+        if ours_maybe and _retried(exc):
             current = self.head(key)
             if current is not None and current.etag == md5:
                 return md5
         raise err from None
 
-    def delete(self, key: str) -> None:
-        with self._mapped("delete", key):
-            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """See Store.delete. With if_match S3 answers 412 when the ETag differs and
+        404 when the object is gone: both are PreconditionFailed.
+
+        A lost reply retried into a 404 is taken as our own delete: the object
+        with that ETag is gone either way, and nothing else was deleted.
+        """
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        if if_match is None:
+            with self._mapped("delete", key):
+                self._client.delete_object(**kwargs)
+            return
+        kwargs.update(_conditions(if_match, False))
+        try:
+            self._client.delete_object(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            err = self._error(exc, "delete", key)
+            if isinstance(err, NotFound):
+                if _retried(exc):
+                    return
+                err = PreconditionFailed(f"delete {self._where(key)}: object is gone (if_match)")
+            raise err from None
 
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         """Abort incomplete multipart uploads under the prefix older than `max_age_s`."""
@@ -536,6 +589,22 @@ def _code(exc: ClientError | BotoCoreError) -> str | None:
     if not isinstance(exc, ClientError):
         return None
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+    """The IfMatch / IfNoneMatch request parameters of a conditional request."""
+    conditions = {}
+    if if_none_match:
+        conditions["IfNoneMatch"] = "*"
+    if if_match is not None:
+        conditions["IfMatch"] = f'"{normalize_etag(if_match)}"'
+    return conditions
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """The ETag S3 gives a completed multipart upload of unencrypted (or SSE-S3)
+    parts: md5 of the concatenated part md5 digests, then '-' and the part count."""
+    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
 
 
 def _retried(exc: ClientError | BotoCoreError) -> bool:
