@@ -33,7 +33,8 @@ complete against another writer of the same key. Not applied when
 ``strip_headers`` drops if-match for completes (a server ignoring it).
 
 ``date_offset`` (seconds) shifts the ``Date`` header of every forwarded
-response: the server's clock seen as that far off from ours.
+response: the server's clock seen as that far off from ours. ``send_date =
+False`` drops the header instead: a server that sends none.
 
 Faults are drawn from a seeded RNG so a run is reproducible for a given order
 of requests. Use it as a context manager or call start()/stop().
@@ -144,6 +145,8 @@ class S3Proxy:
         self.delay = 2.0
         #: Seconds added to the Date header of forwarded responses (clock-skew tests).
         self.date_offset = 0.0
+        #: False: forwarded responses lose their Date header.
+        self.send_date = True
         #: Request headers (lower-case names) not forwarded: a server ignoring them.
         self.strip_headers: frozenset[str] = frozenset()
         #: Operation shapes (see classify()) strip_headers applies to; None: every one.
@@ -387,6 +390,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for name, value in headers:
             low = name.lower()
             if low in _HOP_BY_HOP or (low == "content-length" and self.command != "HEAD"):
+                continue
+            if low == "date" and not self.owner.send_date:
                 continue
             if low == "date" and self.owner.date_offset:
                 value = _shift_date(value, self.owner.date_offset)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from compressor.clock import StoreClock
 from compressor.storage import (
     LocalStore,
     NotFound,
@@ -1031,6 +1032,59 @@ def test_run_on_a_server_ignoring_conditional_writes_exits_2(
     assert "does not honour conditional writes (If-None-Match/If-Match)" in lines[0]
     compact = make_s3_store(cli_env["S3_ENDPOINT"], cli_env["S3_COMPACT_BUCKET"])
     assert keys_of(compact, PROBES) == []
+
+
+# ---------------------------------------------------------------- the store's clock
+
+
+def test_local_store_clock_is_the_hosts(local: LocalStore) -> None:
+    assert local.clock_offset() == 0.0
+    assert local.clock_offset(lambda: 12.0) == 0.0
+    clock = StoreClock.measure(local, lambda: 1000.0)
+    assert clock.offset == 0.0 and clock() == 1000.0
+
+
+def test_store_clock_fixed() -> None:
+    clock = StoreClock.fixed(5.0)
+    assert clock.offset == 5.0
+    assert abs(clock() - (time.time() + 5.0)) < 1
+    assert StoreClock.fixed().offset == 0.0
+
+
+@pytest.mark.parametrize("ahead", [0.0, 300.0, -420.0])
+def test_s3_clock_offset_is_the_servers_date_minus_ours(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, ahead: float
+) -> None:
+    store = proxied()
+    s3proxy.date_offset = ahead
+    offset = store.clock_offset()
+    assert abs(offset - ahead) <= 2  # Date has one-second resolution
+    assert s3proxy.counts() == {"LIST": 1}  # one cheap request
+    clock = StoreClock.measure(store)
+    assert abs(clock() - (time.time() + ahead)) <= 2
+
+
+def test_s3_clock_offset_without_a_date_header_is_zero(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied()
+    s3proxy.send_date = False
+    s3proxy.date_offset = 300.0  # nothing to shift
+    assert store.clock_offset() == 0.0
+
+
+def test_s3_store_clocks_of_skewed_hosts_agree(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    """Two hosts 300 s behind and 360 s ahead, one server 300 s ahead of the truth:
+    their StoreClocks both read the server's time, within the Date header's second."""
+    s3proxy.date_offset = 300.0
+    behind = StoreClock.measure(proxied(), lambda: time.time() - 300)
+    ahead = StoreClock.measure(proxied(), lambda: time.time() + 360)
+    assert abs(behind.offset - 600) <= 2 and abs(ahead.offset - (-60)) <= 2
+    a, b = behind(), ahead()
+    assert abs(a - b) <= 2
+    assert abs(a - (time.time() + 300)) <= 2
 
 
 # ---------------------------------------------------------------- open_store

@@ -9,9 +9,10 @@ sees either the previous object or the complete new one, never a part.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,16 @@ class Store(ABC):
         not); PreconditionFailed when it differs or when the object is gone. This
         is how a lease is released without ever deleting the next holder's lock.
         """
+
+    def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
+        """Seconds to add to `host_clock()` to get the store's time (see compressor/clock.py).
+
+        Lease expiry and "the newer attempt wins" compare times written by
+        different hosts; measured against the one store they share, those times
+        agree however far the hosts' own clocks drift. A store without a clock
+        of its own (a local directory) shares the host's: 0.0.
+        """
+        return 0.0
 
     def check_conditional_writes(self, prefix: str) -> None:
         """StoreConfigError unless writes honour if_none_match and if_match, and

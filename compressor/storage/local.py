@@ -70,6 +70,10 @@ class LocalStore(Store):
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise StoreConfigError(f"local store root {self.uri!r} is not readable and writable")
 
+    def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
+        """0.0: every process using a local directory runs on the host that has it."""
+        return 0.0
+
     def _real_root(self) -> str:
         real = os.path.realpath(self.root)
         if not os.path.isdir(real):

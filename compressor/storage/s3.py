@@ -18,7 +18,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
@@ -188,6 +188,26 @@ class S3Store(Store):
                 f"{self.endpoint} (its Date header; at most {_duration(MAX_CLOCK_SKEW_S)} "
                 "allowed): fix the system clock (NTP)"
             )
+
+    def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
+        """The server's clock minus `host_clock`, from one LIST of at most one key.
+
+        offset = Date + 0.5 - (host_clock() before + after the request) / 2. The
+        `Date` header has a resolution of one second (it is truncated, hence the
+        half second added), so the offset is right within about ±1 s: ±0.5 s of
+        Date, plus half the round trip, plus the host clock's own step over the
+        request. Enough for leases, whose clock-skew allowance is tens of seconds.
+        A server that sends no Date header: 0.0 (its clock is taken as ours).
+        """
+        request = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1}
+        with self._mapped("clock", None):
+            before = host_clock()
+            resp = self._client.list_objects_v2(**request)
+            after = host_clock()
+        server = _server_date(resp)
+        if server is None:
+            return 0.0
+        return server + 0.5 - (before + after) / 2
 
     # ---------------------------------------------------------------- listing
 
