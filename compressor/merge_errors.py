@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 
@@ -47,3 +49,34 @@ class BadTsEventTypeError(MergeInputError):
 
 class MergeAborted(Exception):
     """The caller asked the merge to stop (a signal); partial output was removed."""
+
+
+class MergeResourceError(OSError):
+    """Reading an input failed for want of a resource, not because of the input's bytes.
+
+    Too many open files, out of memory, permission denied, an I/O error, a path that is
+    no longer a file: the object may be perfectly healthy, so this is deliberately not
+    a MergeInputError (never quarantined, never skipped by --skip-corrupt). It is an
+    OSError carrying the cause's `errno` (None when it had none, e.g. ArrowMemoryError)
+    so callers fail the partition as retryable and still recognise ENOSPC/EDQUOT.
+    `path` names the input; the message is one line: path, what failed, errno/strerror.
+    """
+
+    def __init__(self, path: Path | str, action: str, cause: BaseException) -> None:
+        code = cause.errno if isinstance(cause, OSError) else None
+        if isinstance(code, int) and code > 0:
+            name = errno.errorcode.get(code, str(code))
+            detail = f"[Errno {code} {name}] {os.strerror(code)}"
+        else:
+            code = None
+            text = str(cause).strip().splitlines()
+            detail = f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+        super().__init__(code, detail)
+        self.path = str(path)
+        self.filename = self.path
+        self.action = action
+        self.cause = cause
+        self.message = f"{self.path}: {action} failed (not the file's bytes): {detail}"
+
+    def __str__(self) -> str:
+        return self.message

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from compressor.merge_errors import (
     BadTsEventTypeError,
     CorruptFileError,
+    MergeResourceError,
     MissingTsEventError,
     NullTsEventError,
     SchemaConflictError,
@@ -92,11 +93,68 @@ def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
     return infos, InputSchema(unified, consts, varying)
 
 
-def _read_footer(path: Path, size: int) -> pq.FileMetaData:
+#: What reading an open input may raise; `_is_decode_failure` sorts it into bytes/resources.
+_READ_ERRORS = (OSError, pa.ArrowException, ValueError, MemoryError)
+#: Exceptions pyarrow raises when the bytes themselves do not decode (ArrowInvalid and
+#: UnicodeDecodeError are ValueErrors; errno-less OSErrors are checked separately).
+_DECODE_TYPES = (ValueError, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+#: A C++ allocation failure that Parquet rewraps as an errno-less OSError (e.g.
+#: "Couldn't deserialize thrift: std::bad_alloc") is still memory, not the bytes.
+_MEMORY_WORDS = ("bad_alloc", "out of memory", "cannot allocate memory")
+
+
+def _is_decode_failure(exc: BaseException) -> bool:
+    """True when `exc`, raised while decoding an input that opened fine, is about its bytes.
+
+    Only the object's own bytes failing to decode make it corrupt; a corrupt verdict
+    quarantines the partition or, with --skip-corrupt, drops the file, so anything
+    else must fail the partition (retryably) instead. Measured with pyarrow 26:
+
+    - the OS failed, not the bytes, whenever the error has an errno: EMFILE, ENOMEM,
+      EACCES, EIO, ENOSPC arrive as OSError with `errno` set (opening a file is never
+      about its bytes at all, so `_open` does not even ask);
+    - MemoryError, including pa.ArrowMemoryError ("malloc of size N failed"), and a
+      std::bad_alloc rewrapped as text, are resources;
+    - the bytes: ArrowInvalid (bad magic, "Parquet file size is 0 bytes", footer
+      length beyond the file), ArrowNotImplementedError/ArrowTypeError (nonsense
+      types), UnicodeDecodeError (garbled schema metadata), and every errno-less
+      OSError, which is how Parquet's own decoder reports damage ("Couldn't
+      deserialize thrift", "Corrupt snappy compressed data.", "Unexpected end of
+      stream", "ZSTD decompression failed", ... too many wordings to list by name).
+
+    Anything else (ArrowCapacityError, ArrowCancelled, ...) is not called corrupt:
+    failing safe keeps every file.
+    """
+    if isinstance(exc, MemoryError):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno is None and not any(
+            word in str(exc).lower() for word in _MEMORY_WORDS
+        )
+    return isinstance(exc, _DECODE_TYPES)
+
+
+def _read_failed(path: Path, what: str, exc: BaseException) -> NoReturn:
+    """Raise CorruptFileError if `exc` is the bytes failing to decode, else MergeResourceError."""
+    if _is_decode_failure(exc):
+        raise CorruptFileError(path, f"unreadable {what} ({_first_line(exc)})") from None
+    raise MergeResourceError(path, f"reading {what}", exc) from exc
+
+
+def _open(path: Path, what: str) -> pa.OSFile:
+    """Open one input. Failing to open (EMFILE, EACCES, a directory) never blames its bytes."""
     try:
-        metadata = pq.read_metadata(pa.OSFile(str(path)))
+        return pa.OSFile(str(path))
     except (OSError, pa.ArrowException) as exc:
-        raise CorruptFileError(path, f"unreadable Parquet footer ({_first_line(exc)})") from None
+        raise MergeResourceError(path, f"opening the input for its {what}", exc) from exc
+
+
+def _read_footer(path: Path, size: int) -> pq.FileMetaData:
+    with _open(path, "Parquet footer") as source:
+        try:
+            metadata = pq.read_metadata(source)
+        except _READ_ERRORS as exc:
+            _read_failed(path, "Parquet footer", exc)
     _check_not_concatenated(path, metadata, size)
     return metadata
 
@@ -126,19 +184,23 @@ def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) ->
     if first_length < 0:
         raise CorruptFileError(path, "footer describes data beyond the object (truncated?)")
     if first_length >= 8:
-        with open(path, "rb") as source:
-            source.seek(first_length - 4)
-            if source.read(8) == b"PAR1PAR1":
-                raise CorruptFileError(
-                    path, f"two Parquet files concatenated (the second starts at {first_length})"
-                )
+        try:
+            with open(path, "rb") as source:
+                source.seek(first_length - 4)
+                joint = source.read(8)
+        except OSError as exc:
+            raise MergeResourceError(path, "reading the layout check", exc) from exc
+        if joint == b"PAR1PAR1":
+            raise CorruptFileError(
+                path, f"two Parquet files concatenated (the second starts at {first_length})"
+            )
 
 
 def _arrow_schema(path: Path, metadata: pq.FileMetaData) -> pa.Schema:
     try:
         return metadata.schema.to_arrow_schema()
-    except (pa.ArrowException, ValueError) as exc:
-        raise CorruptFileError(path, f"unreadable schema ({_first_line(exc)})") from None
+    except _READ_ERRORS as exc:
+        _read_failed(path, "schema", exc)
 
 
 def _check_ts_type(path: Path, schema: pa.Schema) -> None:
@@ -206,13 +268,18 @@ def to_ms_array(
 
 
 def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
-    """Read some columns of one file; any decoding failure is a CorruptFileError."""
-    try:
-        # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
-        reader = pq.ParquetFile(pa.OSFile(str(path)), pre_buffer=False)
-        return reader.read(columns=list(columns), use_threads=False)
-    except (OSError, pa.ArrowException) as exc:
-        raise CorruptFileError(path, f"unreadable Parquet data ({_first_line(exc)})") from None
+    """Read some columns of one file.
+
+    The bytes failing to decode is a CorruptFileError; anything else (open files,
+    memory, permissions, I/O) is a MergeResourceError, see `_is_decode_failure`.
+    """
+    with _open(path, "Parquet data") as source:
+        try:
+            # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
+            reader = pq.ParquetFile(source, pre_buffer=False)
+            return reader.read(columns=list(columns), use_threads=False)
+        except _READ_ERRORS as exc:
+            _read_failed(path, "Parquet data", exc)
 
 
 def conform(path: Path, table: pa.Table, target: pa.Schema) -> pa.Table:
