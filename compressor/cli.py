@@ -16,7 +16,7 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,13 +25,22 @@ from typing import Any, NoReturn
 from dotenv import dotenv_values
 
 from compressor import __version__
+from compressor.clock import StoreClock
 from compressor.discovery import Filters
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, format_day, parse_day
-from compressor.lease import LeaseManager, LeaseOwner, pid_alive
+from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
-from compressor.planning import Mode, Plan, PlanOptions, build_plan, check_dates
+from compressor.planning import (
+    DEFAULT_EMPTY_DAY_GRACE,
+    DEFAULT_LOOKBACK_DAYS,
+    Mode,
+    Plan,
+    PlanOptions,
+    build_plan,
+    check_dates,
+)
 from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality import summarize_state
 from compressor.state import StateCorruptError, StateStore
@@ -82,7 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--date-to", metavar="YYYYMMDD",
                      help="last day of a backfill (default: --date-from)")
     run.add_argument("--today", metavar="YYYYMMDD",
-                     help="pretend today's UTC date is this (reproducible runs, tests)")
+                     help="pretend today's UTC date is this (reproducible runs, tests); "
+                     "never later than the real UTC date")
+    run.add_argument("--lookback-days", metavar="N", type=_count("--lookback-days"),
+                     default=DEFAULT_LOOKBACK_DAYS,
+                     help="catch-up re-checks the N raw days up to last_compacted_date for "
+                     f"late raw files (default {DEFAULT_LOOKBACK_DAYS}; 0 turns it off)")
+    run.add_argument("--empty-day-grace", metavar="N", type=_count("--empty-day-grace"),
+                     default=DEFAULT_EMPTY_DAY_GRACE,
+                     help="a day without raw data counts as ready only N full days after it "
+                     f"ended, once a later day has data (default {DEFAULT_EMPTY_DAY_GRACE})")
     run.add_argument("--exchanges", metavar="LIST", help="comma list, e.g. binance,okx")
     run.add_argument("--streams", metavar="LIST", help="comma list, e.g. trade,bbo")
     run.add_argument("--symbols", metavar="LIST", help="comma list, e.g. btcusdt")
@@ -127,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- parsing helpers
 
 
+def _count(flag: str) -> Callable[[str], int]:
+    """argparse type: a non-negative integer, the error naming `flag`."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit():
+            raise UsageError(f"{flag}: expected a whole number of days >= 0, got {text!r}")
+        return int(text)
+
+    return parse
+
+
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 
 
@@ -167,12 +196,34 @@ def utc_today() -> date:
 
 
 def _today(args: argparse.Namespace) -> date:
+    """--today, or the real UTC date. A --today past the real date would compact the
+    day still being written and declare it ready: a usage error."""
+    real = utc_today()
     if not args.today:
-        return utc_today()
+        return real
     try:
-        return parse_day(args.today)
+        today = parse_day(args.today)
     except ValueError:
         raise UsageError(f"--today: not a YYYYMMDD date: {args.today!r}") from None
+    if today > real:
+        raise UsageError(f"--today {args.today} is after today's real UTC date "
+                         f"{format_day(real)}; only past days can be compacted")
+    return today
+
+
+def lease_ttl(env: Mapping[str, str]) -> float:
+    """QLC_LEASE_TTL_S (seconds) or the default; tests and the chaos bench shorten it."""
+    text = env.get("QLC_LEASE_TTL_S")
+    if not text:
+        return DEFAULT_TTL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 2 * DEFAULT_SKEW_S:
+        raise UsageError(f"QLC_LEASE_TTL_S: expected seconds above {2 * DEFAULT_SKEW_S:.0f}, "
+                         f"got {text!r}")
+    return value
 
 
 def open_stores(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Store, Store]:
@@ -240,19 +291,22 @@ def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
     return PlanOptions(
         mode=mode, today=today, backfill=backfill,
         filters=filters, overwrite=args.overwrite, retry_quarantine=args.retry_quarantine,
+        lookback_days=args.lookback_days, empty_day_grace=args.empty_day_grace,
     )
 
 
 def execute(
     plan: Plan, raw: Store, compact: Store, state: StateStore, settings: CompactSettings,
-    stop: StopFlag,
+    stop: StopFlag, clock: StoreClock, ttl_s: float,
 ) -> RunReport:
     run_id = uuid.uuid4().hex[:12]
     log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
              len(plan.to_compact), len(plan.partitions))
-    with LeaseManager(compact, owner=LeaseOwner.current(run_id)) as leases:
+    owner = LeaseOwner.current(run_id)
+    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=ttl_s) as leases:
         clean_dead_runs_leftovers(compact, leases)
-        job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop)
+        job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop,
+                  clock=clock)
         return job.run()
 
 
@@ -298,9 +352,13 @@ def run_once(
     options = plan_options(args, today)
     settings = CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args, env),
                                skip_corrupt=args.skip_corrupt)
+    ttl_s = lease_ttl(env)
     raw.check()
     compact.check()
-    state = StateStore(compact)
+    # Leases and the state's "newer attempt wins" compare times written by hosts whose
+    # clocks differ: all of them are taken on the compact store's clock.
+    clock = StoreClock.measure(compact)
+    state = StateStore(compact, clock=clock)
     state.load()
     plan = build_plan(raw, compact, state, options)
     if args.dry_run:
@@ -310,7 +368,7 @@ def run_once(
     check_tmp_dir(args.tmp_dir)
     for path in clean_stale_tmp(args.tmp_dir, pid_alive):
         log.info("removed %s, left by a run that is gone", path)
-    report = execute(plan, raw, compact, state, settings, stop)
+    report = execute(plan, raw, compact, state, settings, stop, clock, ttl_s)
     print(report.render())
     if stop.exit_code is not None:
         # a download still in flight when the partition gave up may have written after

@@ -14,12 +14,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from compressor.discovery import list_partition
 from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
+from compressor.meta import Meta, Published, read_published
 from compressor.planning import (
     DONE_SKIPS,
     Action,
@@ -30,11 +30,13 @@ from compressor.planning import (
 from compressor.publish import (
     BadInputError,
     CompactSettings,
+    PublishConflict,
+    RawUnreadableError,
     VerificationError,
     compact_partition,
-    read_meta,
 )
-from compressor.state import PartitionState, StateCorruptError, StateStore, ready_date
+from compressor.readiness import StateRecorder, Watermark
+from compressor.state import PartitionState, StateStore
 from compressor.storage.base import Store, StoreConfigError, StoreError
 from compressor.text import human_size, one_line, utc_iso
 
@@ -75,6 +77,8 @@ class PartitionOutcome:
     seconds: float = 0.0
     error: str | None = None
     failed_key: str | None = None
+    #: The raw listing the outcome was judged on (None: no raw data files).
+    fingerprint: str | None = None
 
     @property
     def done(self) -> bool:
@@ -129,16 +133,19 @@ class RunReport:
 
 @dataclass(frozen=True)
 class ToCompact:
-    """Re-check: compact this (as planned, or listed again after another run's publish)."""
+    """Re-check: compact this (as planned, or listed again after another run's publish),
+    replacing exactly the outputs `base` read under the lease."""
 
     planned: PlannedPartition
+    base: Published
 
 
 @dataclass(frozen=True)
 class PublishedMeanwhile:
     """Re-check: another run published an up-to-date output since this run planned."""
 
-    meta: dict[str, Any]
+    published: Published
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,11 @@ def _never() -> bool:
 
 
 class Job:
-    """Runs one Plan against the stores; build it, then call `run()` once."""
+    """Runs one Plan against the stores; build it, then call `run()` once.
+
+    `clock` is the store's clock (`compressor.clock.StoreClock`): the state's
+    "newer attempt wins" rule compares times written by runs on different hosts.
+    """
 
     def __init__(
         self,
@@ -172,6 +183,7 @@ class Job:
         busy_wait_s: float = BUSY_WAIT_S,
         busy_poll_s: float = BUSY_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.plan = plan
         self.raw = raw
@@ -183,69 +195,34 @@ class Job:
         self.busy_wait_s = busy_wait_s
         self.busy_poll_s = busy_poll_s
         self.sleep = sleep
+        self.clock = clock
         self.report = RunReport(plan)
+        self.recorder = StateRecorder(state)
+        self.watermark = Watermark(plan, compact, self.recorder)
 
     def run(self) -> RunReport:
         started = time.monotonic()
         report = self.report
         report.last_compacted_before = self.plan.last_compacted_date
-        report.last_compacted_after = self.plan.last_compacted_date
-        done_days: dict[str, bool] = {}
         try:
             for day in self.plan.days:
                 outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
                 if day in self.plan.ready_days:
                     outcomes = self._settle_busy(outcomes)
                 report.outcomes.extend(outcomes)
-                done_days[day] = all(o.done for o in outcomes) and not report.stopped
-                self._advance(done_days)
-                self._flush()
+                self.watermark.day_finished(day, outcomes, report.stopped)
+                self.recorder.flush()
+            if not report.stopped:
+                self.watermark.advance()  # empty days after the last day run
         finally:  # whatever ended the run (an unusable store, too): keep what it did
-            self._flush_quietly()
+            self.recorder.flush_quietly()
+            report.state_error = self.recorder.error
+            report.last_compacted_after = self.watermark.value
         report.seconds = time.monotonic() - started
         return report
 
-    # -- readiness + state -------------------------------------------------------
-
-    def _advance(self, done_days: dict[str, bool]) -> None:
-        """Move last_compacted_date over the ready days finished so far."""
-        if not self.plan.ready_days:
-            return
-        seen = max(done_days)
-        days = [(d, done_days.get(d, False)) for d in self.plan.ready_days if d <= seen]
-        new = ready_date(self.plan.last_compacted_date, days)
-        if new != self.report.last_compacted_after:
-            log.info("last_compacted_date -> %s", new)
-            self.state.advance_last_compacted(new)
-            self.report.last_compacted_after = new
-
     def _record(self, pid: PartitionId, entry: PartitionState) -> None:
-        """Queue a state update. A flush it triggers may fail: the update stays queued."""
-        try:
-            self.state.record(pid, entry)
-        except StoreConfigError:
-            raise
-        except (StoreError, StateCorruptError) as exc:  # the next flush retries
-            log.warning("state flush deferred: %s", one_line(str(exc), 300))
-
-    def _flush(self) -> None:
-        """End-of-day flush; a failure is the report's state_error and the run goes on."""
-        try:
-            self.state.flush()
-            self.report.state_error = None
-        except StoreConfigError:
-            raise
-        except (StoreError, StateCorruptError) as exc:  # updates stay queued
-            self.report.state_error = one_line(str(exc), 300)
-            log.error("state not saved yet: %s", self.report.state_error)
-
-    def _flush_quietly(self) -> None:
-        """The run's last flush, however it ended: never raises, says why the state lags."""
-        try:
-            if self.state.flush():  # False: nothing was queued, the state is saved
-                self.report.state_error = None
-        except Exception as exc:
-            log.error("state not saved: %s", one_line(str(exc), 300))
+        self.recorder.record(pid, entry)
 
     # -- one partition -------------------------------------------------------------
 
@@ -254,8 +231,14 @@ class Job:
         if self.report.stopped or self.should_stop():
             self.report.stopped = True
             return PartitionOutcome(pid, Status.NOT_RUN)
+        if planned.action is Action.FAIL:
+            started_at, attempts = self._next_attempt(pid)
+            return self._record_failure(pid, Status.FAILED, planned.detail or "unreadable",
+                                        started_at, attempts)
         if planned.action is Action.SKIP:
-            return self._skip(planned)
+            skipped = self._skip(planned)
+            if skipped is not None:
+                return skipped
         lease = self._take_lease(pid, quiet=quiet_busy)
         if isinstance(lease, PartitionOutcome):
             return lease
@@ -284,34 +267,34 @@ class Job:
         """Re-check, then compact, a partition whose lease we hold."""
         pid = planned.pid
         match self._recheck(planned):
-            case PublishedMeanwhile(meta):
+            case PublishedMeanwhile(published, fingerprint):
                 log.info("%s: skipped: compacted by another run since this run planned",
                          pid.state_key)
-                return self._up_to_date(pid, meta)
+                return self._up_to_date(pid, published, fingerprint)
             case RecheckFailed(error):
                 started_at, attempts = self._next_attempt(pid)
                 return self._record_failure(pid, Status.FAILED, error, started_at, attempts)
-            case ToCompact(current):
+            case ToCompact(current, base):
                 if current.partition.file_count == 0:
                     return PartitionOutcome(pid, Status.NO_DATA)
-                return self._compact(current, lease.check_held)
+                return self._compact(current, lease.check_held, base)
 
     def _recheck(self, planned: PlannedPartition) -> Recheck:
-        """Once we hold the lease: did another run publish the partition since we planned?
+        """Once we hold the lease: what is published now, and is it already current?
 
-        A run that compacted the partition between our plan and our lease has released
-        it by now. Compacting again would only hide the partition from readers for a
-        while and redo the same bytes. If that run saw another raw listing (a late file),
-        ours may be the stale one: list again, so we never publish over a newer output.
+        Another run may have published the partition between our plan and our lease.
+        Compacting again would hide it from readers for a while and redo the same
+        bytes. If that run saw another raw listing (a late file), ours may be the
+        stale one: list again, so we never publish over a newer output. What we read
+        here is also what our publish may replace (`ToCompact.base`).
         """
         pid = planned.pid
         try:
-            meta = read_meta(self.compact, pid)
-            if meta is None or meta == planned.meta:
-                return ToCompact(planned)
-            published = meta.get("source_fingerprint")
-            if published == planned.partition.fingerprint:
-                return PublishedMeanwhile(meta)
+            now = read_published(self.compact, pid)
+            if now == planned.published or now.meta is None or not now.consistent:
+                return ToCompact(planned, now)
+            if now.current_for(planned.partition.fingerprint):
+                return PublishedMeanwhile(now, planned.partition.fingerprint)
             fresh = list_partition(self.raw, pid)
         except StoreConfigError:
             raise
@@ -319,11 +302,11 @@ class Job:
             # Cannot tell: a newer output may be published, and compacting our listing
             # would replace it with an older one. Fail (retryable); the next run re-plans.
             return RecheckFailed(one_line(f"could not re-check meta.json: {exc}"))
-        if fresh.fingerprint == published:
-            return PublishedMeanwhile(meta)
+        if now.current_for(fresh.fingerprint):
+            return PublishedMeanwhile(now, fresh.fingerprint)
         log.info("%s: another run published another raw listing meanwhile; listed again "
                  "(%d files)", pid.state_key, fresh.file_count)
-        return ToCompact(replace(planned, partition=fresh))
+        return ToCompact(replace(planned, partition=fresh), now)
 
     def _settle_busy(self, outcomes: list[PartitionOutcome]) -> list[PartitionOutcome]:
         """Wait for partitions of a ready day that another run on this host is compacting.
@@ -359,10 +342,13 @@ class Job:
             settled.append(outcome)
         return settled
 
-    def _skip(self, planned: PlannedPartition) -> PartitionOutcome:
+    def _skip(self, planned: PlannedPartition) -> PartitionOutcome | None:
+        """The outcome of a partition planned `skip`, or None when it must be leased after
+        all: an output found up to date while planning is read again first, since another
+        run (an --overwrite backfill) may have removed or replaced it since."""
         pid = planned.pid
-        log.info("%s: skipped: %s", pid.state_key, planned.describe)
         if planned.reason is Reason.QUARANTINED:
+            log.info("%s: skipped: %s", pid.state_key, planned.describe)
             entry = self.state.get(pid)
             return PartitionOutcome(
                 pid, Status.STILL_QUARANTINED,
@@ -371,22 +357,38 @@ class Job:
             )
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
+            log.info("%s: skipped: %s", pid.state_key, planned.describe)
             return PartitionOutcome(pid, Status.NO_DATA)
-        return self._up_to_date(pid, planned.meta or {})
+        fingerprint = planned.partition.fingerprint
+        try:
+            now = read_published(self.compact, pid)
+        except StoreConfigError:
+            raise
+        except StoreError:
+            return None  # the leased path re-checks, or fails the partition, properly
+        if not now.current_for(fingerprint):
+            log.info("%s: its output changed since this run planned; re-checking it",
+                     pid.state_key)
+            return None
+        log.info("%s: skipped: %s", pid.state_key, planned.describe)
+        return self._up_to_date(pid, now, fingerprint)
 
-    def _up_to_date(self, pid: PartitionId, meta: dict[str, Any]) -> PartitionOutcome:
-        """A partition whose published meta.json matches its raw files: done, state synced."""
+    def _up_to_date(self, pid: PartitionId, published: Published, fingerprint: str
+                    ) -> PartitionOutcome:
+        """A partition whose published pair matches its raw files: done, state synced."""
         entry = self.state.get(pid)
-        published = _success_from_meta(meta, entry)
-        if published is None:
+        synced = _success_from_meta(published.meta, entry, utc_iso(self.clock()))
+        if synced is None:
             log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
-        elif entry is None or entry.status != "success" or entry.rows != published.rows:
-            self._record(pid, published)  # meta.json is the truth; the state lost track
-        rows = published.rows if published else 0
-        size = published.total_size_bytes if published else 0
-        return PartitionOutcome(pid, Status.UP_TO_DATE, rows=rows, size_bytes=size)
+        elif entry is None or entry.status != "success" or entry.rows != synced.rows:
+            self._record(pid, synced)  # meta.json is the truth; the state lost track
+        rows = synced.rows if synced else 0
+        size = synced.total_size_bytes if synced else 0
+        return PartitionOutcome(pid, Status.UP_TO_DATE, rows=rows, size_bytes=size,
+                                fingerprint=fingerprint)
 
-    def _compact(self, planned: PlannedPartition, fence: Callable[[], None]) -> PartitionOutcome:
+    def _compact(self, planned: PlannedPartition, fence: Callable[[], None], base: Published
+                 ) -> PartitionOutcome:
         pid, part = planned.pid, planned.partition
         started_at, attempts = self._next_attempt(pid)
         self._record(pid, PartitionState.in_progress(started_at=started_at, attempts=attempts))
@@ -395,27 +397,33 @@ class Job:
         clock = time.monotonic()
         try:
             result = compact_partition(part, self.raw, self.compact, self.settings,
-                                       should_stop=self.should_stop, fence=fence)
+                                       should_stop=self.should_stop, fence=fence, base=base)
         except StoreConfigError:
             raise  # the store itself is unusable: the run stops (exit 2)
+        except PublishConflict as exc:
+            if exc.published.current_for(part.fingerprint):
+                log.info("%s: another run published the same listing meanwhile", pid.state_key)
+                return self._up_to_date(pid, exc.published, part.fingerprint)
+            return self._failed(pid, exc, started_at, attempts, time.monotonic() - clock)
         except Exception as exc:
             return self._failed(pid, exc, started_at, attempts, time.monotonic() - clock)
         seconds = time.monotonic() - clock
         self._record(pid, PartitionState.success(
             rows=result.rows, total_size_bytes=result.size_bytes, started_at=started_at,
             attempts=attempts, day_quality_post=result.quality.to_dict(),
-            skipped_files=result.skipped_files or None,
+            skipped_files=result.skipped_files or None, updated_at=utc_iso(self.clock()),
         ))
         log.info("%s: published %d rows, %s in %.1fs%s", pid.state_key, result.rows,
                  human_size(result.size_bytes), seconds,
                  f", {len(result.skipped_files)} corrupt files skipped"
                  if result.skipped_files else "")
-        return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds)
+        return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds,
+                                fingerprint=part.fingerprint)
 
     def _next_attempt(self, pid: PartitionId) -> tuple[str, int]:
         """(started_at, attempt number) of an attempt at the partition starting now."""
         previous = self.state.get(pid)
-        return utc_iso(time.time()), previous.attempts + 1 if previous else 1
+        return utc_iso(self.clock()), previous.attempts + 1 if previous else 1
 
     def _failed(
         self, pid: PartitionId, exc: Exception, started_at: str, attempts: int, seconds: float
@@ -435,27 +443,29 @@ class Job:
         log.error("%s: %s: %s", pid.state_key, status.value, error)
         self._record(pid, PartitionState.failure(
             status=status.value, error=error, started_at=started_at,
-            failed_key=failed_key, attempts=attempts,
+            failed_key=failed_key, attempts=attempts, updated_at=utc_iso(self.clock()),
         ))
         return PartitionOutcome(pid, status, seconds=seconds, error=error, failed_key=failed_key)
 
 
 def _success_from_meta(
-    meta: dict[str, Any], entry: PartitionState | None
+    meta: Meta | None, entry: PartitionState | None, now: str
 ) -> PartitionState | None:
     """A `success` state entry rebuilt from a published meta.json (None if it won't do)."""
-    quality = meta.get("day_quality")
-    skipped = meta.get("skipped_files")
+    if meta is None:
+        return None
+    quality = meta.extra.get("day_quality")
     try:
         return PartitionState.success(
-            rows=meta["rows"],  # types validated by PartitionState
-            total_size_bytes=meta["size_bytes"],
-            started_at=utc_iso(time.time()),
+            rows=meta.rows,
+            total_size_bytes=meta.size_bytes,
+            started_at=now,
+            updated_at=now,
             attempts=entry.attempts if entry else 1,
-            day_quality_post=quality if isinstance(quality, dict) else None,
-            skipped_files=skipped if isinstance(skipped, list) else None,
+            day_quality_post=quality if isinstance(quality, dict | str) else None,
+            skipped_files=meta.skipped_files or None,
         )
-    except (KeyError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return None
 
 
@@ -469,6 +479,8 @@ def classify(exc: Exception) -> tuple[Status, str | None, str]:
         return Status.QUARANTINED, exc.key, one_line(str(exc))
     if isinstance(exc, MergeAborted):
         return Status.FAILED, None, "interrupted"
+    if isinstance(exc, RawUnreadableError):
+        return Status.FAILED, exc.key, one_line(str(exc))
     if isinstance(exc, LeaseLost):
         return Status.FAILED, None, one_line(str(exc))
     if isinstance(exc, StoreError | OSError | VerificationError):

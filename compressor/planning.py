@@ -1,6 +1,11 @@
 """Planning: which days a run covers and, per partition, compact or skip (and why).
 
 Nothing here writes: a Plan is what `--dry-run` prints and what the job executes.
+Days (README "How a run works"): a catch-up covers every raw day after
+last_compacted_date, the lookback window before it (late raw files), and any day
+at or before it that still has a partition whose state entry is not `success`.
+Days without raw data between the watermark and today are *empty days*: they hold
+readiness back until their grace period has passed and a later day has raw data.
 """
 
 from __future__ import annotations
@@ -10,17 +15,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from compressor.discovery import Filters, Inventory, Partition, list_partition, walk
 from compressor.layout import PartitionId, format_day, parse_day
-from compressor.publish import read_meta
+from compressor.meta import Published, read_published
 from compressor.state import PartitionState
-from compressor.storage.base import Store
-from compressor.text import human_size
+from compressor.storage.base import Store, StoreConfigError, StoreError
+from compressor.text import human_size, one_line
 
 #: Partitions listed (and their meta.json read) at once while planning.
 PLAN_WORKERS = 8
+#: Days at or before last_compacted_date that a catch-up checks again for late raw files.
+DEFAULT_LOOKBACK_DAYS = 3
+#: Full days an empty day (no raw data) waits before it may count as ready.
+DEFAULT_EMPTY_DAY_GRACE = 2
 
 
 class Mode(enum.StrEnum):
@@ -32,6 +41,8 @@ class Mode(enum.StrEnum):
 class Action(enum.StrEnum):
     COMPACT = "compact"
     SKIP = "skip"
+    #: Planning could not list or read the partition: recorded failed, retried next run.
+    FAIL = "fail"
 
 
 class Reason(enum.StrEnum):
@@ -39,12 +50,14 @@ class Reason(enum.StrEnum):
 
     NEW = "not compacted yet"
     CHANGED = "raw files changed since compaction"
+    MISMATCHED = "published pair not whole"
     OVERWRITE = "--overwrite"
     RETRY_QUARANTINE = "--retry-quarantine"
     QUARANTINE_KEY_GONE = "quarantined key no longer in the raw listing"
     UP_TO_DATE = "up to date"
     NO_DATA = "no raw data files"
     QUARANTINED = "quarantined"
+    UNREADABLE = "could not list or read it"
 
 
 #: Skips that leave a partition done (it counts for last_compacted_date and exit 0).
@@ -59,6 +72,8 @@ class StateView(Protocol):
 
     def get(self, pid: PartitionId | str) -> PartitionState | None: ...
 
+    def days_not_success(self, until: str) -> set[str]: ...
+
 
 @dataclass(frozen=True)
 class PlannedPartition:
@@ -66,8 +81,8 @@ class PlannedPartition:
     action: Action
     reason: Reason
     detail: str = ""
-    #: The published meta.json read while planning (None when absent).
-    meta: dict[str, Any] | None = None
+    #: The partition's outputs as read while planning.
+    published: Published = field(default_factory=Published)
 
     @property
     def pid(self) -> PartitionId:
@@ -89,6 +104,8 @@ class Plan:
     ready_days: list[str]
     last_compacted_date: str | None
     partitions: list[PlannedPartition] = field(default_factory=list)
+    #: Days of `ready_days` without raw data -> whether their grace has passed.
+    empty_days: dict[str, bool] = field(default_factory=dict)
 
     def for_day(self, day: str) -> list[PlannedPartition]:
         return [p for p in self.partitions if p.pid.date == day]
@@ -115,6 +132,10 @@ class Plan:
                 f"  {p.action.value:<7} {p.pid.state_key:<44} {p.partition.file_count:>6} files "
                 f"{human_size(p.partition.total_bytes):>9}  {p.describe}"
             )
+        for day, ready in sorted(self.empty_days.items()):
+            lines.append(f"  empty   {day}: no raw data; "
+                         + ("counts as ready (grace passed, later days have data)" if ready
+                            else "holds readiness back (within its grace, or no later data)"))
         if not self.ready_days:
             lines.append("last_compacted_date: not moved by this run")
         return "\n".join(lines)
@@ -153,17 +174,38 @@ def _flag_day(flag: str, text: str) -> date:
         raise ValueError(f"{flag}: not a YYYYMMDD date: {text!r}") from None
 
 
-def catch_up_days(today: date, last_compacted: str | None, raw_dates: Sequence[str]) -> list[str]:
-    """Raw dates D with last_compacted < D < today, ascending; no state: yesterday only.
+@dataclass(frozen=True)
+class Days:
+    """The days of one run (see `plan_days`)."""
 
-    Only days with raw data count: a day the raw store knows nothing of is never
-    declared ready (an empty or wrong bucket must not look like a quiet day).
-    """
+    #: Days whose partitions are planned, ascending.
+    run: list[str]
+    #: Days whose completion may move last_compacted_date, ascending (every calendar day
+    #: after it and before today, raw data or not); empty: this run never moves it.
+    ready: list[str]
+    #: The days of `ready` without raw data -> whether they count as ready (`empty_day_ready`).
+    empty: dict[str, bool]
+
+
+def pending_days(today: date, last_compacted: str | None, raw_dates: Sequence[str]) -> list[str]:
+    """Calendar days D with last_compacted < D < today; with no state, yesterday if it has
+    raw data (a fresh start never vouches for days it knows nothing of)."""
+    yesterday = today - timedelta(days=1)
     if last_compacted is None:
-        yesterday = format_day(today - timedelta(days=1))
-        return [yesterday] if yesterday in raw_dates else []
-    end = format_day(today)
-    return sorted(d for d in set(raw_dates) if last_compacted < d < end)
+        return [format_day(yesterday)] if format_day(yesterday) in raw_dates else []
+    first = parse_day(last_compacted) + timedelta(days=1)
+    return [format_day(first + timedelta(days=n)) for n in range((yesterday - first).days + 1)]
+
+
+def empty_day_ready(day: str, today: date, raw_dates: Sequence[str], grace_days: int) -> bool:
+    """Whether a day without raw data counts as ready.
+
+    Only once `grace_days` full days have passed since it ended (late uploads land
+    first) and a later day has raw data (the collector is alive: the gap is real, not
+    a collector that stopped or a wrong bucket).
+    """
+    aged = (today - parse_day(day)).days > grace_days
+    return aged and any(d > day for d in raw_dates)
 
 
 def plan_days(
@@ -172,16 +214,36 @@ def plan_days(
     last_compacted: str | None,
     raw_dates: Sequence[str],
     backfill: tuple[date, date] | None = None,
-) -> tuple[list[str], list[str]]:
-    """(days to run, days whose completion may move last_compacted_date)."""
-    pending = catch_up_days(today, last_compacted, raw_dates)
+    *,
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS,
+    empty_day_grace: int = DEFAULT_EMPTY_DAY_GRACE,
+    retry_days: Sequence[str] = (),
+) -> Days:
+    """The days a run covers, those that may move readiness, and the empty ones.
+
+    catch-up: the pending days with raw data, the `lookback_days` raw days at or before
+    last_compacted_date, and `retry_days` (days at or before it with a partition not
+    `success`); daily: yesterday. Both may move readiness over the pending days.
+    backfill: the range, never moves readiness.
+    """
     if mode is Mode.BACKFILL:
         assert backfill is not None
         first, last = backfill
-        return [format_day(first + timedelta(days=n)) for n in range((last - first).days + 1)], []
+        days = [format_day(first + timedelta(days=n)) for n in range((last - first).days + 1)]
+        return Days(days, [], {})
+    raw = set(raw_dates)
+    pending = pending_days(today, last_compacted, raw_dates)
+    empty = {d: empty_day_ready(d, today, raw_dates, empty_day_grace)
+             for d in pending if d not in raw}
     if mode is Mode.DAILY:
-        return [format_day(today - timedelta(days=1))], pending
-    return pending, pending
+        return Days([format_day(today - timedelta(days=1))], pending, empty)
+    run = {d for d in pending if d in raw}
+    if last_compacted is not None:
+        start = format_day(parse_day(last_compacted) - timedelta(days=max(0, lookback_days - 1)))
+        if lookback_days > 0:
+            run |= {d for d in raw if start <= d <= last_compacted}
+        run |= {d for d in retry_days if d in raw and d <= last_compacted}
+    return Days(sorted(run), pending, empty)
 
 
 # --------------------------------------------------------------------------- partitions
@@ -196,6 +258,8 @@ class PlanOptions:
     filters: Filters = field(default_factory=Filters)
     overwrite: bool = False
     retry_quarantine: bool = False
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
+    empty_day_grace: int = DEFAULT_EMPTY_DAY_GRACE
 
     @property
     def filtered(self) -> bool:
@@ -204,20 +268,35 @@ class PlanOptions:
 
 
 def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOptions) -> Plan:
-    """Walk the raw store, choose the days, list each partition and decide for it."""
+    """Walk the raw store, choose the days, list each partition and decide for it.
+
+    A partition that cannot be listed or read is planned `fail` (recorded, retried by
+    the next run); only a store that is unusable as a whole (StoreConfigError) stops.
+    """
     inventory: Inventory = walk(raw, options.filters)
     last = state.last_compacted_date
-    days, ready = plan_days(options.mode, options.today, last, inventory.dates, options.backfill)
+    retry = state.days_not_success(last) if last and options.mode is Mode.CATCH_UP else set()
+    days = plan_days(options.mode, options.today, last, inventory.dates, options.backfill,
+                     lookback_days=options.lookback_days,
+                     empty_day_grace=options.empty_day_grace, retry_days=sorted(retry))
+    ready, empty = days.ready, days.empty
     if options.filtered:
-        ready = []  # a narrowed run never vouches for a whole day
-    pids = [pid for day in days for pid in inventory.partitions(day)]
+        ready, empty = [], {}  # a narrowed run never vouches for a whole day
+    pids = [pid for day in days.run for pid in inventory.partitions(day)]
 
     def decide_one(pid: PartitionId) -> PlannedPartition:
-        partition = list_partition(raw, pid)
-        return decide(partition, read_meta(compact, pid), state.get(pid), options)
+        try:
+            partition = list_partition(raw, pid)
+            published = read_published(compact, pid)
+        except StoreConfigError:
+            raise
+        except StoreError as exc:
+            return PlannedPartition(Partition(pid), Action.FAIL, Reason.UNREADABLE,
+                                    one_line(str(exc), 300))
+        return decide(partition, published, state.get(pid), options)
 
     planned = _parallel_map(decide_one, pids)
-    return Plan(options.mode, format_day(options.today), days, ready, last, planned)
+    return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty)
 
 
 def _parallel_map(
@@ -231,14 +310,14 @@ def _parallel_map(
 
 def decide(
     partition: Partition,
-    meta: dict[str, Any] | None,
+    published: Published,
     entry: PartitionState | None,
     options: PlanOptions,
 ) -> PlannedPartition:
     """Compact or skip one partition, with the reason the plan and the log show."""
 
     def plan(action: Action, reason: Reason, detail: str = "") -> PlannedPartition:
-        return PlannedPartition(partition, action, reason, detail, meta)
+        return PlannedPartition(partition, action, reason, detail, published)
 
     if partition.file_count == 0:
         return plan(Action.SKIP, Reason.NO_DATA)
@@ -251,11 +330,14 @@ def decide(
         return plan(Action.SKIP, Reason.QUARANTINED, entry.error or "")
     if options.overwrite:
         return plan(Action.COMPACT, Reason.OVERWRITE)
-    if meta is None:
+    mismatch = published.mismatch()
+    if mismatch is not None:
+        return plan(Action.COMPACT, Reason.MISMATCHED, mismatch)
+    if published.meta is None:
         return plan(Action.COMPACT, Reason.NEW)
-    if meta.get("source_fingerprint") == partition.fingerprint:
+    if published.current_for(partition.fingerprint):
         return plan(Action.SKIP, Reason.UP_TO_DATE)
-    before = meta.get("source_files")
+    before = published.meta.source_files
     return plan(
         Action.COMPACT, Reason.CHANGED, f"{before} files then, {partition.file_count} now"
     )

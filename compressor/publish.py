@@ -1,21 +1,21 @@
 """Compact one partition: download, merge, verify, publish with meta.json as commit marker.
 
-Publish order (any crash leaves a reader-consistent bucket):
+Publish order (README "Guarantees"; any crash or pause leaves a reader-consistent
+bucket):
 
 1. delete the old meta.json if there is one (the partition disappears for readers);
 2. upload data.parquet (multipart when large);
-3. put meta.json last.
+3. put meta.json last, naming the uploaded data.parquet by its ETag.
 
-So whenever meta.json is visible, the data.parquet beside it is the one it
-describes (rows, sha256), also during --overwrite. A lease check (`fence`) runs
-right before each of the three writes.
+Each write is conditional on what the writer saw under its lease (`Published`), so
+whenever meta.json is visible, the data.parquet beside it is the one it names, also
+during --overwrite and when a paused writer wakes up after losing its lease.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -34,16 +34,24 @@ import pyarrow.parquet as pq
 from compressor import __version__
 from compressor.discovery import Partition
 from compressor.layout import PartitionId
-from compressor.merge_errors import MergeAborted, MergeInputError
+from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
+from compressor.meta import ORDERING_COLUMNS as META_ORDERING
+from compressor.meta import Meta, Published, read_published
 from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
-from compressor.storage.base import NotFound, ObjectInfo, Store, StoreError, TransientStoreError
+from compressor.storage.base import (
+    ObjectInfo,
+    ObjectUnreadable,
+    PreconditionFailed,
+    Store,
+    StoreError,
+    TransientStoreError,
+)
 from compressor.text import human_size, utc_iso
 
 log = logging.getLogger(__name__)
 
-META_SCHEMA_VERSION = 1
-ORDERING_COLUMNS = ["ts_event", "seq"]
+ORDERING_COLUMNS = list(META_ORDERING)
 #: Raw objects downloaded at once per partition.
 DOWNLOAD_WORKERS = 16
 #: How often a running download checks for a stop request, seconds.
@@ -109,6 +117,18 @@ class RawChangedError(TransientStoreError):
     """A raw object changed between listing and download; retry on the next run."""
 
 
+class RawUnreadableError(StoreError):
+    """One raw object cannot be read (403 from a foreign KMS key, an archived object).
+
+    The partition fails naming `key` (the state's failed_key) and the run goes on;
+    it is retried by the next run, so restoring the object is all it takes.
+    """
+
+    def __init__(self, key: str, cause: ObjectUnreadable) -> None:
+        self.key = key
+        super().__init__(f"{key}: cannot be read: {cause}")
+
+
 @dataclass(frozen=True)
 class CompactSettings:
     tmp_root: Path
@@ -126,7 +146,7 @@ class CompactResult:
     sha256: str
     quality: DayQuality
     merge: MergeResult
-    meta: dict[str, Any]
+    meta: Meta
     skipped_files: list[str] = field(default_factory=list)
 
 
@@ -155,12 +175,17 @@ def compact_partition(
     *,
     should_stop: Callable[[], bool] = _never,
     fence: Callable[[], None] = _no_fence,
+    base: Published | None = None,
 ) -> CompactResult:
     """Compact and publish one partition; its temp dir is removed whatever happens.
 
+    `base` is the partition's outputs as read under the lease (read now when None):
+    the publish replaces exactly them (see `publish`).
     Raises BadInputError (quarantine), MergeAborted (stop asked), VerificationError,
-    and StoreError/OSError from the stores and the disk.
+    PublishConflict, and StoreError/OSError from the stores and the disk.
     """
+    if base is None:
+        base = read_published(compact, partition.pid)
     settings.tmp_root.mkdir(parents=True, exist_ok=True)
     _check_room(partition, settings.tmp_root)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
@@ -182,9 +207,9 @@ def compact_partition(
                           time.monotonic() - started)
         if should_stop():  # last moment to give up cheaply: nothing published yet
             raise MergeAborted("interrupted before publishing")
-        publish(compact, partition, output, meta, fence)
+        final = publish(compact, partition, output, meta, base, fence)
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
-                             merged, meta, skipped_keys)
+                             merged, final, skipped_keys)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -222,7 +247,10 @@ def download(
     def fetch(path: Path, listed: ObjectInfo) -> None:
         if stop.is_set():
             return
-        got = raw.get_file(listed.key, path)
+        try:
+            got = raw.get_file(listed.key, path)
+        except ObjectUnreadable as exc:
+            raise RawUnreadableError(listed.key, exc) from None
         if got.size != listed.size or got.etag != listed.etag:  # ObjectInfo ETags are unquoted
             raise RawChangedError(f"{listed.key}: raw object changed since it was listed")
 
@@ -269,6 +297,9 @@ def _merge(
             result = merge_files(paths, output, tmp_dir=spill, settings=settings.merge,
                                  on_batch=quality, should_stop=should_stop)
             return result, quality.result(), skipped
+        except MergeResourceError as exc:  # the machine's fault, not the object's
+            key = keys.get(Path(exc.path), exc.path)
+            raise MergeResourceError(key, "reading it", exc) from None
         except MergeInputError as exc:
             key = keys.get(Path(exc.path), exc.path)
             if not (settings.skip_corrupt and exc.corrupt and Path(exc.path) in keys):
@@ -342,65 +373,113 @@ def build_meta(
     merged: MergeResult,
     skipped_keys: list[str],
     seconds: float,
-) -> dict[str, Any]:
-    """meta.json: BRIEF §2 keys, the source fingerprint, and the merge figures."""
+) -> Meta:
+    """meta.json: BRIEF §2 keys, the source fingerprint, and the merge figures.
+
+    `data_etag` is filled in by `publish` once the store has named the upload."""
     figures = asdict(merged)
     figures.pop("columns", None)
     figures["seconds"] = round(seconds, 3)
-    meta: dict[str, Any] = {
-        "schema_version": META_SCHEMA_VERSION,
-        "rows": verified.rows,
-        "ts_event_min": verified.ts_event_min,
-        "ts_event_max": verified.ts_event_max,
-        "ordering_columns": list(ORDERING_COLUMNS),
-        "sha256": verified.sha256,
-        "size_bytes": verified.size_bytes,
-        "source_files": partition.file_count - len(skipped_keys),
-        "source_fingerprint": partition.fingerprint,
-        "stream_type": partition.pid.stream,
-        "day_quality": quality.to_dict(),
-        "post_filter_version": POST_FILTER_VERSION,
-        "compactor_version": __version__,
-        "created_at": utc_iso(time.time()),
-        "merge": figures,
-    }
-    if skipped_keys:
-        meta["skipped_files"] = list(skipped_keys)
-    return meta
+    return Meta(
+        rows=verified.rows,
+        ts_event_min=verified.ts_event_min,
+        ts_event_max=verified.ts_event_max,
+        sha256=verified.sha256,
+        size_bytes=verified.size_bytes,
+        source_files=partition.file_count - len(skipped_keys),
+        source_fingerprint=partition.fingerprint,
+        stream_type=partition.pid.stream,
+        skipped_files=tuple(skipped_keys),
+        extra={
+            "day_quality": quality.to_dict(),
+            "post_filter_version": POST_FILTER_VERSION,
+            "compactor_version": __version__,
+            "created_at": utc_iso(time.time()),
+            "merge": figures,
+        },
+    )
 
 
-def read_meta(compact: Store, pid: PartitionId) -> dict[str, Any] | None:
-    """The partition's published meta.json, or None (absent or unreadable: recompact)."""
-    try:
-        data, _ = compact.get_bytes(pid.meta_key)
-    except NotFound:
-        return None
-    try:
-        meta = json.loads(data)
-    except ValueError:
-        log.warning("%s: not JSON; the partition will be compacted again", pid.meta_key)
-        return None
-    return meta if isinstance(meta, dict) else None
+class PublishConflict(TransientStoreError):
+    """Another writer changed the partition's outputs after this one read them.
+
+    `published` is what the store holds now: the job counts the partition up to
+    date when that is a whole pair of the same raw listing, else failed (retried).
+    """
+
+    def __init__(self, message: str, published: Published) -> None:
+        super().__init__(message)
+        self.published = published
 
 
 def publish(
     compact: Store,
     partition: Partition,
     data_path: Path,
-    meta: dict[str, Any],
+    meta: Meta,
+    base: Published,
     fence: Callable[[], None] = _no_fence,
-) -> None:
-    """Delete old meta.json, upload data.parquet, put meta.json last (see module doc)."""
+) -> Meta:
+    """Replace exactly the pair `base` saw with ours, meta.json last; the Meta written.
+
+    1. delete the old meta.json, If-Match its ETag in `base` (readers stop seeing it);
+    2. upload data.parquet, If-Match the ETag in `base` (If-None-Match when absent);
+    3. put meta.json, naming the uploaded ETag, If-None-Match.
+
+    Every write is conditional on what the writer saw under its lease, so a writer
+    paused past its lease (whose fence check passed before the pause) cannot
+    overwrite a newer pair: its write fails with PublishConflict. The fence still
+    runs before each write, so a writer that knows it lost the lease stops early.
+    """
     pid = partition.pid
-    if compact.head(pid.meta_key) is not None:
+    try:
+        if base.meta_etag is not None:
+            fence()
+            compact.delete(pid.meta_key, if_match=base.meta_etag)
         fence()
-        compact.delete(pid.meta_key)
-    fence()
-    uploaded = compact.put_file(pid.data_key, data_path)
-    if uploaded.size != meta["size_bytes"]:
+        if base.data is not None:
+            uploaded = compact.put_file(pid.data_key, data_path, if_match=base.data.etag)
+        else:
+            uploaded = compact.put_file(pid.data_key, data_path, if_none_match=True)
+    except PreconditionFailed:
+        raise _conflict(compact, pid, "changed by another run since this one read them") from None
+    if uploaded.size != meta.size_bytes:
         raise TransientStoreError(
-            f"{pid.data_key}: uploaded {uploaded.size} bytes, expected {meta['size_bytes']}"
+            f"{pid.data_key}: uploaded {uploaded.size} bytes, expected {meta.size_bytes}"
         )
+    final = meta.with_data(uploaded)
     fence()
-    body = json.dumps(meta, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-    compact.put_bytes(pid.meta_key, body)
+    try:
+        compact.put_bytes(pid.meta_key, final.to_bytes(), if_none_match=True)
+    except PreconditionFailed:
+        _settle_meta_race(compact, pid, final, fence)
+    return final
+
+
+def _settle_meta_race(compact: Store, pid: PartitionId, final: Meta, fence: Callable[[], None]
+                      ) -> None:
+    """Our meta.json put found another: a writer that lost its lease put its own meta.json
+    after we uploaded data.parquet. Ours is the data beside it, so, still holding the
+    lease, replace that meta.json (which names another data.parquet) with ours."""
+    now = read_published(compact, pid)
+    if now.consistent or not final.describes(now.data) or now.meta_etag is None:
+        raise _conflict(compact, pid, "meta.json put by another run meanwhile", now)
+    log.warning("%s: %s; replacing it with ours", pid.state_key, now.mismatch())
+    fence()
+    try:
+        compact.delete(pid.meta_key, if_match=now.meta_etag)
+        compact.put_bytes(pid.meta_key, final.to_bytes(), if_none_match=True)
+    except PreconditionFailed:
+        raise _conflict(compact, pid, "meta.json changed by another run meanwhile") from None
+
+
+def _conflict(
+    compact: Store, pid: PartitionId, what: str, published: Published | None = None
+) -> PublishConflict:
+    if published is None:
+        try:
+            published = read_published(compact, pid)
+        except StoreError:
+            published = Published()
+    return PublishConflict(f"{pid.prefix}: outputs {what}; nothing of ours is visible",
+                           published)

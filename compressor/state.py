@@ -518,6 +518,23 @@ class StateStore:
         with self._lock:
             return sorted(set(doc["partitions"]) | set(self._pending))
 
+    def days_not_success(self, until: str) -> set[str]:
+        """Days at or before `until` with an entry whose status is not `success`.
+
+        A catch-up runs these days again (README "Readiness"): a killed --overwrite
+        backfill or a failure on a day already counted ready is retried by the next
+        nightly run, without anyone having to remember it.
+        """
+        doc = self._document()
+        with self._lock:
+            raws = list(doc["partitions"].items())
+            queued = {k: e.status for k, e in self._pending.items()}
+        days = {key[-8:] for key, raw in raws
+                if key[-8:] <= until and queued.get(key, raw.get("status")) != "success"}
+        days |= {key[-8:] for key, status in queued.items()
+                 if key[-8:] <= until and status != "success"}
+        return days
+
     def snapshot(self) -> StateSnapshot:
         """Every entry (as `get` gives it), last_compacted_date and updated_at."""
         entries = {key: self.get(key) for key in self.partition_keys()}

@@ -162,11 +162,11 @@ class FlakyLocalStore(LocalStore):
     """A real LocalStore that raises chosen errors on chosen operations and keys.
 
     `fail(op, prefix, error, times)` makes `op` ('list_objects', 'get_bytes', 'get_file',
-    'put_bytes', 'put_file', 'remove_stale_partials') raise `error` for keys (or listing
+    'put_bytes', 'put_file', 'delete', 'remove_stale_partials') raise `error` for keys (or listing
     prefixes) starting with `prefix`, `times` times (None: until `clear()`).
     """
 
-    OPS = ("list_objects", "get_bytes", "get_file", "put_bytes", "put_file",
+    OPS = ("list_objects", "get_bytes", "get_file", "put_bytes", "put_file", "delete",
            "remove_stale_partials")
 
     def __init__(self, root: Path | str) -> None:
@@ -207,9 +207,14 @@ class FlakyLocalStore(LocalStore):
         self._fault("put_bytes", key)
         return super().put_bytes(key, data, if_match=if_match, if_none_match=if_none_match)
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(self, key: str, path: Path, *, if_match: str | None = None,
+                 if_none_match: bool = False) -> ObjectInfo:
         self._fault("put_file", key)
-        return super().put_file(key, path)
+        return super().put_file(key, path, if_match=if_match, if_none_match=if_none_match)
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        self._fault("delete", key)
+        super().delete(key, if_match=if_match)
 
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         self._fault("remove_stale_partials", "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -13,15 +12,18 @@ from hypothesis import strategies as st
 from compressor.discovery import Filters, Partition, list_partition
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId, format_day
+from compressor.meta import Meta, Published
 from compressor.planning import (
+    DEFAULT_EMPTY_DAY_GRACE,
     Action,
+    Days,
     Mode,
     PlanOptions,
     Reason,
     build_plan,
-    catch_up_days,
     check_dates,
     decide,
+    empty_day_ready,
     plan_days,
 )
 from compressor.state import PartitionState, StateStore, ready_date
@@ -42,35 +44,53 @@ NOW = utc_iso(1_795_500_000)
 
 
 def test_daily_is_yesterday_and_only_moves_readiness_over_the_pending_days() -> None:
-    days, ready = plan_days(Mode.DAILY, TODAY, "20261121", ["20261122", "20261123", "20261124"])
-    assert days == ["20261124"]
-    assert ready == ["20261122", "20261123", "20261124"]
+    days = plan_days(Mode.DAILY, TODAY, "20261121", ["20261122", "20261123", "20261124"])
+    assert days == Days(["20261124"], ["20261122", "20261123", "20261124"], {})
 
 
-def test_catch_up_runs_every_raw_day_after_the_last_compacted_and_before_today() -> None:
-    raw = ["20261119", "20261120", "20261122", "20261124", "20261125", "20261126"]
-    days, ready = plan_days(Mode.CATCH_UP, TODAY, "20261120", raw)
-    assert days == ready == ["20261122", "20261124"]
+def test_catch_up_covers_pending_raw_days_the_lookback_and_marks_empty_days() -> None:
+    raw = ["20261117", "20261119", "20261120", "20261122", "20261124", "20261125"]
+    days = plan_days(Mode.CATCH_UP, TODAY, "20261120", raw)
+    # pending raw days 22 and 24, the lookback (18..20) for late files; 17 is too old
+    assert days.run == ["20261119", "20261120", "20261122", "20261124"]
+    assert days.ready == ["20261121", "20261122", "20261123", "20261124"]
+    # 21 ended 4 days ago and later days have data; 23 is still within its grace
+    assert days.empty == {"20261121": True, "20261123": False}
+    assert plan_days(Mode.CATCH_UP, TODAY, "20261120", raw, lookback_days=0).run == [
+        "20261122", "20261124"]
+
+
+def test_catch_up_retries_days_at_or_before_the_watermark_with_unfinished_partitions() -> None:
+    raw = ["20261101", "20261110", "20261122"]
+    days = plan_days(Mode.CATCH_UP, TODAY, "20261122", raw,
+                     retry_days=["20261101", "20261105", "20261123"])
+    # 1105 has no raw data any more; 1123 is after the watermark (pending anyway)
+    assert days.run == ["20261101", "20261122"]
+
+
+def test_empty_days_wait_for_their_grace_and_for_later_data() -> None:
+    assert not empty_day_ready("20261123", TODAY, ["20261124"], grace_days=2)
+    assert empty_day_ready("20261122", TODAY, ["20261124"], grace_days=2)
+    assert not empty_day_ready("20261122", TODAY, ["20261121"], grace_days=2)  # collector quiet
+    assert empty_day_ready("20261124", TODAY, ["20261125"], grace_days=0)
 
 
 def test_catch_up_without_state_is_yesterday_only() -> None:
-    days, ready = plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123", "20261124"])
-    assert days == ready == ["20261124"]
+    days = plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123", "20261124"])
+    assert days == Days(["20261124"], ["20261124"], {})
 
 
-def test_a_day_without_raw_data_is_never_declared_ready() -> None:
-    assert plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123"]) == ([], [])
-    assert plan_days(Mode.DAILY, TODAY, None, ["20261123"]) == (["20261124"], [])
-    assert plan_days(Mode.DAILY, TODAY, "20261123", ["20261123"]) == (["20261124"], [])
+def test_a_fresh_start_never_vouches_for_a_day_without_raw_data() -> None:
+    assert plan_days(Mode.CATCH_UP, TODAY, None, ["20261101", "20261123"]) == Days([], [], {})
+    assert plan_days(Mode.DAILY, TODAY, None, ["20261123"]) == Days(["20261124"], [], {})
 
 
 def test_backfill_is_the_inclusive_range_and_never_moves_readiness() -> None:
     rng = check_dates(Mode.BACKFILL, TODAY, "20261120", "20261122")
-    days, ready = plan_days(Mode.BACKFILL, TODAY, "20261101", [], rng)
-    assert days == ["20261120", "20261121", "20261122"]
-    assert ready == []
+    days = plan_days(Mode.BACKFILL, TODAY, "20261101", [], rng)
+    assert days == Days(["20261120", "20261121", "20261122"], [], {})
     one = check_dates(Mode.BACKFILL, TODAY, "20261124", None)
-    assert plan_days(Mode.BACKFILL, TODAY, None, [], one)[0] == ["20261124"]
+    assert plan_days(Mode.BACKFILL, TODAY, None, [], one).run == ["20261124"]
 
 
 @pytest.mark.parametrize(
@@ -102,20 +122,23 @@ days_st = st.integers(min_value=0, max_value=60).map(
     raw=st.lists(days_st, max_size=30),
     last=st.one_of(st.none(), days_st),
     today_offset=st.integers(min_value=0, max_value=70),
-    done=st.lists(st.booleans(), min_size=70, max_size=70),
+    done=st.lists(st.booleans(), min_size=71, max_size=71),
 )
 def test_readiness_never_passes_a_day_not_done(
     raw: list[str], last: str | None, today_offset: int, done: list[bool]
 ) -> None:
     today = date(2026, 10, 1) + timedelta(days=today_offset)
-    days = catch_up_days(today, last, raw)
-    assert days == sorted(set(days))
-    assert all(d < format_day(today) for d in days)
-    assert all(last is None or d > last for d in days)
-    outcome = dict(zip(days, done, strict=False))
-    new = ready_date(last, [(d, outcome[d]) for d in days])
+    days = plan_days(Mode.CATCH_UP, today, last, raw)
+    assert days.run == sorted(set(days.run)) and set(days.run) <= set(raw)
+    assert all(d < format_day(today) for d in days.run + days.ready)
+    assert set(days.empty) == {d for d in days.ready if d not in raw}
+    assert all(d in days.run for d in days.ready if d in raw)
+    outcome = {d: days.empty.get(d, done[n]) for n, d in enumerate(days.ready)}
+    new = ready_date(last, [(d, outcome[d]) for d in days.ready])
     if new is not None and new != last:
-        assert all(outcome[d] for d in days if d <= new)
+        assert all(outcome[d] for d in days.ready if d <= new)
+        assert all(d in raw or empty_day_ready(d, today, raw, DEFAULT_EMPTY_DAY_GRACE)
+                   for d in days.ready if d <= new)
         assert new < format_day(today)
     assert new is None or last is None or new >= last
 
@@ -123,8 +146,19 @@ def test_readiness_never_passes_a_day_not_done(
 # --------------------------------------------------------------------------- decisions
 
 
-def _meta(fingerprint: str, files: int = 2) -> dict[str, object]:
-    return {"source_fingerprint": fingerprint, "source_files": files, "rows": 5}
+def _meta(fingerprint: str, files: int = 2, etag: str | None = "d1") -> Meta:
+    return Meta(rows=5, ts_event_min=1, ts_event_max=2, sha256="0" * 64, size_bytes=9,
+                source_files=files, source_fingerprint=fingerprint, stream_type="trade",
+                data_etag=etag)
+
+
+def _published(fingerprint: str, files: int = 2, etag: str | None = "d1",
+               data_etag: str | None = "d1") -> Published:
+    data = ObjectInfo(PID.data_key, 9, data_etag) if data_etag else None
+    return Published(_meta(fingerprint, files, etag), "m1", data)
+
+
+NOTHING = Published()
 
 
 def _quarantined(key: str | None) -> PartitionState:
@@ -135,31 +169,46 @@ def _quarantined(key: str | None) -> PartitionState:
 def test_decisions() -> None:
     opts = PlanOptions(today=TODAY)
     fp = PART.fingerprint
-    assert decide(PART, None, None, opts).reason is Reason.NEW
-    up = decide(PART, _meta(fp), None, opts)
+    assert decide(PART, NOTHING, None, opts).reason is Reason.NEW
+    up = decide(PART, _published(fp), None, opts)
     assert (up.action, up.reason) == (Action.SKIP, Reason.UP_TO_DATE)
-    changed = decide(PART, _meta("old", 1), None, opts)
+    changed = decide(PART, _published("old", 1), None, opts)
     assert (changed.action, changed.reason) == (Action.COMPACT, Reason.CHANGED)
     assert "1 files then, 2 now" in changed.describe
-    forced = decide(PART, _meta(fp), None, PlanOptions(today=TODAY, overwrite=True))
+    forced = decide(PART, _published(fp), None, PlanOptions(today=TODAY, overwrite=True))
     assert (forced.action, forced.reason) == (Action.COMPACT, Reason.OVERWRITE)
-    empty = decide(Partition(PID, ()), None, None, opts)
+    empty = decide(Partition(PID, ()), NOTHING, None, opts)
     assert (empty.action, empty.reason) == (Action.SKIP, Reason.NO_DATA)
     failed = PartitionState.failure(status="failed", error="reset", started_at=NOW)
-    assert decide(PART, None, failed, opts).action is Action.COMPACT
+    assert decide(PART, NOTHING, failed, opts).action is Action.COMPACT
+
+
+@pytest.mark.parametrize(("published", "needle"), [
+    (_published(PART.fingerprint, data_etag="other"), "but other (9 bytes) is there"),
+    (_published(PART.fingerprint, data_etag=None), "visible without its data.parquet"),
+    (_published(PART.fingerprint, etag=None), "names no data.parquet ETag"),
+    (Published(None, "m1", None, problem="malformed meta.json: rows: missing"), "rows: missing"),
+])
+def test_a_pair_that_is_not_whole_is_compacted_again_even_with_the_same_listing(
+    published: Published, needle: str
+) -> None:
+    decision = decide(PART, published, None, PlanOptions(today=TODAY))
+    assert (decision.action, decision.reason) == (Action.COMPACT, Reason.MISMATCHED)
+    assert needle in decision.describe
 
 
 def test_quarantined_partitions_wait_for_the_operator() -> None:
     opts = PlanOptions(today=TODAY)
     bad = _quarantined(FILES[1].key)
-    skip = decide(PART, None, bad, opts)
+    skip = decide(PART, NOTHING, bad, opts)
     assert (skip.action, skip.reason) == (Action.SKIP, Reason.QUARANTINED)
     assert FILES[1].key in skip.describe
     # even --overwrite does not retry a quarantine by itself
-    assert decide(PART, None, bad, PlanOptions(today=TODAY, overwrite=True)).action is Action.SKIP
-    retry = decide(PART, None, bad, PlanOptions(today=TODAY, retry_quarantine=True))
+    forced = decide(PART, NOTHING, bad, PlanOptions(today=TODAY, overwrite=True))
+    assert forced.action is Action.SKIP
+    retry = decide(PART, NOTHING, bad, PlanOptions(today=TODAY, retry_quarantine=True))
     assert (retry.action, retry.reason) == (Action.COMPACT, Reason.RETRY_QUARANTINE)
-    gone = decide(PART, None, _quarantined(PID.prefix + "part-0-000000.parquet"), opts)
+    gone = decide(PART, NOTHING, _quarantined(PID.prefix + "part-0-000000.parquet"), opts)
     assert (gone.action, gone.reason) == (Action.COMPACT, Reason.QUARANTINE_KEY_GONE)
 
 
@@ -179,8 +228,10 @@ def test_plan_reads_meta_and_touches_nothing(tmp_path: Path) -> None:
     for spec in specs:
         put_partition(raw, spec, tmp_path)
     done = specs[0].partition
-    compact.put_bytes(done.meta_key, json.dumps(
-        _meta(list_partition(raw, done).fingerprint)).encode())
+    data = compact.put_bytes(done.data_key, b"not parquet, only named by meta.json")
+    meta = _meta(list_partition(raw, done).fingerprint)
+    compact.put_bytes(done.meta_key, Meta(**{**meta.__dict__, "size_bytes": 36,
+                                             "data_etag": data}).to_bytes())
     before = (store_listing(raw), store_listing(compact))
     state = StateStore(compact)
     backfill = (date(2026, 11, 23), date(2026, 11, 24))

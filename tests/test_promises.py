@@ -1,0 +1,357 @@
+"""The README's promises under real timing: paused writers, late and missing days,
+outputs changed behind a run's back, unreadable objects.
+
+Each interleaving is played exactly, in one process, on both stores (the compact
+store is the `store` fixture: LocalStore, then S3Store on a moto server over HTTP).
+A "pause" is a run whose fence check passed and that then does nothing while the
+other run works: here the paused run's fence callback plays the other run to its
+end before returning. Real SIGSTOPped processes are in bench/chaos.py (and its
+five trials in tests/test_chaos.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compressor.discovery import Partition, list_partition
+from compressor.generator import PartitionSpec
+from compressor.job import Job, Status
+from compressor.lease import LeaseManager
+from compressor.meta import Published, read_published
+from compressor.planning import Action, Mode, PlanOptions, Reason, build_plan
+from compressor.publish import CompactSettings, PublishConflict, compact_partition
+from compressor.state import PartitionState, StateStore
+from compressor.storage import LocalStore, Store
+from compressor.storage.base import ObjectUnreadable
+from compressor.text import utc_iso
+from tests.conftest import FlakyLocalStore, put_partition
+
+DAY = "20261123"
+TODAY = date(2026, 11, 25)
+
+
+def _spec(**kw: Any) -> PartitionSpec:
+    base: dict[str, Any] = {"exchange": "okx", "stream": "bbo", "symbol": "btcusdt",
+                            "date": DAY, "files": 4, "rows_per_file": 120}
+    base.update(kw)
+    return PartitionSpec(**base)
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> LocalStore:
+    (tmp_path / "raw").mkdir()
+    return LocalStore(tmp_path / "raw")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> CompactSettings:
+    return CompactSettings(tmp_root=tmp_path / "work", download_workers=2)
+
+
+def _add_late_file(raw: Store, part: Partition) -> Partition:
+    """A late raw file lands (a copy of the first one under a later name)."""
+    late = part.pid.prefix + "part-9999999999-000001.parquet"
+    raw.put_bytes(late, raw.get_bytes(part.files[0].key)[0])
+    return list_partition(raw, part.pid)
+
+
+def _whole_pair_of(compact: Store, part: Partition) -> Published:
+    now = read_published(compact, part.pid)
+    assert now.mismatch() is None, now.mismatch()
+    assert now.current_for(part.fingerprint), "the published pair is not from this listing"
+    return now
+
+
+def _pausing_fence(at_call: int, pause: Callable[[], None]) -> Callable[[], None]:
+    """A fence that passes, and on its `at_call`-th call 'pauses': runs `pause` first."""
+    calls = [0]
+
+    def fence() -> None:
+        calls[0] += 1
+        if calls[0] == at_call:
+            pause()
+
+    return fence
+
+
+# ------------------------------------------------------------------ paused writers
+
+
+@pytest.mark.parametrize("republish", [False, True], ids=["first-publish", "overwrite"])
+def test_a_writer_paused_before_meta_json_cannot_put_it_over_a_newer_pair(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path, republish: bool
+) -> None:
+    put_partition(raw, _spec(), tmp_path)
+    old = list_partition(raw, _spec().partition)
+    if republish:
+        compact_partition(old, raw, store, settings)
+    newer: list[Partition] = []
+
+    def other_run_takes_over() -> None:  # A's lease expired; B publishes a late file
+        newer.append(_add_late_file(raw, old))
+        compact_partition(newer[0], raw, store, settings)
+
+    fence = _pausing_fence(3 if republish else 2, other_run_takes_over)  # before meta.json
+    with pytest.raises(PublishConflict):
+        compact_partition(old, raw, store, settings, fence=fence)
+    now = _whole_pair_of(store, newer[0])
+    assert now.meta is not None and now.meta.source_files == old.file_count + 1
+
+
+def test_a_writer_paused_before_its_upload_cannot_overwrite_a_newer_data_parquet(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    put_partition(raw, _spec(), tmp_path)
+    old = list_partition(raw, _spec().partition)
+    compact_partition(old, raw, store, settings)
+    newer: list[Partition] = []
+
+    def other_run_takes_over() -> None:
+        newer.append(_add_late_file(raw, old))
+        compact_partition(newer[0], raw, store, settings)
+
+    fence = _pausing_fence(2, other_run_takes_over)  # after its delete, before its upload
+    with pytest.raises(PublishConflict):
+        compact_partition(old, raw, store, settings, fence=fence)
+    _whole_pair_of(store, newer[0])
+
+
+def test_a_meta_json_put_by_a_writer_that_lost_its_lease_is_replaced_by_the_holder(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    """A uploads data.parquet and pauses before meta.json; B takes over and uploads its
+    data.parquet; A wakes up and puts its meta.json (nothing is there to stop it); B's
+    meta.json put then finds A's, which names another data.parquet, and replaces it."""
+    put_partition(raw, _spec(), tmp_path)
+    old = list_partition(raw, _spec().partition)
+    paused_a: list[bytes] = []
+
+    def capture_a() -> None:  # A's last fence: keep what A would put, and stop A here
+        raise _Paused()
+
+    with pytest.raises(_Paused):
+        compact_partition(old, raw, store, settings, fence=_pausing_fence(2, capture_a))
+    a_data = store.head(old.pid.data_key)
+    assert a_data is not None and store.head(old.pid.meta_key) is None
+    newer = _add_late_file(raw, old)
+
+    def a_wakes_up_and_puts_its_meta() -> None:
+        fake = read_published(store, old.pid)
+        assert fake.meta is None
+        doc = {"schema_version": 1, "rows": 1, "ts_event_min": 1, "ts_event_max": 1,
+               "ordering_columns": ["ts_event", "seq"], "sha256": "0" * 64,
+               "size_bytes": a_data.size, "source_files": old.file_count,
+               "source_fingerprint": old.fingerprint, "stream_type": "bbo",
+               "data_etag": a_data.etag}
+        paused_a.append(json.dumps(doc).encode())
+        store.put_bytes(old.pid.meta_key, paused_a[0], if_none_match=True)
+
+    compact_partition(newer, raw, store, settings,
+                      fence=_pausing_fence(2, a_wakes_up_and_puts_its_meta))
+    assert paused_a, "A's meta.json was put"
+    _whole_pair_of(store, newer)
+
+
+class _Paused(Exception):
+    pass
+
+
+def test_planning_and_the_job_repair_a_pair_that_is_not_whole(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    store.put_bytes(part.pid.data_key, b"someone else's bytes")  # behind the job's back
+    state = StateStore(store)
+    options = PlanOptions(mode=Mode.BACKFILL, today=TODAY,
+                          backfill=(date(2026, 11, 23), date(2026, 11, 23)))
+    plan = build_plan(raw, store, state, options)
+    (planned,) = plan.partitions
+    assert (planned.action, planned.reason) == (Action.COMPACT, Reason.MISMATCHED)
+    report = Job(plan, raw, store, state, settings, LeaseManager(store, auto_renew=False)).run()
+    assert [o.status for o in report.outcomes] == [Status.SUCCESS]
+    _whole_pair_of(store, part)
+
+
+# ------------------------------------------------------------------ readiness against the truth
+
+
+def _catch_up(raw: Store, compact: Store, state: StateStore, settings: CompactSettings,
+              today: date = TODAY, **kw: Any) -> Job:
+    plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.CATCH_UP, today=today, **kw))
+    return Job(plan, raw, compact, state, settings, LeaseManager(compact, auto_renew=False))
+
+
+def test_an_output_removed_after_planning_is_compacted_again_not_counted_done(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    """A catch-up plans P up to date; a hand-run --overwrite backfill then deletes P's
+    meta.json, records a newer failed attempt and dies. The catch-up must not declare
+    the day ready over an invisible partition."""
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    state = StateStore(store)
+    state.advance_last_compacted("20261122")
+    state.flush()
+    job = _catch_up(raw, store, state, settings)
+    (planned,) = job.plan.partitions
+    assert planned.reason is Reason.UP_TO_DATE
+    # the backfill, between the catch-up's plan and its execution:
+    store.delete(part.pid.meta_key)
+    other = StateStore(store)
+    other.record(part.pid, PartitionState.failure(
+        status="failed", error="interrupted", started_at=utc_iso(time.time())))
+    other.flush()
+    report = job.run()
+    # re-read, found gone, leased and compacted again; the day is whole again
+    assert [o.status for o in report.outcomes] == [Status.SUCCESS]
+    _whole_pair_of(store, part)
+    assert report.last_compacted_after == DAY
+
+
+def test_a_day_is_not_ready_while_a_newer_attempt_says_failed(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    state = StateStore(store)
+    state.advance_last_compacted("20261122")
+    state.flush()
+    job = _catch_up(raw, store, state, settings)
+    other = StateStore(store)  # an attempt that started after this run's and failed
+    other.record(part.pid, PartitionState.failure(
+        status="failed", error="interrupted", started_at=utc_iso(9e9)))
+    other.flush()
+    report = job.run()
+    assert [o.status for o in report.outcomes] == [Status.UP_TO_DATE]
+    assert report.last_compacted_after == "20261122"  # the state says failed: not ready
+    assert json.loads(store.get_bytes("compacted/_state.json")[0])[
+        "last_compacted_date"] == "20261122"
+
+
+def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
+    raw: LocalStore, tmp_path: Path, settings: CompactSettings
+) -> None:
+    (tmp_path / "compact").mkdir()
+    compact = LocalStore(tmp_path / "compact")
+    for day in ("20261102", "20261104"):
+        put_partition(raw, _spec(date=day), tmp_path)
+    state = StateStore(compact)
+    state.advance_last_compacted("20261101")
+    state.flush()
+    first = _catch_up(raw, compact, state, settings, today=date(2026, 11, 5)).run()
+    assert first.plan.days == ["20261102", "20261104"]
+    assert first.last_compacted_after == "20261102"  # 1103 is empty and within its grace
+    put_partition(raw, _spec(date="20261103"), tmp_path)  # uploaded late
+    second = _catch_up(raw, compact, state, settings, today=date(2026, 11, 5)).run()
+    assert [o.pid.date for o in second.outcomes if o.status is Status.SUCCESS] == ["20261103"]
+    assert second.last_compacted_after == "20261104"
+
+
+def test_an_empty_day_counts_once_its_grace_has_passed(
+    raw: LocalStore, tmp_path: Path, settings: CompactSettings
+) -> None:
+    (tmp_path / "compact").mkdir()
+    compact = LocalStore(tmp_path / "compact")
+    for day in ("20261102", "20261104"):
+        put_partition(raw, _spec(date=day), tmp_path)
+    state = StateStore(compact)
+    state.advance_last_compacted("20261101")
+    state.flush()
+    report = _catch_up(raw, compact, state, settings, today=date(2026, 11, 7)).run()
+    assert report.plan.empty_days == {"20261103": True, "20261105": False, "20261106": False}
+    assert report.last_compacted_after == "20261104"
+    assert "empty   20261103" in report.plan.render()
+
+
+def test_a_late_file_on_a_ready_day_is_seen_by_the_lookback(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    state = StateStore(store)
+    state.advance_last_compacted(DAY)
+    state.flush()
+    newer = _add_late_file(raw, part)
+    report = _catch_up(raw, store, state, settings).run()
+    assert [(o.pid.date, o.status) for o in report.outcomes] == [(DAY, Status.SUCCESS)]
+    _whole_pair_of(store, newer)
+    assert _catch_up(raw, store, state, settings, lookback_days=0).plan.days == []
+
+
+def test_a_failed_partition_on_a_ready_day_is_retried_by_the_next_catch_up(
+    raw: LocalStore, tmp_path: Path, settings: CompactSettings
+) -> None:
+    (tmp_path / "compact").mkdir()
+    compact = LocalStore(tmp_path / "compact")
+    put_partition(raw, _spec(date="20261110"), tmp_path)
+    state = StateStore(compact)
+    state.advance_last_compacted("20261120")  # ten days later: far outside the lookback
+    state.record(_spec(date="20261110").partition, PartitionState.failure(
+        status="failed", error="killed --overwrite backfill", started_at=utc_iso(1.7e9)))
+    state.flush()
+    report = _catch_up(raw, compact, state, settings).run()
+    assert [(o.pid.date, o.status) for o in report.outcomes] == [("20261110", Status.SUCCESS)]
+    assert StateStore(compact).get(_spec(date="20261110").partition).status == "success"
+
+
+# ------------------------------------------------------------------ one unreadable object
+
+
+def test_one_unreadable_raw_object_fails_its_partition_and_the_run_goes_on(
+    tmp_path: Path, settings: CompactSettings
+) -> None:
+    for name in ("raw", "compact"):
+        (tmp_path / name).mkdir()
+    raw = FlakyLocalStore(tmp_path / "raw")
+    compact = LocalStore(tmp_path / "compact")
+    bad, good = _spec(symbol="ethusdt"), _spec()
+    bad_keys = put_partition(raw, bad, tmp_path)
+    put_partition(raw, good, tmp_path)
+    raw.fail("get_file", bad_keys[1], ObjectUnreadable(
+        f"get s3://quantlab-raw/{bad_keys[1]}: AccessDenied (HTTP 403)"))
+    state = StateStore(compact)
+    state.advance_last_compacted("20261122")
+    state.flush()
+    report = _catch_up(raw, compact, state, settings).run()
+    by_pid = {o.pid: o for o in report.outcomes}
+    assert by_pid[good.partition].status is Status.SUCCESS
+    failed = by_pid[bad.partition]
+    assert failed.status is Status.FAILED and failed.failed_key == bad_keys[1]
+    assert bad_keys[1] in (failed.error or "")
+    assert report.last_compacted_after == "20261122"
+
+
+def test_a_partition_that_cannot_be_listed_is_recorded_failed_and_the_plan_goes_on(
+    tmp_path: Path, settings: CompactSettings
+) -> None:
+    from compressor.storage.base import TransientStoreError
+
+    for name in ("raw", "compact"):
+        (tmp_path / name).mkdir()
+    raw = FlakyLocalStore(tmp_path / "raw")
+    compact = LocalStore(tmp_path / "compact")
+    bad, good = _spec(symbol="ethusdt"), _spec()
+    put_partition(raw, bad, tmp_path)
+    put_partition(raw, good, tmp_path)
+    raw.fail("list_objects", bad.partition.prefix, TransientStoreError("list: SlowDown"))
+    state = StateStore(compact)
+    job = _catch_up(raw, compact, state, settings, today=date(2026, 11, 24))
+    actions = {p.pid: p.action for p in job.plan.partitions}
+    assert actions == {bad.partition: Action.FAIL, good.partition: Action.COMPACT}
+    report = job.run()
+    assert {o.pid: o.status for o in report.outcomes} == {
+        bad.partition: Status.FAILED, good.partition: Status.SUCCESS}
+    entry = StateStore(compact).get(bad.partition)
+    assert entry is not None and entry.status == "failed" and "SlowDown" in (entry.error or "")
