@@ -54,6 +54,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_RAW_BUCKET = "quantlab-raw"
 DEFAULT_COMPACT_BUCKET = "quantlab-compact"
 DEFAULT_TMP = Path(tempfile.gettempdir()) / "quantlab-compact"
+#: The shortest lease TTL QLC_LEASE_TTL_S may ask for (the renewer runs every TTL/3).
+MIN_LEASE_TTL_S = 2.0
 #: The --demo lake: days before today, and its shape (a few hundred small files).
 DEMO_DAYS = 3
 DEMO_SHAPE: dict[str, Any] = {
@@ -220,10 +222,18 @@ def lease_ttl(env: Mapping[str, str]) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 2 * DEFAULT_SKEW_S:
-        raise UsageError(f"QLC_LEASE_TTL_S: expected seconds above {2 * DEFAULT_SKEW_S:.0f}, "
+    if not value >= MIN_LEASE_TTL_S:
+        raise UsageError(f"QLC_LEASE_TTL_S: expected seconds >= {MIN_LEASE_TTL_S:.0f}, "
                          f"got {text!r}")
     return value
+
+
+def lease_skew(ttl_s: float) -> float:
+    """The leases' clock allowance: DEFAULT_SKEW_S, or a quarter of a shortened TTL.
+
+    Every run judges leases on the store's clock (README "Two runs at once"), right
+    within a second or two, so a shortened TTL can use a small allowance."""
+    return min(DEFAULT_SKEW_S, ttl_s / 4)
 
 
 def open_stores(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Store, Store]:
@@ -303,7 +313,8 @@ def execute(
     log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
              len(plan.to_compact), len(plan.partitions))
     owner = LeaseOwner.current(run_id)
-    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=ttl_s) as leases:
+    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=ttl_s,
+                      skew_s=lease_skew(ttl_s)) as leases:
         clean_dead_runs_leftovers(compact, leases)
         job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop,
                   clock=clock)

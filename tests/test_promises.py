@@ -355,3 +355,60 @@ def test_a_partition_that_cannot_be_listed_is_recorded_failed_and_the_plan_goes_
         bad.partition: Status.FAILED, good.partition: Status.SUCCESS}
     entry = StateStore(compact).get(bad.partition)
     assert entry is not None and entry.status == "failed" and "SlowDown" in (entry.error or "")
+
+
+# ------------------------------------------------------------------ skewed clocks
+
+
+@pytest.fixture
+def s3_store(moto_server: str, s3_bucket: str) -> Store:
+    from tests.conftest import make_s3_store
+
+    return make_s3_store(moto_server, s3_bucket, max_attempts=3)
+
+
+def test_hosts_minutes_apart_never_steal_each_others_live_lease(s3_store: Store) -> None:
+    """Host A 5 min behind, host B 6 min ahead: within the 15 min the S3 check allows.
+    Judged on each host's clock, B sees A's fresh lease 11 min old and takes it; on the
+    store's clock both agree within a second or two."""
+    from compressor.clock import StoreClock
+    from compressor.lease import LeaseOwner
+
+    pid = _spec().partition
+    behind, ahead = (lambda: time.time() - 300), (lambda: time.time() + 360)
+    clock_a = StoreClock.measure(s3_store, behind)
+    clock_b = StoreClock.measure(s3_store, ahead)
+    a = LeaseManager(s3_store, owner=LeaseOwner("host-a", 1, "run-a"), clock=clock_a,
+                     auto_renew=False)
+    b = LeaseManager(s3_store, owner=LeaseOwner("host-b", 1, "run-b"), clock=clock_b,
+                     auto_renew=False)
+    lease = a.acquire(pid)
+    assert lease is not None
+    assert b.acquire(pid) is None  # A's lease is live on the store's clock
+    lease.check_held()
+    # the same two hosts on their own clocks: the bug this guards against
+    other = _spec(symbol="ethusdt").partition
+    naive_a = LeaseManager(s3_store, owner=LeaseOwner("host-a", 2, "run-c"), clock=behind,
+                           auto_renew=False)
+    naive_b = LeaseManager(s3_store, owner=LeaseOwner("host-b", 2, "run-d"), clock=ahead,
+                           auto_renew=False)
+    assert naive_a.acquire(other) is not None
+    assert naive_b.acquire(other) is not None  # stolen at once
+
+
+def test_attempts_are_stamped_on_the_store_clock(
+    raw: LocalStore, s3_store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    from compressor.clock import StoreClock
+    from compressor.text import parse_utc_iso
+
+    put_partition(raw, _spec(), tmp_path)
+    clock = StoreClock.measure(s3_store, lambda: time.time() - 600)  # a host 10 min behind
+    state = StateStore(s3_store, clock=clock)
+    plan = build_plan(raw, s3_store, state,
+                      PlanOptions(mode=Mode.CATCH_UP, today=date(2026, 11, 24)))
+    Job(plan, raw, s3_store, state, settings, LeaseManager(s3_store, auto_renew=False),
+        clock=clock).run()
+    entry = StateStore(s3_store).get(_spec().partition)
+    assert entry is not None and entry.status == "success"
+    assert abs(parse_utc_iso(entry.attempt_started_at) - time.time()) < 10
