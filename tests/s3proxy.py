@@ -15,6 +15,11 @@ forwarded to the upstream server or answered with an injected fault:
   default mix; ask for it explicitly.
 - ``not_implemented``: 501 with an S3 ``NotImplemented`` XML error (a server
   lacking a feature, e.g. conditional writes). Permanent: not in ALL_FAULT_KINDS.
+- ``access_denied``: 403 ``AccessDenied`` (e.g. an object encrypted with a KMS
+  key the credentials may not use, or a bucket policy). Permanent.
+- ``invalid_object_state``: 403 ``InvalidObjectState`` (an archived object).
+  Permanent.
+  A HEAD answered with an error carries no body, as on S3: only its status.
 
 ``strip_headers`` (lower-case names, e.g. ``{"if-match", "if-none-match"}``)
 are dropped from forwarded requests: a server that ignores them, such as one
@@ -63,7 +68,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 FAULT_KINDS = ("slowdown", "internal", "reset", "delay")
 #: Every fault a retry can get past.
 ALL_FAULT_KINDS = (*FAULT_KINDS, "reset_after")
-_KNOWN_KINDS = (*ALL_FAULT_KINDS, "not_implemented")
+#: Permanent error answers: kind -> (HTTP status, S3 error code, message).
+_ERROR_KINDS = {
+    "not_implemented": (501, "NotImplemented", "A header you provided is not implemented."),
+    "access_denied": (403, "AccessDenied", "Access Denied"),
+    "invalid_object_state": (
+        403, "InvalidObjectState", "The operation is not valid for the object's storage class"
+    ),
+}
+_KNOWN_KINDS = (*ALL_FAULT_KINDS, *_ERROR_KINDS)
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -299,8 +312,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._send_error(503, "SlowDown", "Please reduce your request rate.")
         elif seen.fault == "internal":
             self._send_error(500, "InternalError", "We encountered an internal error.")
-        elif seen.fault == "not_implemented":
-            self._send_error(501, "NotImplemented", "A header you provided is not implemented.")
+        elif seen.fault in _ERROR_KINDS:
+            self._send_error(*_ERROR_KINDS[seen.fault])
         elif seen.fault == "reset":
             self._reset()
         elif seen.fault == "delay":

@@ -26,6 +26,7 @@ from compressor.storage import (
     LocalStore,
     NotFound,
     ObjectInfo,
+    ObjectUnreadable,
     PreconditionFailed,
     S3Store,
     Store,
@@ -1032,6 +1033,104 @@ def test_run_on_a_server_ignoring_conditional_writes_exits_2(
     assert "does not honour conditional writes (If-None-Match/If-Match)" in lines[0]
     compact = make_s3_store(cli_env["S3_ENDPOINT"], cli_env["S3_COMPACT_BUCKET"])
     assert keys_of(compact, PROBES) == []
+
+
+# ------------------------------------------------------ one object that cannot be read
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "why"),
+    [
+        ("access_denied", "AccessDenied", "the object cannot be read with these credentials"),
+        ("invalid_object_state", "InvalidObjectState",
+         "the object is archived (e.g. Glacier); restore it to read it"),
+    ],
+)
+def test_s3_one_unreadable_object_is_not_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path, kind: str, code: str,
+    why: str
+) -> None:
+    store = proxied()
+    store.put_bytes("raw/denied.parquet", b"x")
+    store.put_bytes("raw/fine.parquet", b"y")
+    s3proxy.reset_counts()
+    s3proxy.fail_next(kind, 2, ops={"GET"}, path_contains="denied")
+    with pytest.raises(ObjectUnreadable) as err:
+        store.get_bytes("raw/denied.parquet")
+    assert str(err.value) == (
+        f"get s3://{store.bucket}/raw/denied.parquet: {code} (HTTP 403): {why}"
+    )
+    assert not isinstance(err.value, StoreConfigError) and not err.value.retryable
+    with pytest.raises(ObjectUnreadable, match="raw/denied.parquet"):
+        store.get_file("raw/denied.parquet", tmp_path / "dl")
+    assert s3proxy.counts() == {"GET": 2}  # not retried
+    assert store.get_bytes("raw/fine.parquet")[0] == b"y"  # the others still read
+    assert_no_secret(err.value)
+
+
+def test_s3_head_of_an_unreadable_object(proxied: Callable[..., S3Store], s3proxy: S3Proxy
+                                         ) -> None:
+    """A HEAD error has no body: a bare 403 on one key is that object's."""
+    store = proxied()
+    store.put_bytes("raw/denied.parquet", b"x")
+    s3proxy.fail_next("access_denied", ops={"HEAD"})
+    with pytest.raises(ObjectUnreadable, match="head s3://.*/raw/denied.parquet: 403 "
+                       "\\(HTTP 403\\): the object cannot be read"):
+        store.head("raw/denied.parquet")
+
+
+def test_s3_bucket_level_403_is_still_a_config_error(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy
+) -> None:
+    store = proxied()
+    s3proxy.fail_next("access_denied", ops={"LIST"})
+    with pytest.raises(StoreConfigError, match="AccessDenied \\(HTTP 403\\)"):
+        store.check()
+    s3proxy.fail_next("access_denied", ops={"LIST"})
+    with pytest.raises(StoreConfigError, match="AccessDenied"):
+        keys_of(store)
+    s3proxy.fail_next("access_denied", ops={"PUT"})
+    with pytest.raises(StoreConfigError, match="AccessDenied"):
+        store.put_bytes("k", b"v")  # writing the compact store is every partition's problem
+
+
+@pytest.fixture
+def denied_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make opening one path raise PermissionError (chmod does not stop root)."""
+    import compressor.storage.local as local_module
+
+    denied: set[str] = set()
+    real_open = open
+
+    def fake_open(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(local_module, "open", fake_open, raising=False)
+    return lambda path: denied.add(str(path))
+
+
+def test_local_unreadable_object_is_object_unreadable(
+    local: LocalStore, tmp_path: Path, denied_path: Callable[[Path], None]
+) -> None:
+    local.put_bytes("raw/denied.parquet", b"x")
+    local.put_bytes("raw/fine.parquet", b"y")
+    denied_path(local.root / "raw" / "denied.parquet")
+    for read in (lambda: local.get_bytes("raw/denied.parquet"),
+                 lambda: local.get_file("raw/denied.parquet", tmp_path / "dl"),
+                 lambda: local.head("raw/denied.parquet")):
+        with pytest.raises(ObjectUnreadable, match="'raw/denied.parquet': Permission denied"):
+            read()
+    assert local.get_bytes("raw/fine.parquet")[0] == b"y"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_local_unreadable_file_mode(local: LocalStore) -> None:
+    local.put_bytes("raw/denied.parquet", b"x")
+    (local.root / "raw" / "denied.parquet").chmod(0)
+    with pytest.raises(ObjectUnreadable, match="raw/denied.parquet"):
+        local.get_bytes("raw/denied.parquet")
 
 
 # ---------------------------------------------------------------- the store's clock

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from .base import (
     NotFound,
     ObjectInfo,
+    ObjectUnreadable,
     PreconditionFailed,
     Store,
     StoreConfigError,
@@ -22,6 +23,7 @@ __all__ = [
     "LocalStore",
     "NotFound",
     "ObjectInfo",
+    "ObjectUnreadable",
     "PreconditionFailed",
     "S3Store",
     "Store",

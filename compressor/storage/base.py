@@ -78,6 +78,16 @@ class TransientStoreError(StoreError):
     retryable = True
 
 
+class ObjectUnreadable(StoreError):
+    """One object exists but cannot be read: access denied to it (e.g. encrypted with a
+    KMS key these credentials may not use) or archived (S3 InvalidObjectState).
+
+    A problem of that object, not of the store: the other objects are still
+    readable, so it fails the partition that needs it, never the whole run.
+    Not retryable: the next attempt gets the same answer until someone acts.
+    """
+
+
 class StoreConfigError(StoreError):
     """The store itself is unusable: missing bucket, bad credentials, unreachable endpoint.
 

@@ -39,6 +39,7 @@ from .base import (
     TMP_MARK,
     NotFound,
     ObjectInfo,
+    ObjectUnreadable,
     PreconditionFailed,
     Store,
     StoreConfigError,
@@ -147,7 +148,7 @@ class LocalStore(Store):
     # ------------------------------------------------------------------ reads
 
     def head(self, key: str) -> ObjectInfo | None:
-        return _file_info(key, self._path(key))
+        return _file_info(key, self._path(key), of_head=True)
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         path = self._path(key)
@@ -167,6 +168,8 @@ class LocalStore(Store):
             fh = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(f"key {key!r} not found in {self.uri}") from None
+        except PermissionError as exc:
+            raise _unreadable(key, exc) from None
         except OSError as exc:
             raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
         with fh:
@@ -402,8 +405,17 @@ def _has_object(directory: str) -> bool:
     return False
 
 
-def _file_info(key: str, path: str) -> ObjectInfo | None:
-    """ObjectInfo of a file, its ETag from the xattr cache when still valid."""
+def _unreadable(key: str, exc: OSError) -> ObjectUnreadable:
+    return ObjectUnreadable(f"cannot read key {key!r}: {exc.strerror}: the object cannot be "
+                            "read with this user's permissions")
+
+
+def _file_info(key: str, path: str, *, of_head: bool = False) -> ObjectInfo | None:
+    """ObjectInfo of a file, its ETag from the xattr cache when still valid.
+
+    A PermissionError is ObjectUnreadable for a HEAD of the key (`of_head`), as on
+    S3; a plain StoreError in listings, which S3 answers without reading objects.
+    """
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -413,6 +425,10 @@ def _file_info(key: str, path: str) -> ObjectInfo | None:
                 _remember_etag(fh.fileno(), etag, st)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    except PermissionError as exc:
+        if of_head:
+            raise _unreadable(key, exc) from None
+        raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
     except OSError as exc:
         raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
     return ObjectInfo(key, st.st_size, etag)

@@ -2,7 +2,10 @@
 
 Retries of throttling, 5xx, resets and timeouts are botocore's ('standard' mode,
 exponential backoff with jitter); what survives them becomes
-TransientStoreError. Errors are built from the error code, HTTP status and the
+TransientStoreError. A GET or HEAD of one object refused for that object alone
+(AccessDenied, InvalidObjectState) is ObjectUnreadable; bucket-wide failures
+(missing bucket, bad credentials, clock skew, check() or a listing refused) are
+StoreConfigError. Errors are built from the error code, HTTP status and the
 bucket/key/endpoint only, never from server text or the exception's own string,
 so no credential can leak into a message. Credentials are handed to the boto3
 session and not kept on the store object.
@@ -45,6 +48,7 @@ from .base import (
     CHUNK,
     NotFound,
     ObjectInfo,
+    ObjectUnreadable,
     PreconditionFailed,
     Store,
     StoreConfigError,
@@ -67,6 +71,11 @@ _UPLOAD_THREADS = 4
 _MAX_POOL_CONNECTIONS = 32
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+#: Answers to a GET or HEAD of one key that concern that object only (ObjectUnreadable):
+#: access denied to it (a bucket policy or a KMS key it is encrypted with), archived.
+#: A HEAD has no body, so its 403 comes as the bare code "403".
+_UNREADABLE = {"AccessDenied", "InvalidObjectState", "403"}
+_OBJECT_READS = {"get", "head"}
 _PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 _CONFIG = {
     "NoSuchBucket",
@@ -507,7 +516,7 @@ class S3Store(Store):
     def _error(self, exc: ClientError | BotoCoreError, op: str, key: str | None) -> StoreError:
         where = self._where(key)
         if isinstance(exc, ClientError):
-            return self._client_error(exc, op, where)
+            return self._client_error(exc, op, where, per_object=key is not None)
         name = type(exc).__name__
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return StoreConfigError(f"{op} {where}: no usable S3 credentials ({name})")
@@ -517,7 +526,16 @@ class S3Store(Store):
             )
         return StoreError(f"{op} {where}: {name}")
 
-    def _client_error(self, exc: ClientError, op: str, where: str) -> StoreError:
+    def _client_error(
+        self, exc: ClientError, op: str, where: str, *, per_object: bool = False
+    ) -> StoreError:
+        """The StoreError for an S3 error answer. `per_object`: the request named a key.
+
+        A GET/HEAD of one key answering AccessDenied (403) or InvalidObjectState is
+        that object's problem (ObjectUnreadable): the run goes on with the others.
+        Everything else about permissions, credentials, the bucket or the clock
+        (also on a GET) concerns every request: StoreConfigError, exit 2.
+        """
         code = _code(exc) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         text = f"{op} {where}: {code} (HTTP {status})"
@@ -525,6 +543,12 @@ class S3Store(Store):
             return NotFound(text)
         if code in _PRECONDITION or status == 412:
             return PreconditionFailed(text)
+        if per_object and op in _OBJECT_READS and code in _UNREADABLE:
+            if code == "InvalidObjectState":
+                return ObjectUnreadable(
+                    f"{text}: the object is archived (e.g. Glacier); restore it to read it"
+                )
+            return ObjectUnreadable(f"{text}: the object cannot be read with these credentials")
         if code == "RequestTimeTooSkewed":
             return StoreConfigError(
                 f"{text}: this host's clock is too far off the S3 server's at "
