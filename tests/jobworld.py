@@ -27,11 +27,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
-import pyarrow.parquet as pq
 import pytest
 
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
+from compressor.meta import Meta, check_data_file
 from compressor.storage import S3Store, Store
 from tests.conftest import make_s3_store, put_partition
 from tests.s3server import moto_server as start_moto_server
@@ -156,12 +156,13 @@ class JobWorld:
             if not info.key.endswith("/meta.json"):
                 continue
             pid = PartitionId.from_prefix(info.key[: -len("meta.json")])
-            meta = json.loads(store.get_bytes(info.key)[0])
+            body = store.get_bytes(info.key)[0]
+            meta = Meta.from_bytes(body, info.key)
             local = self.cwd.parent / "check.parquet"
-            store.get_file(pid.data_key, local)  # NotFound: a meta without its data
-            assert hashlib.sha256(local.read_bytes()).hexdigest() == meta["sha256"]
-            assert pq.read_metadata(local).num_rows == meta["rows"]
-            metas[pid.state_key] = meta
+            data = store.get_file(pid.data_key, local)  # NotFound: a meta without its data
+            assert meta.data_etag is None or meta.describes(data), (info.key, data)
+            assert check_data_file(meta, local) == [], info.key
+            metas[pid.state_key] = json.loads(body)
         return metas
 
     def data_sha256(self, store: Store | None = None) -> dict[str, str]:

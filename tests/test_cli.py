@@ -7,7 +7,6 @@ checked for leaked credentials in its output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,13 +18,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from compressor import cli
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
+from compressor.meta import Meta, check_data_file
 from compressor.planning import Mode, PlanOptions, build_plan
 from compressor.publish import CompactSettings
 from compressor.state import StateStore
@@ -105,12 +104,13 @@ class World:
             if not info.key.endswith("/meta.json"):
                 continue
             pid = PartitionId.from_prefix(info.key[: -len("meta.json")])
-            meta = json.loads(self.compact.get_bytes(info.key)[0])
+            body = self.compact.get_bytes(info.key)[0]
+            meta = Meta.from_bytes(body, info.key)
             local = self.cwd / "check.parquet"
-            self.compact.get_file(pid.data_key, local)
-            assert hashlib.sha256(local.read_bytes()).hexdigest() == meta["sha256"]
-            assert pq.read_metadata(local).num_rows == meta["rows"]
-            metas[pid.state_key] = meta
+            data = self.compact.get_file(pid.data_key, local)
+            assert meta.data_etag is None or meta.describes(data), (info.key, data)
+            assert check_data_file(meta, local) == [], info.key
+            metas[pid.state_key] = json.loads(body)
         return metas
 
 

@@ -15,6 +15,7 @@ import pytest
 from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, raw_table, rows_in_file, special_files
 from compressor.merge_errors import MergeAborted
+from compressor.meta import Meta, check_data_file
 from compressor.publish import (
     BadInputError,
     CompactSettings,
@@ -239,11 +240,11 @@ def _consistent(store: Store, part: Partition, tmp: Path) -> bool | None:
     pid = part.pid
     if store.head(pid.meta_key) is None:
         return None
-    meta = json.loads(store.get_bytes(pid.meta_key)[0])
-    store.get_file(pid.data_key, tmp / "check.parquet")
-    data = (tmp / "check.parquet").read_bytes()
-    return (hashlib.sha256(data).hexdigest() == meta["sha256"]
-            and pq.read_metadata(tmp / "check.parquet").num_rows == meta["rows"])
+    meta = Meta.from_bytes(store.get_bytes(pid.meta_key)[0], pid.meta_key)
+    data = store.get_file(pid.data_key, tmp / "check.parquet")
+    if meta.data_etag is not None and not meta.describes(data):
+        return False
+    return check_data_file(meta, tmp / "check.parquet") == []
 
 
 def test_a_crash_at_any_write_of_an_overwrite_never_shows_a_mismatched_pair(
