@@ -1,30 +1,46 @@
-"""Partition leases: one run at a time works on a partition-day (issue 4).
+"""Partition leases: one run at a time works on a partition-day.
 
-A lease is the object `compacted/locks/<ex>/<stream>/<sym>/<YYYYMMDD>.lock`::
+Two runs may cover the same day, on one host or on several (README, "Two runs
+at once"); each partition is compacted under a lease (README, "How a run
+works", step 2.1). A lease is the object
+`compacted/locks/<ex>/<stream>/<sym>/<YYYYMMDD>.lock`::
 
-    {"owner": {"host": str, "pid": int, "run_id": str},
+    {"owner": {"host": str, "pid": int, "run_id": str, "start": str (optional)},
      "acquired_at": ISO-8601 UTC "Z", "expires_at": ISO-8601 UTC "Z", "token": str}
 
 - acquire: create it with If-None-Match. When it exists, take it over with If-Match
   on the ETag just read if it expired (now > expires_at + skew), if its owner ran on
-  this host and that pid is gone (a crashed run must not block the next one for a
-  TTL), or if it is not a lease document at all. Otherwise someone holds it: None.
+  this host and that process is gone (a crashed run must not block the next one for
+  a TTL), or if it is not a lease document at all. Otherwise someone holds it: None.
 - renew: rewrite it with a later expires_at, If-Match on the ETag of our own last
   write. Losing that CAS means someone took it over: the lease is lost. A background
   thread renews every held lease every TTL/3.
-- check_held (fencing, right before publishing meta.json): re-read the object; it must
-  carry our token and still have more than `skew` seconds to live, else LeaseLost.
-- release: CAS-renew (proves it is still ours and pushes expiry a TTL away, so no one
-  can take it over in between), then delete. A lease that is no longer ours is never
-  deleted.
+- check_held (fencing, right before each publishing write): re-read the object; it
+  must carry our token and still have more than `skew` seconds to live, else LeaseLost.
+- release: delete it If-Match the ETag of our own last write, in one request. A
+  holder paused past its expiry (GC, SIGSTOP, a slow network) may find the lock taken
+  over by the next run: that delete then fails (PreconditionFailed) and the next
+  holder's lock stays. A renew-then-delete would leave a window between the two.
+  Leftovers of dead runs are removed the same way (reap_stale).
 
-Clocks: time.time() of each host. Another host's lease counts as expired only `skew`
-seconds after its expires_at, and the holder considers it lost `skew` seconds before,
-so clocks that differ by less than `skew` never let two holders overlap.
+Process identity: a pid alone is not one. After a crash (or a reboot) the same pid
+may belong to an unrelated process, which would keep a dead run's lease "alive" for
+a whole TTL. So the owner records `start`, "<boot_id>:<starttime>" on Linux (the
+kernel's boot id and field 22 of /proc/<pid>/stat, the start time in clock ticks
+since boot): its holder runs only while that pid is alive AND has the same start
+id. Where /proc is missing start is absent, and lock objects written before it
+existed parse the same: then the pid alone decides, as before.
+
+Clocks: `clock` should be the store's clock (compressor.clock.StoreClock), so every
+run compares expires_at against the same time whatever its host's clock says. What
+is left between two runs (the offsets' ±1 s error, drift during a run) is covered
+by `skew`: another run's lease counts as expired only `skew` seconds after its
+expires_at, and its holder considers it lost `skew` seconds before.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -59,15 +75,17 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class LeaseOwner:
-    """Who holds a lease."""
+    """Who holds a lease. `start`: see process_start_id (None where unknown)."""
 
     host: str
     pid: int
     run_id: str
+    start: str | None = None
 
     @classmethod
     def current(cls, run_id: str | None = None) -> LeaseOwner:
-        return cls(socket.gethostname(), os.getpid(), run_id or uuid.uuid4().hex)
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, run_id or uuid.uuid4().hex, process_start_id(pid))
 
     def describe(self) -> str:
         return f"host {self.host} pid {self.pid} run {self.run_id}"
@@ -83,9 +101,12 @@ class LeaseRecord:
     token: str
 
     def to_bytes(self) -> bytes:
+        owner: dict[str, Any] = {"host": self.owner.host, "pid": self.owner.pid,
+                                 "run_id": self.owner.run_id}
+        if self.owner.start is not None:
+            owner["start"] = self.owner.start
         doc = {
-            "owner": {"host": self.owner.host, "pid": self.owner.pid,
-                      "run_id": self.owner.run_id},
+            "owner": owner,
             "acquired_at": utc_iso(self.acquired_at),
             "expires_at": utc_iso(self.expires_at),
             "token": self.token,
@@ -107,11 +128,14 @@ class LeaseRecord:
             raise ValueError("owner.host and owner.run_id must be strings")
         if not isinstance(pid, int) or isinstance(pid, bool):
             raise ValueError(f"owner.pid: expected an integer, got {pid!r}")
+        start = owner.get("start")  # absent in lock objects of older versions
+        if start is not None and not isinstance(start, str):
+            raise ValueError(f"owner.start: expected a string, got {start!r}")
         token = doc.get("token")
         if not isinstance(token, str) or not token:
             raise ValueError("token: expected a non-empty string")
         return cls(
-            owner=LeaseOwner(host, pid, run_id),
+            owner=LeaseOwner(host, pid, run_id, start),
             acquired_at=_time_field(doc, "acquired_at"),
             expires_at=_time_field(doc, "expires_at"),
             token=token,
@@ -142,6 +166,39 @@ def pid_alive(pid: int) -> bool:
         return True
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def process_start_id(pid: int) -> str | None:
+    """'<boot_id>:<starttime>' of a process on this host, None where /proc can't tell.
+
+    starttime is field 22 of /proc/<pid>/stat: clock ticks after boot at which the
+    process started. With the boot id, no other process (even after a reboot) has the
+    same pair, so it tells a pid reused by another process from the one recorded.
+    """
+    boot = _boot_id()
+    if boot is None or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ')': split
+    # after its last ')'. The rest starts with field 3, so field 22 is the 20th.
+    fields = stat[stat.rfind(b")") + 1 :].split()
+    try:
+        return f"{boot}:{int(fields[19])}"
+    except (IndexError, ValueError):
+        return None
 
 
 class Lease:
@@ -215,15 +272,18 @@ class Lease:
     def release(self) -> bool:
         """Delete the lock if it is still ours. False when it was not (nothing deleted).
 
-        Store errors are logged, not raised: an unreleased lease expires by itself.
+        One delete If-Match the ETag of our last write (module docstring): when the
+        lock changed since, someone else holds it now and it is left alone. Store
+        errors are logged, not raised: an unreleased lease expires by itself.
         """
         with self._lock:
             if self._released or self._lost_reason is not None:
                 return False
             try:
-                self._renew_locked()
-                self.manager.store.delete(self.key)
-            except LeaseLost:
+                self.manager.store.delete(self.key, if_match=self._etag)
+            except PreconditionFailed:
+                log.warning("%s: lease was taken over or deleted before its release; "
+                            "left the lock alone", self.key)
                 return False
             except StoreError as exc:
                 log.warning("%s: could not release lease (%s); it expires by itself",
@@ -304,8 +364,9 @@ class LeaseManager:
         A run killed after it published a partition (or while it held a lease on one
         that a later run finds up to date) leaves a lock no run will lease again, so it
         would stay in compacted/locks/ for good. Every lock that acquire would take over
-        (expired, dead pid on this host, malformed) is taken over by CAS, so a holder
-        that renewed meanwhile keeps it, then deleted.
+        (expired, dead process on this host, malformed) is taken over by CAS, so a
+        holder that renewed meanwhile keeps it, then deleted If-Match the takeover's
+        ETag, so a lock replaced in between is not deleted either.
         """
         removed = []
         for info in self.store.list_objects(LOCKS_PREFIX):
@@ -317,10 +378,14 @@ class LeaseManager:
             if reason is None:
                 continue
             try:
-                self.store.put_bytes(info.key, self._new_record().to_bytes(), if_match=etag)
+                ours = self.store.put_bytes(info.key, self._new_record().to_bytes(),
+                                            if_match=etag)
             except (PreconditionFailed, NotFound):
                 continue  # renewed, taken or released meanwhile: not ours to remove
-            self.store.delete(info.key)
+            try:
+                self.store.delete(info.key, if_match=ours)
+            except PreconditionFailed:
+                continue  # replaced since our takeover: whoever did holds it now
             log.info("%s: removed a lease left behind: %s", info.key, reason)
             removed.append(info.key)
         return removed
@@ -339,8 +404,14 @@ class LeaseManager:
         if now > current.expires_at + self.skew_s:
             return f"{current.owner.describe()} let it expire at {utc_iso(current.expires_at)}"
         owner = current.owner
-        if owner.host == self.owner.host and not self.is_alive(owner.pid):
-            return f"{owner.describe()} is no longer running on this host"
+        if owner.host == self.owner.host:
+            if not self.is_alive(owner.pid):
+                return f"{owner.describe()} is no longer running on this host"
+            if owner.start is not None:
+                now_start = process_start_id(owner.pid)
+                if now_start is not None and now_start != owner.start:
+                    return (f"{owner.describe()} is no longer running on this host "
+                            "(its pid now belongs to another process)")
         return None
 
     def worth_waiting(self, partition: PartitionId) -> bool:

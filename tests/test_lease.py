@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from compressor.layout import PartitionId
-from compressor.lease import LeaseLost, LeaseManager, LeaseOwner, LeaseRecord, pid_alive
+from compressor.lease import (
+    LeaseLost,
+    LeaseManager,
+    LeaseOwner,
+    LeaseRecord,
+    pid_alive,
+    process_start_id,
+)
 from compressor.storage.base import Store, TransientStoreError
 from compressor.text import parse_utc_iso
 from tests.test_state import CountingStore, open_spec, store_spec
@@ -37,8 +44,9 @@ class Clock:
 
 
 def manager(store: Store, clock: Clock | None = None, *, host: str = HOST, pid: int | None = None,
-            run: str = "run", ttl: float = 600, **kw: Any) -> LeaseManager:
-    owner = LeaseOwner(host, os.getpid() if pid is None else pid, run)
+            run: str = "run", ttl: float = 600, start: str | None = None,
+            **kw: Any) -> LeaseManager:
+    owner = LeaseOwner(host, os.getpid() if pid is None else pid, run, start)
     return LeaseManager(store, owner=owner, ttl_s=ttl, skew_s=30, auto_renew=False,
                         clock=clock or Clock(), **kw)
 
@@ -149,6 +157,57 @@ def test_dead_local_pid_taken_over_at_once(store: Store) -> None:
     taker = manager(store, run="next").acquire(PID)
     assert taker is not None
     assert json.loads(store.get_bytes(PID.lock_key)[0])["owner"]["run_id"] == "next"
+
+
+@pytest.fixture
+def live_child() -> Any:
+    """A real process on this host that outlives the test's checks."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_reused_pid_taken_over_at_once(store: Store, live_child: Any) -> None:
+    """The recorded process is gone and its pid now belongs to another (live) one:
+    the start id differs, so the owner is dead."""
+    real = process_start_id(live_child.pid)
+    assert real is not None
+    boot, _, ticks = real.rpartition(":")
+    assert boot and int(ticks) > 0
+    stale = manager(store, pid=live_child.pid, run="before-reuse", start=f"{boot}:1"
+                    ).acquire(PID)
+    assert stale is not None  # fresh, far from expiry, pid alive
+    taker = manager(store, run="next").acquire(PID)
+    assert taker is not None
+    assert json.loads(store.get_bytes(PID.lock_key)[0])["owner"]["run_id"] == "next"
+    # the same pid and start ticks before another boot: not the same process either
+    other = PartitionId("okx", "trade", "btcusdt", "20240101")
+    assert manager(store, pid=live_child.pid, run="last-boot", start=f"another-boot:{ticks}"
+                   ).acquire(other) is not None
+    assert manager(store, run="next").acquire(other) is not None
+
+
+def test_live_process_with_its_start_id_is_not_taken(store: Store, live_child: Any) -> None:
+    held = manager(store, pid=live_child.pid, run="child",
+                   start=process_start_id(live_child.pid)).acquire(PID)
+    assert held is not None
+    assert manager(store, run="next").acquire(PID) is None
+    held.check_held()
+
+
+def test_lock_without_start_id_falls_back_to_the_pid(store: Store, live_child: Any) -> None:
+    """Lock objects written before owners recorded a start id: the pid alone decides."""
+    doc = {"owner": {"host": HOST, "pid": live_child.pid, "run_id": "old-version"},
+           "acquired_at": "2023-11-14T22:13:20Z", "expires_at": "2023-11-14T22:23:20Z",
+           "token": "t" * 32}
+    store.put_bytes(PID.lock_key, json.dumps(doc).encode())
+    assert manager(store, run="next").acquire(PID) is None  # T0 = acquired_at: not expired
+    doc["owner"]["pid"] = dead_pid()  # type: ignore[index]
+    store.put_bytes(PID.lock_key, json.dumps(doc).encode())
+    assert manager(store, run="next").acquire(PID) is not None
 
 
 def test_malformed_lock_taken_over(store: Store) -> None:
@@ -304,6 +363,32 @@ def test_release_keeps_someone_elses_lease(store: Store) -> None:
     assert store.get_bytes(PID.lock_key) == before
 
 
+def test_release_paused_past_expiry_never_deletes_the_next_holders_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder pauses right before its release's delete (GC, SIGSTOP, a slow network)
+    until its lease expires and the next run takes it over: the delete, If-Match the
+    ETag of the holder's last write, must fail rather than remove the new lock."""
+    a = manager(store, Clock(T0), host="host-a", pid=1, run="a").acquire(PID)
+    assert a is not None
+    b_mgr = manager(store, Clock(T0 + 700), run="b")
+    taken: list[Any] = []
+    real_delete = store.delete
+
+    def paused_delete(key: str, *, if_match: str | None = None) -> None:
+        if not taken:
+            taken.append(b_mgr.acquire(PID))  # meanwhile, past a's expiry
+        real_delete(key, if_match=if_match)
+
+    monkeypatch.setattr(store, "delete", paused_delete)
+    assert a.release() is False
+    b = taken[0]
+    assert b is not None
+    b.check_held()
+    assert json.loads(store.get_bytes(PID.lock_key)[0])["token"] == b.token
+    assert a.release() is False  # and it does not try again
+
+
 def test_context_manager_releases(store: Store) -> None:
     lease = manager(store).acquire(PID)
     assert lease is not None
@@ -330,11 +415,27 @@ def test_pid_alive() -> None:
     zombie.wait()
 
 
+def test_current_owner_records_its_start_id(store: Store) -> None:
+    owner = LeaseOwner.current("r1")
+    assert owner.pid == os.getpid()
+    assert owner.start is not None and owner.start == process_start_id(os.getpid())
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        assert owner.start.startswith(fh.read().strip() + ":")
+    assert LeaseManager(store, owner=owner, auto_renew=False).acquire(PID) is not None
+    doc = json.loads(store.get_bytes(PID.lock_key)[0])
+    assert doc["owner"] == {"host": HOST, "pid": os.getpid(), "run_id": "r1",
+                            "start": owner.start}
+    assert process_start_id(dead_pid()) is None and process_start_id(0) is None
+
+
 def test_lease_record_round_trip_and_rejects() -> None:
     rec = LeaseRecord(LeaseOwner("h", 3, "r"), T0, T0 + 600, "tok")
     assert LeaseRecord.from_bytes(rec.to_bytes()) == rec
+    with_start = LeaseRecord(LeaseOwner("h", 3, "r", "boot:42"), T0, T0 + 600, "tok")
+    assert LeaseRecord.from_bytes(with_start.to_bytes()) == with_start
     for bad in (b"[]", b"{}", b'{"owner": {"host": "h", "pid": "3", "run_id": "r"}}',
-                rec.to_bytes().replace(b"tok", b"")):
+                rec.to_bytes().replace(b"tok", b""),
+                with_start.to_bytes().replace(b'"boot:42"', b"42")):
         with pytest.raises(ValueError):
             LeaseRecord.from_bytes(bad)
 
@@ -364,3 +465,30 @@ def test_reap_stale_removes_only_locks_of_runs_that_are_gone(store: Store) -> No
     assert left == sorted(p.lock_key for p in pids[3:])
     live_here.check_held()
     live_there.check_held()
+
+
+def test_reap_stale_leaves_a_lock_replaced_after_its_takeover(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reap_stale deletes If-Match its own takeover record: if another run replaced it
+    in between, that run's lock stays."""
+    assert manager(store, pid=dead_pid(), run="killed").acquire(PID) is not None
+    theirs: list[str] = []
+    real_delete = store.delete
+
+    def racing_delete(key: str, *, if_match: str | None = None) -> None:
+        if not theirs:
+            theirs.append(store.put_bytes(key, b"another run's lock", if_match=if_match))
+        real_delete(key, if_match=if_match)
+
+    monkeypatch.setattr(store, "delete", racing_delete)
+    assert manager(store, run="next").reap_stale() == []
+    assert store.get_bytes(PID.lock_key) == (b"another run's lock", theirs[0])
+
+
+def test_release_of_a_deleted_lock_is_false(store: Store) -> None:
+    lease = manager(store).acquire(PID)
+    assert lease is not None
+    store.delete(PID.lock_key)  # e.g. an operator cleaning compacted/locks/
+    assert lease.release() is False
+    assert manager(store, run="b").acquire(PID) is not None
