@@ -243,7 +243,8 @@ def plan_days(
         if lookback_days > 0:
             run |= {d for d in raw if start <= d <= last_compacted}
         run |= {d for d in retry_days if d in raw and d <= last_compacted}
-    return Days(sorted(run), pending, empty)
+    end = format_day(today)
+    return Days(sorted(d for d in run if d < end), pending, empty)
 
 
 # --------------------------------------------------------------------------- partitions

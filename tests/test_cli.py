@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from compressor import cli
+from compressor.clock import StoreClock
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
@@ -316,10 +317,18 @@ def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_serve
         second = proxy.counts()
     # walk: root, 2 exchanges, 2 streams, 2 symbols; then one LIST per partition
     assert first["LIST_DELIM"] == second["LIST_DELIM"] == 1 + 2 + 2 + 2
-    assert first["LIST"] == second["LIST"] == 2 + 2  # check() per store + 2 partitions
+    # check() per store, the compact store's clock offset (its Date), 2 partitions
+    assert first["LIST"] == second["LIST"] == 2 + 1 + 2
 
 
 # --------------------------------------------------------------------------- exit code 2
+
+
+def _tomorrow() -> str:
+    """The real UTC date plus one: a --today that would compact the day being written."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=1)).strftime("%Y%m%d")
 
 
 @pytest.mark.parametrize(
@@ -331,6 +340,9 @@ def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_serve
          "today or in the future"),
         (["--mode", "weekly"], "--mode"),
         (["--today", "20261131"], "--today"),
+        (["--mode", "daily", "--today", _tomorrow()], "after today's real UTC date"),
+        (["--lookback-days", "-1"], "--lookback-days"),
+        (["--empty-day-grace", "two"], "--empty-day-grace"),
         (["--memory-budget", "lots"], "--memory-budget"),
         (["--env-file", "/nonexistent/.env"], "--env-file"),
         (["--compact", "ftp://x"], "ftp"),
@@ -416,6 +428,30 @@ def test_transient_store_errors_fail_the_partition_for_a_retry(
     assert set(_partitions(world.state()).values()) == {"success"}
     assert world.state()["last_compacted_date"] == "20261124"
     world.assert_no_secrets_stored()
+
+
+@pytest.mark.parametrize("kind", ["access_denied", "invalid_object_state"])
+def test_one_unreadable_raw_object_fails_its_partition_not_the_run(
+    world: World, moto_server: str, kind: str
+) -> None:
+    """A 403 on one raw object (a foreign KMS key, an archived object) is that
+    partition's failure, naming the key; the others are published; exit 1, not 2."""
+    specs = world.add_days("20261124")
+    bad = specs[1]
+    key = bad.partition.prefix + _name(bad, 2)
+    with S3Proxy(moto_server) as proxy:
+        env = {**world.env, "S3_ENDPOINT": proxy.endpoint, "S3_COMPACT_ENDPOINT": moto_server}
+        proxy.fail_next(kind, 1000, ops=["GET"], path_contains=key)
+        r = world.run("--mode", "daily", "--today", TODAY, env=env)
+    assert r.code == 1, r.err
+    entry = world.state()["partitions"][bad.partition.state_key]
+    assert entry["status"] == "failed" and entry["failed_key"] == key
+    assert key in entry["error"] and key in r.out
+    assert set(world.consistent_outputs()) == {specs[0].partition.state_key}
+    assert world.state()["last_compacted_date"] is None
+    r = world.run("--mode", "daily", "--today", TODAY)  # the object is readable again
+    assert r.code == 0, r.err
+    assert world.state()["last_compacted_date"] == "20261124"
 
 
 def test_malformed_state_stops_the_run_until_repaired(world: World) -> None:
@@ -547,7 +583,9 @@ def _local_daily(tmp_path: Path, compact: LocalStore) -> tuple[RunReport, LocalS
     state = StateStore(compact)
     plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)))
     settings = CompactSettings(tmp_root=tmp_path / "work")
-    return cli.execute(plan, raw, compact, state, settings, cli.StopFlag()), raw
+    report = cli.execute(plan, raw, compact, state, settings, cli.StopFlag(),
+                         StoreClock.fixed(), cli.DEFAULT_TTL_S)
+    return report, raw
 
 
 @pytest.mark.parametrize("error", [

@@ -103,8 +103,9 @@ class CountingStore(Store):
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         return self.inner.get_file(key, path)
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        return self.inner.put_file(key, path)
+    def put_file(self, key: str, path: Path, *, if_match: str | None = None,
+                 if_none_match: bool = False) -> ObjectInfo:
+        return self.inner.put_file(key, path, if_match=if_match, if_none_match=if_none_match)
 
     def put_bytes(self, key: str, data: bytes, *, if_match: str | None = None,
                   if_none_match: bool = False) -> str:
@@ -114,8 +115,8 @@ class CountingStore(Store):
             raise self.error
         return self.inner.put_bytes(key, data, if_match=if_match, if_none_match=if_none_match)
 
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        self.inner.delete(key, if_match=if_match)
 
 
 def FaultyStore(inner: Store, *, fail_puts: int, error: StoreError) -> CountingStore:  # noqa: N802
