@@ -42,7 +42,7 @@ from compressor.planning import (
     check_dates,
 )
 from compressor.publish import CompactSettings, clean_stale_tmp
-from compressor.quality import summarize_state
+from compressor.quality.summary import summarize_state
 from compressor.state import StateCorruptError, StateStore
 from compressor.storage import Store, StoreConfigError, StoreError, open_store
 from compressor.text import one_line

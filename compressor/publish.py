@@ -38,7 +38,7 @@ from compressor.merge_errors import MergeAborted, MergeInputError, MergeResource
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
 from compressor.meta import ORDERING_COLUMNS as META_ORDERING
 from compressor.meta import Meta, Published, read_published
-from compressor.quality import POST_FILTER_VERSION, DayQuality, QualityAccumulator
+from compressor.quality.metrics import POST_FILTER_VERSION, DayQuality, QualityAccumulator
 from compressor.storage.base import (
     ObjectInfo,
     ObjectUnreadable,

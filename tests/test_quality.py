@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.generator import PartitionSpec, raw_table
-from compressor.quality import DayQuality, QualityAccumulator, summarize_state
+from compressor.quality.metrics import DayQuality, QualityAccumulator
+from compressor.quality.summary import summarize_state
 from compressor.state import PartitionState, StateSnapshot
 
 DAY = "20261124"
