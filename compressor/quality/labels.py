@@ -1,0 +1,37 @@
+"""The day's quality label: the strings downstream readers compare literally (BRIEF §2).
+
+`day_quality` in meta.json and `day_quality_post` in a `_state.json` entry hold one
+of these values; research scripts select `day_quality_post == "GOOD"`, or
+`in {"GOOD", "DEGRADED"}`, or `!= "BAD"`. `post_filter_version` names the version
+of the rules that produced the label (`RULES_VERSION`), so a reader can tell labels
+made by different rules apart.
+"""
+
+from __future__ import annotations
+
+import enum
+
+#: Version of the window and day rules (compressor.quality.windows). The baseline is the
+#: previous implementation's rules, reproduced as they were named ("1.0.0").
+RULES_VERSION = "1.0.0"
+
+
+class Label(enum.StrEnum):
+    """A collector day verdict. The value is the stored string."""
+
+    GOOD = "GOOD"
+    DEGRADED = "DEGRADED"
+    BAD = "BAD"
+    #: Some windows were partial and too few full windows exist to judge the day.
+    PARTIAL = "PARTIAL"
+    #: No usable window at all: nothing is known about the collector that day.
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def final(self) -> bool:
+        """False for labels that must be scored again when the day comes round again
+        (late windows may still arrive)."""
+        return self not in (Label.PARTIAL, Label.UNKNOWN)
+
+
+LABELS = tuple(label.value for label in Label)
