@@ -42,7 +42,9 @@ from compressor.planning import (
     check_dates,
 )
 from compressor.publish import CompactSettings, clean_stale_tmp
+from compressor.quality.labels import Label
 from compressor.quality.summary import summarize_state
+from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
 from compressor.state import StateCorruptError, StateStore
 from compressor.storage import Store, StoreConfigError, StoreError, open_store
 from compressor.text import one_line
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-corrupt", action="store_true",
                      help="compact without corrupt raw objects; list them in meta.json "
                      "skipped_files and the state")
+    run.add_argument("--primary-exchange", metavar="EX", default=DEFAULT_PRIMARY_EXCHANGE,
+                     help="the exchange whose offline time weighs most in the collector's "
+                     f"day verdict (default {DEFAULT_PRIMARY_EXCHANGE})")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (days, partitions, files, bytes, skips) and exit")
     other = p.add_argument_group("other actions")
@@ -308,6 +313,7 @@ def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
 def execute(
     plan: Plan, raw: Store, compact: Store, state: StateStore, settings: CompactSettings,
     stop: StopFlag, clock: StoreClock, ttl_s: float,
+    labels: Callable[[str], Label] = lambda day: Label.UNKNOWN,
 ) -> RunReport:
     run_id = uuid.uuid4().hex[:12]
     log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
@@ -317,7 +323,7 @@ def execute(
                       skew_s=lease_skew(ttl_s)) as leases:
         clean_dead_runs_leftovers(compact, leases)
         job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop,
-                  clock=clock)
+                  clock=clock, labels=labels)
         return job.run()
 
 
@@ -379,7 +385,9 @@ def run_once(
     check_tmp_dir(args.tmp_dir)
     for path in clean_stale_tmp(args.tmp_dir, pid_alive):
         log.info("removed %s, left by a run that is gone", path)
-    report = execute(plan, raw, compact, state, settings, stop, clock, ttl_s)
+    verdicts = DayVerdicts(raw, compact, primary_exchange=args.primary_exchange.lower(),
+                           clock=clock)
+    report = execute(plan, raw, compact, state, settings, stop, clock, ttl_s, verdicts.label)
     print(report.render())
     if stop.exit_code is not None:
         # a download still in flight when the partition gave up may have written after

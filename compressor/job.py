@@ -34,7 +34,10 @@ from compressor.publish import (
     RawUnreadableError,
     VerificationError,
     compact_partition,
+    relabel,
 )
+from compressor.quality.labels import LABELS, RULES_VERSION, Label
+from compressor.quality.metrics import DayQuality
 from compressor.readiness import StateRecorder, Watermark
 from compressor.state import PartitionState, StateStore
 from compressor.storage.base import Store, StoreConfigError, StoreError
@@ -163,6 +166,10 @@ def _never() -> bool:
     return False
 
 
+def _no_label(day: str) -> Label:
+    return Label.UNKNOWN
+
+
 class Job:
     """Runs one Plan against the stores; build it, then call `run()` once.
 
@@ -184,6 +191,7 @@ class Job:
         busy_poll_s: float = BUSY_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        labels: Callable[[str], Label] = _no_label,
     ) -> None:
         self.plan = plan
         self.raw = raw
@@ -196,6 +204,7 @@ class Job:
         self.busy_poll_s = busy_poll_s
         self.sleep = sleep
         self.clock = clock
+        self.labels = labels
         self.report = RunReport(plan)
         self.recorder = StateRecorder(state)
         self.watermark = Watermark(plan, compact, self.recorder)
@@ -277,6 +286,10 @@ class Job:
             case ToCompact(current, base):
                 if current.partition.file_count == 0:
                     return PartitionOutcome(pid, Status.NO_DATA)
+                if current.action is Action.SKIP and base.current_for(
+                    current.partition.fingerprint
+                ):
+                    return self._relabel(current, base)
                 return self._compact(current, lease.check_held, base)
 
     def _recheck(self, planned: PlannedPartition) -> Recheck:
@@ -370,8 +383,26 @@ class Job:
             log.info("%s: its output changed since this run planned; re-checking it",
                      pid.state_key)
             return None
+        if _label_of(now) is not self.labels(pid.date):
+            return None  # up to date, but the day's label changed: relabel under the lease
         log.info("%s: skipped: %s", pid.state_key, planned.describe)
         return self._up_to_date(pid, now, fingerprint)
+
+    def _relabel(self, planned: PlannedPartition, base: Published) -> PartitionOutcome:
+        """Write the day's current label into an up-to-date meta.json (data unchanged)."""
+        pid, fingerprint = planned.pid, planned.partition.fingerprint
+        label = self.labels(pid.date)
+        try:
+            meta = relabel(self.compact, pid, base, label)
+        except StoreConfigError:
+            raise
+        except StoreError as exc:
+            started_at, attempts = self._next_attempt(pid)
+            status, _, error = classify(exc)
+            return self._record_failure(pid, status, error, started_at, attempts)
+        log.info("%s: up to date; day label %s -> %s", pid.state_key,
+                 _label_of(base).value, label.value)
+        return self._up_to_date(pid, replace(base, meta=meta), fingerprint)
 
     def _up_to_date(self, pid: PartitionId, published: Published, fingerprint: str
                     ) -> PartitionOutcome:
@@ -380,7 +411,8 @@ class Job:
         synced = _success_from_meta(published.meta, entry, utc_iso(self.clock()))
         if synced is None:
             log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
-        elif entry is None or entry.status != "success" or entry.rows != synced.rows:
+        elif (entry is None or entry.status != "success" or entry.rows != synced.rows
+              or entry.day_quality_post != synced.day_quality_post):
             self._record(pid, synced)  # meta.json is the truth; the state lost track
         rows = synced.rows if synced else 0
         size = synced.total_size_bytes if synced else 0
@@ -397,7 +429,8 @@ class Job:
         clock = time.monotonic()
         try:
             result = compact_partition(part, self.raw, self.compact, self.settings,
-                                       should_stop=self.should_stop, fence=fence, base=base)
+                                       should_stop=self.should_stop, fence=fence, base=base,
+                                       label=self.labels(pid.date))
         except StoreConfigError:
             raise  # the store itself is unusable: the run stops (exit 2)
         except PublishConflict as exc:
@@ -410,8 +443,10 @@ class Job:
         seconds = time.monotonic() - clock
         self._record(pid, PartitionState.success(
             rows=result.rows, total_size_bytes=result.size_bytes, started_at=started_at,
-            attempts=attempts, day_quality_post=result.quality.to_dict(),
-            skipped_files=result.skipped_files or None, updated_at=utc_iso(self.clock()),
+            attempts=attempts, day_quality_post=_label_of(result.meta).value,
+            post_filter_version=RULES_VERSION, quality=result.quality.compact(),
+            source_fingerprint=part.fingerprint, skipped_files=result.skipped_files or None,
+            updated_at=utc_iso(self.clock()),
         ))
         log.info("%s: published %d rows, %s in %.1fs%s", pid.state_key, result.rows,
                  human_size(result.size_bytes), seconds,
@@ -448,13 +483,24 @@ class Job:
         return PartitionOutcome(pid, status, seconds=seconds, error=error, failed_key=failed_key)
 
 
+def _label_of(source: Published | Meta) -> Label:
+    """The day label a meta.json carries (UNKNOWN for anything else, e.g. old figures)."""
+    meta = source.meta if isinstance(source, Published) else source
+    value = meta.extra.get("day_quality") if meta is not None else None
+    return Label(value) if isinstance(value, str) and value in LABELS else Label.UNKNOWN
+
+
 def _success_from_meta(
     meta: Meta | None, entry: PartitionState | None, now: str
 ) -> PartitionState | None:
     """A `success` state entry rebuilt from a published meta.json (None if it won't do)."""
     if meta is None:
         return None
-    quality = meta.extra.get("day_quality")
+    version = meta.extra.get("post_filter_version")
+    try:
+        figures = DayQuality.from_json(meta.extra.get("quality")).compact()
+    except (TypeError, ValueError, AttributeError, KeyError):
+        figures = None
     try:
         return PartitionState.success(
             rows=meta.rows,
@@ -462,7 +508,10 @@ def _success_from_meta(
             started_at=now,
             updated_at=now,
             attempts=entry.attempts if entry else 1,
-            day_quality_post=quality if isinstance(quality, dict | str) else None,
+            day_quality_post=_label_of(meta).value,
+            post_filter_version=version if isinstance(version, str) else None,
+            quality=figures,
+            source_fingerprint=meta.source_fingerprint,
             skipped_files=meta.skipped_files or None,
         )
     except (TypeError, ValueError):

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from compressor.merge_errors import MergeAborted, MergeInputError, MergeResource
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
 from compressor.meta import ORDERING_COLUMNS as META_ORDERING
 from compressor.meta import Meta, Published, read_published
-from compressor.quality.metrics import POST_FILTER_VERSION, DayQuality, QualityAccumulator
+from compressor.quality.labels import RULES_VERSION, Label
+from compressor.quality.metrics import DayQuality, QualityAccumulator
 from compressor.storage.base import (
     ObjectInfo,
     ObjectUnreadable,
@@ -176,6 +177,7 @@ def compact_partition(
     should_stop: Callable[[], bool] = _never,
     fence: Callable[[], None] = _no_fence,
     base: Published | None = None,
+    label: Label = Label.UNKNOWN,
 ) -> CompactResult:
     """Compact and publish one partition; its temp dir is removed whatever happens.
 
@@ -204,7 +206,7 @@ def compact_partition(
             raise
         skipped_keys = [key for path, key in inputs if path in skipped]
         meta = build_meta(partition, verified, quality, merged, skipped_keys,
-                          time.monotonic() - started)
+                          time.monotonic() - started, label)
         if should_stop():  # last moment to give up cheaply: nothing published yet
             raise MergeAborted("interrupted before publishing")
         final = publish(compact, partition, output, meta, base, fence)
@@ -373,8 +375,9 @@ def build_meta(
     merged: MergeResult,
     skipped_keys: list[str],
     seconds: float,
+    label: Label = Label.UNKNOWN,
 ) -> Meta:
-    """meta.json: BRIEF §2 keys, the source fingerprint, and the merge figures.
+    """meta.json: BRIEF §2 keys, the source fingerprint, the day label and figures.
 
     `data_etag` is filled in by `publish` once the store has named the upload."""
     figures = asdict(merged)
@@ -391,13 +394,31 @@ def build_meta(
         stream_type=partition.pid.stream,
         skipped_files=tuple(skipped_keys),
         extra={
-            "day_quality": quality.to_dict(),
-            "post_filter_version": POST_FILTER_VERSION,
+            "day_quality": label.value,
+            "post_filter_version": RULES_VERSION,
+            "quality": quality.to_json(),
             "compactor_version": __version__,
             "created_at": utc_iso(time.time()),
             "merge": figures,
         },
     )
+
+
+def relabel(compact: Store, pid: PartitionId, base: Published, label: Label) -> Meta:
+    """Put the day's new label into an up-to-date meta.json, in place.
+
+    The data is unchanged and the new meta.json names the same data.parquet, so the
+    pair stays whole at every moment; If-Match on the meta.json read under the lease
+    makes any other writer's change win (PublishConflict)."""
+    assert base.meta is not None and base.meta_etag is not None
+    extra = {**base.meta.extra, "day_quality": label.value,
+             "post_filter_version": RULES_VERSION}
+    meta = replace(base.meta, extra=extra)
+    try:
+        compact.put_bytes(pid.meta_key, meta.to_bytes(), if_match=base.meta_etag)
+    except PreconditionFailed:
+        raise _conflict(compact, pid, "changed by another run while relabelling") from None
+    return meta
 
 
 class PublishConflict(TransientStoreError):

@@ -5,6 +5,7 @@ Document (readers rely on it, BRIEF §2)::
     {
       "schema_version": 1,
       "last_compacted_date": "YYYYMMDD" | null,
+      "last_compacted_moved_at": ISO-8601 UTC "Z" (when it last moved; optional),
       "updated_at": "2024-01-02T02:31:00.123Z",
       "partitions": {
         "<ex>/<stream>/<sym>/<YYYYMMDD>": {
@@ -12,7 +13,11 @@ Document (readers rely on it, BRIEF §2)::
           "rows": int, "total_size_bytes": int, "attempts": int,
           "updated_at": ISO-8601 UTC "Z", "started_at": ISO-8601 UTC "Z",
           "error": one line (failed/quarantined only), "failed_key": str (on failure),
-          "day_quality_post": str | object (optional), "skipped_files": [str] (optional)
+          "day_quality_post": "GOOD" | "DEGRADED" | "BAD" | "PARTIAL" | "UNKNOWN" (optional),
+          "post_filter_version": str (the rules behind that label, optional),
+          "quality": {a compact subset of meta.json's quality figures} (optional),
+          "source_fingerprint": str (the raw listing compacted, optional),
+          "skipped_files": [str] (optional)
         }
       }
     }
@@ -59,6 +64,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from compressor.layout import STATE_KEY, PartitionId, parse_day
+from compressor.quality.labels import LABELS, Label
 from compressor.storage.base import (
     NotFound,
     PreconditionFailed,
@@ -74,10 +80,12 @@ STATUSES = ("success", "failed", "quarantined", "in_progress")
 FAILURE_STATUSES = ("failed", "quarantined")
 #: Tie-break between entries of the same attempt with the same updated_at.
 _STATUS_RANK = {"in_progress": 0, "failed": 1, "quarantined": 2, "success": 3}
-_TOP_KEYS = {"schema_version", "last_compacted_date", "updated_at", "partitions"}
+_TOP_KEYS = {"schema_version", "last_compacted_date", "last_compacted_moved_at", "updated_at",
+             "partitions"}
 _ENTRY_KEYS = {
     "status", "rows", "total_size_bytes", "attempts", "updated_at", "started_at",
-    "error", "failed_key", "day_quality_post", "skipped_files",
+    "error", "failed_key", "day_quality_post", "post_filter_version", "quality",
+    "source_fingerprint", "skipped_files",
 }
 _DAY_RE = re.compile(r"\d{8}")
 _PARTITION_KEY_RE = re.compile(r"[^/]+/[^/]+/[^/]+/\d{8}")
@@ -132,7 +140,11 @@ class PartitionState:
     started_at: str | None = None
     error: str | None = None
     failed_key: str | None = None
-    day_quality_post: str | dict[str, Any] | None = None
+    #: The day's label (compressor.quality.labels.Label value), compared literally.
+    day_quality_post: str | None = None
+    post_filter_version: str | None = None
+    quality: dict[str, Any] | None = None
+    source_fingerprint: str | None = None
     skipped_files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -156,8 +168,12 @@ class PartitionState:
 
     def _check_optional_fields(self) -> None:
         dq = self.day_quality_post
-        if dq is not None and not isinstance(dq, str | dict):
-            raise ValueError(f"day_quality_post: expected a string or object, got {dq!r}")
+        if dq is not None and dq not in LABELS:
+            raise ValueError(f"day_quality_post: expected one of {'|'.join(LABELS)}, got {dq!r}")
+        for name in ("post_filter_version", "source_fingerprint"):
+            _check_optional_str(name, getattr(self, name))
+        if self.quality is not None and not isinstance(self.quality, dict):
+            raise ValueError(f"quality: expected an object, got {self.quality!r}")
         files = self.skipped_files
         if files is not None and (
             not isinstance(files, tuple) or not all(isinstance(f, str) for f in files)
@@ -174,13 +190,16 @@ class PartitionState:
     @classmethod
     def success(
         cls, *, rows: int, total_size_bytes: int, started_at: str, attempts: int = 1,
-        updated_at: str | None = None, day_quality_post: str | dict[str, Any] | None = None,
-        skipped_files: Iterable[str] | None = None,
+        updated_at: str | None = None, day_quality_post: str | None = None,
+        post_filter_version: str | None = None, quality: dict[str, Any] | None = None,
+        source_fingerprint: str | None = None, skipped_files: Iterable[str] | None = None,
     ) -> PartitionState:
         return cls(
             status="success", updated_at=updated_at or utc_iso(time.time()),
             started_at=started_at, rows=rows, total_size_bytes=total_size_bytes,
             attempts=attempts, day_quality_post=day_quality_post,
+            post_filter_version=post_filter_version, quality=quality,
+            source_fingerprint=source_fingerprint,
             skipped_files=tuple(skipped_files) if skipped_files is not None else None,
         )
 
@@ -211,7 +230,8 @@ class PartitionState:
             "total_size_bytes": self.total_size_bytes, "attempts": self.attempts,
             "updated_at": self.updated_at, "started_at": self.attempt_started_at,
         }
-        for name in ("error", "failed_key", "day_quality_post"):
+        for name in ("error", "failed_key", "day_quality_post", "post_filter_version",
+                     "quality", "source_fingerprint"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -232,10 +252,26 @@ class PartitionState:
         files = raw.get("skipped_files")
         if files is not None and not isinstance(files, list):
             raise ValueError("skipped_files: expected a list of strings")
-        kwargs = dict(raw)
+        kwargs = _migrated(raw)
         if files is not None:
             kwargs["skipped_files"] = tuple(files)
         return cls(**kwargs)
+
+
+def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
+    """An entry in the current shape. Writers before 1.1 put the data figures (a dict)
+    in `day_quality_post`, where readers compare a label string: the figures move to
+    `quality` and the label becomes UNKNOWN until the day is scored again."""
+    entry = dict(raw)
+    legacy = entry.get("day_quality_post")
+    if isinstance(legacy, dict):
+        entry["day_quality_post"] = Label.UNKNOWN.value
+        entry.setdefault("quality", legacy)
+    return entry
+
+
+def _needs_migration(raw: Any) -> bool:
+    return isinstance(raw, dict) and isinstance(raw.get("day_quality_post"), dict)
 
 
 def _merge_key(entry: PartitionState) -> tuple[float, float, int, str]:
@@ -311,9 +347,9 @@ def _check_top(doc: Any) -> None:
         raise ValueError(f"last_compacted_date: expected YYYYMMDD or null, got {lcd!r}")
     if lcd is not None:
         parse_day(lcd)
-    updated = doc.get("updated_at")
-    if updated is not None:
-        _check_time("updated_at", updated)
+    for name in ("updated_at", "last_compacted_moved_at"):
+        if doc.get(name) is not None:
+            _check_time(name, doc[name])
     if not isinstance(doc.get("partitions"), dict):
         raise ValueError("partitions: expected an object")
 
@@ -404,6 +440,8 @@ class StateSnapshot:
     updated_at: str | None
     #: Entries by state key, `<ex>/<stream>/<sym>/<YYYYMMDD>`.
     partitions: dict[str, PartitionState]
+    #: When last_compacted_date last moved (None: not recorded, e.g. by versions < 1.1).
+    last_compacted_moved_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -542,6 +580,7 @@ class StateStore:
             last_compacted_date=self.last_compacted_date,
             updated_at=self._document()["updated_at"],
             partitions={key: entry for key, entry in entries.items() if entry is not None},
+            last_compacted_moved_at=self._document().get("last_compacted_moved_at"),
         )
 
     # -- queueing ----------------------------------------------------------------
@@ -639,16 +678,26 @@ class StateStore:
     ) -> dict[str, Any]:
         """A new document: `doc` (not modified) with the updates merged in."""
         partitions = dict(doc["partitions"])
+        for skey in [k for k, raw in partitions.items() if _needs_migration(raw)]:
+            partitions[skey] = PartitionState.from_json(partitions[skey]).to_json()
         for skey, entry in updates.items():
             raw = partitions.get(skey)
             merged = entry if raw is None else merge_entries(PartitionState.from_json(raw), entry)
             partitions[skey] = merged.to_json()
-        return {
+        now = utc_iso(self.clock())
+        new_lcd = _max_day(doc["last_compacted_date"], lcd)
+        moved = doc.get("last_compacted_moved_at")
+        out = {
             "schema_version": SCHEMA_VERSION,
-            "last_compacted_date": _max_day(doc["last_compacted_date"], lcd),
-            "updated_at": utc_iso(self.clock()),
+            "last_compacted_date": new_lcd,
+            "updated_at": now,
             "partitions": partitions,
         }
+        if new_lcd != doc["last_compacted_date"]:
+            moved = now
+        if moved is not None:
+            out["last_compacted_moved_at"] = moved
+        return out
 
     # -- repair --------------------------------------------------------------------
 

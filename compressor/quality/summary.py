@@ -35,9 +35,9 @@ def summarize_state(state: StateSnapshot, today: str, days: int = REPORT_DAYS) -
 def _day_line(day: str, entries: list[PartitionState], last: str | None) -> str:
     status = Counter(e.status for e in entries)
     ok = [e for e in entries if e.status == "success"]
-    # day_quality_post is free-form in the state (str or object; older writers, other
-    # tools), so each figure is taken only when it is an integer
-    quality = [e.day_quality_post for e in ok if isinstance(e.day_quality_post, dict)]
+    # the figures are free-form in the state (other writers, other tools), so each
+    # figure is taken only when it is an integer
+    quality = [e.quality for e in ok if isinstance(e.quality, dict)]
     gaps = [_figure(q, "max_gap_ms") for q in quality]
     lags = [_figure(q, "lag_p99_ms") for q in quality]
     ready = "yes" if last is not None and last >= day else "no"
