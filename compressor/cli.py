@@ -58,6 +58,9 @@ DEFAULT_COMPACT_BUCKET = "quantlab-compact"
 DEFAULT_TMP = Path(tempfile.gettempdir()) / "quantlab-compact"
 #: The shortest lease TTL QLC_LEASE_TTL_S may ask for (the renewer runs every TTL/3).
 MIN_LEASE_TTL_S = 2.0
+MAX_LEASE_TTL_S = 86_400.0
+#: Upper bound of --lookback-days and --empty-day-grace (ten years).
+MAX_DAYS_FLAG = 3650
 #: The --demo lake: days before today, and its shape (a few hundred small files).
 DEMO_DAYS = 3
 DEMO_SHAPE: dict[str, Any] = {
@@ -156,8 +159,9 @@ def _count(flag: str) -> Callable[[str], int]:
     """argparse type: a non-negative integer, the error naming `flag`."""
 
     def parse(text: str) -> int:
-        if not text.strip().isdigit():
-            raise UsageError(f"{flag}: expected a whole number of days >= 0, got {text!r}")
+        if not text.strip().isdigit() or int(text) > MAX_DAYS_FLAG:
+            raise UsageError(f"{flag}: expected a whole number of days from 0 to "
+                             f"{MAX_DAYS_FLAG}, got {text!r}")
         return int(text)
 
     return parse
@@ -227,9 +231,9 @@ def lease_ttl(env: Mapping[str, str]) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= MIN_LEASE_TTL_S:
-        raise UsageError(f"QLC_LEASE_TTL_S: expected seconds >= {MIN_LEASE_TTL_S:.0f}, "
-                         f"got {text!r}")
+    if not MIN_LEASE_TTL_S <= value <= MAX_LEASE_TTL_S:
+        raise UsageError(f"QLC_LEASE_TTL_S: expected seconds from {MIN_LEASE_TTL_S:.0f} to "
+                         f"{MAX_LEASE_TTL_S:.0f}, got {text!r}")
     return value
 
 
@@ -375,6 +379,9 @@ def run_once(
     # Leases and the state's "newer attempt wins" compare times written by hosts whose
     # clocks differ: all of them are taken on the compact store's clock.
     clock = StoreClock.measure(compact)
+    if not args.today:  # "today" is the store's date too: a host a few minutes fast at
+        # 23:55 must not compact the day still being written
+        options = plan_options(args, datetime.fromtimestamp(clock(), UTC).date())
     state = StateStore(compact, clock=clock)
     state.load()
     plan = build_plan(raw, compact, state, options)

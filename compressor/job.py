@@ -40,7 +40,7 @@ from compressor.quality.labels import LABELS, RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality
 from compressor.readiness import StateRecorder, Watermark
 from compressor.state import PartitionState, StateStore
-from compressor.storage.base import Store, StoreConfigError, StoreError
+from compressor.storage.base import Store, StoreConfigError, StoreError, TransientStoreError
 from compressor.text import human_size, one_line, utc_iso
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,14 @@ def _no_label(day: str) -> Label:
     return Label.UNKNOWN
 
 
+def _nothing() -> None:
+    return None
+
+
+class StateNotSaved(TransientStoreError):
+    """The state could not record an attempt before a publish that needs it recorded."""
+
+
 class Job:
     """Runs one Plan against the stores; build it, then call `run()` once.
 
@@ -286,9 +294,10 @@ class Job:
             case ToCompact(current, base):
                 if current.partition.file_count == 0:
                     return PartitionOutcome(pid, Status.NO_DATA)
-                if current.action is Action.SKIP and base.current_for(
-                    current.partition.fingerprint
-                ):
+                fingerprint = current.partition.fingerprint
+                if current.action is Action.SKIP and base.current_for(fingerprint):
+                    if _label_of(base) is self.labels(pid.date):
+                        return self._up_to_date(pid, base, fingerprint)  # state synced
                     return self._relabel(current, base)
                 return self._compact(current, lease.check_held, base)
 
@@ -304,8 +313,10 @@ class Job:
         pid = planned.pid
         try:
             now = read_published(self.compact, pid)
+            if planned.action is Action.SKIP and now.current_for(planned.partition.fingerprint):
+                return ToCompact(planned, now)  # still up to date: sync its state entry
             if now == planned.published or now.meta is None or not now.consistent:
-                return ToCompact(planned, now)
+                return ToCompact(replace(planned, action=Action.COMPACT), now)
             if now.current_for(planned.partition.fingerprint):
                 return PublishedMeanwhile(now, planned.partition.fingerprint)
             fresh = list_partition(self.raw, pid)
@@ -385,8 +396,21 @@ class Job:
             return None
         if _label_of(now) is not self.labels(pid.date):
             return None  # up to date, but the day's label changed: relabel under the lease
+        if self._needs_sync(pid, now):
+            # Only a lease holder writes an entry: a run without it could stamp a
+            # "success" newer than the attempt another run is making right now.
+            return None
         log.info("%s: skipped: %s", pid.state_key, planned.describe)
         return self._up_to_date(pid, now, fingerprint)
+
+    def _needs_sync(self, pid: PartitionId, published: Published) -> bool:
+        """Whether the state entry disagrees with an up-to-date published pair."""
+        entry = self.state.get(pid)
+        synced = _success_from_meta(published.meta, entry, utc_iso(self.clock()))
+        return synced is not None and (
+            entry is None or entry.status != "success" or entry.rows != synced.rows
+            or entry.day_quality_post != synced.day_quality_post
+        )
 
     def _relabel(self, planned: PlannedPartition, base: Published) -> PartitionOutcome:
         """Write the day's current label into an up-to-date meta.json (data unchanged)."""
@@ -411,8 +435,7 @@ class Job:
         synced = _success_from_meta(published.meta, entry, utc_iso(self.clock()))
         if synced is None:
             log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
-        elif (entry is None or entry.status != "success" or entry.rows != synced.rows
-              or entry.day_quality_post != synced.day_quality_post):
+        elif self._needs_sync(pid, published):
             self._record(pid, synced)  # meta.json is the truth; the state lost track
         rows = synced.rows if synced else 0
         size = synced.total_size_bytes if synced else 0
@@ -430,7 +453,8 @@ class Job:
         try:
             result = compact_partition(part, self.raw, self.compact, self.settings,
                                        should_stop=self.should_stop, fence=fence, base=base,
-                                       label=self.labels(pid.date))
+                                       label=self.labels(pid.date),
+                                       before_publish=self._before_publish(pid, base))
         except StoreConfigError:
             raise  # the store itself is unusable: the run stops (exit 2)
         except PublishConflict as exc:
@@ -454,6 +478,23 @@ class Job:
                  if result.skipped_files else "")
         return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds,
                                 fingerprint=part.fingerprint)
+
+    def _before_publish(self, pid: PartitionId, base: Published) -> Callable[[], None]:
+        """Save the `in_progress` entry before a publish that could leave a ready day
+        short of a partition if the run died half-way: one that replaces a published
+        pair, or one on a day already ready. Its entry then says `in_progress`, and the
+        next catch-up retries that day (README "Killed runs"). New days need no flush:
+        they are not ready until this run confirms them."""
+        ready = self.plan.last_compacted_date
+        if base.meta_etag is None and (ready is None or pid.date > ready):
+            return _nothing
+
+        def save() -> None:
+            if not self.recorder.flush():
+                raise StateNotSaved(f"{pid.state_key}: its in_progress entry could not be "
+                                    f"saved ({self.recorder.error}); nothing replaced")
+
+        return save
 
     def _next_attempt(self, pid: PartitionId) -> tuple[str, int]:
         """(started_at, attempt number) of an attempt at the partition starting now."""

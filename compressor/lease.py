@@ -183,10 +183,13 @@ def process_start_id(pid: int) -> str | None:
     starttime is field 22 of /proc/<pid>/stat: clock ticks after boot at which the
     process started. With the boot id, no other process (even after a reboot) has the
     same pair, so it tells a pid reused by another process from the one recorded.
+    Where the boot id is hidden (the service's `ProcSubset=pid` hides /proc/sys), the
+    boot part is `-`: a reused pid whose new process started at the very same tick
+    after another boot is the only case it then misses.
     """
-    boot = _boot_id()
-    if boot is None or pid <= 0:
+    if pid <= 0:
         return None
+    boot = _boot_id() or "-"
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()

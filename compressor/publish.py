@@ -178,6 +178,7 @@ def compact_partition(
     fence: Callable[[], None] = _no_fence,
     base: Published | None = None,
     label: Label = Label.UNKNOWN,
+    before_publish: Callable[[], None] = _no_fence,
 ) -> CompactResult:
     """Compact and publish one partition; its temp dir is removed whatever happens.
 
@@ -209,6 +210,7 @@ def compact_partition(
                           time.monotonic() - started, label)
         if should_stop():  # last moment to give up cheaply: nothing published yet
             raise MergeAborted("interrupted before publishing")
+        before_publish()
         final = publish(compact, partition, output, meta, base, fence)
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
                              merged, final, skipped_keys)

@@ -412,3 +412,72 @@ def test_attempts_are_stamped_on_the_store_clock(
     entry = StateStore(s3_store).get(_spec().partition)
     assert entry is not None and entry.status == "success"
     assert abs(parse_utc_iso(entry.attempt_started_at) - time.time()) < 10
+
+
+# ------------------------------------------------------------------ review findings
+
+
+class _StateAtDelete(LocalStore):
+    """A LocalStore that notes the stored state entry of a partition when its meta.json
+    is deleted: what a run killed right after that delete would leave behind."""
+
+    def __init__(self, root: Path, watched: str) -> None:
+        super().__init__(root)
+        self.watched = watched
+        self.seen: list[str | None] = []
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        if key.endswith("/meta.json"):
+            entry = StateStore(LocalStore(self.root)).get(self.watched)
+            self.seen.append(entry.status if entry else None)
+        super().delete(key, if_match=if_match)
+
+
+def test_an_attempt_is_saved_before_it_removes_a_published_output(
+    raw: LocalStore, tmp_path: Path, settings: CompactSettings
+) -> None:
+    """An --overwrite on a ready day far behind the lookback, killed right after its
+    meta.json delete, must leave an entry the next catch-up retries (not `success`)."""
+    (tmp_path / "compact").mkdir()
+    spec = _spec(date="20261110")
+    put_partition(raw, spec, tmp_path)
+    part = list_partition(raw, spec.partition)
+    compact = _StateAtDelete(tmp_path / "compact", spec.partition.state_key)
+    state = StateStore(compact)
+    Job(build_plan(raw, compact, state, PlanOptions(
+        mode=Mode.BACKFILL, today=TODAY, backfill=(date(2026, 11, 10), date(2026, 11, 10)))),
+        raw, compact, state, settings, LeaseManager(compact, auto_renew=False)).run()
+    state.advance_last_compacted("20261124")
+    state.flush()
+    overwrite = PlanOptions(mode=Mode.BACKFILL, today=TODAY, overwrite=True,
+                            backfill=(date(2026, 11, 10), date(2026, 11, 10)))
+    Job(build_plan(raw, compact, state, overwrite), raw, compact, state, settings,
+        LeaseManager(compact, auto_renew=False)).run()
+    assert compact.seen == ["in_progress"]
+    _whole_pair_of(compact, part)
+
+
+def test_a_run_without_the_lease_never_stamps_success_over_a_live_attempt(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    from compressor.lease import LeaseOwner
+
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    state = StateStore(store)
+    state.advance_last_compacted("20261124")
+    state.record(part.pid, PartitionState.failure(
+        status="failed", error="reset", started_at=utc_iso(time.time() - 60)))
+    state.flush()
+    holder = LeaseManager(store, owner=LeaseOwner("elsewhere", 1, "backfill"),
+                          auto_renew=False)
+    assert holder.acquire(part.pid) is not None  # a backfill is working on it
+    plan = build_plan(raw, store, state, PlanOptions(mode=Mode.CATCH_UP, today=TODAY))
+    (planned,) = plan.partitions
+    assert planned.reason is Reason.UP_TO_DATE
+    report = Job(plan, raw, store, state, settings, LeaseManager(store, auto_renew=False),
+                 busy_wait_s=0).run()
+    assert [o.status for o in report.outcomes] == [Status.BUSY]
+    entry = StateStore(store).get(part.pid)
+    assert entry is not None and entry.status == "failed"
