@@ -42,11 +42,12 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -585,17 +586,27 @@ def write_quality_windows(
     exchanges: Iterable[str] = EXCHANGES,
     seed: int = 0,
     missing: Iterable[int] = (),
+    *,
+    partial: Iterable[int] = (),
+    overrides: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> list[Path]:
     """Write the day's 96 collector health windows (BRIEF §5), skipping indices in `missing`.
 
     Window k covers [00:00 + 15k min, +15 min); its file is named after the window end
     (HHMM), so the last window of the day is `window=0000.json`. `missing` makes a day
-    whose coverage has holes, which the quality report of the next issue must show
-    (BRIEF §5); nothing in the job reads the windows yet.
+    whose coverage has holes, which the quality report must show (BRIEF §5;
+    compressor.quality.windows scores them).
+
+    For known answers: windows in `partial` are written with `is_partial: true` and
+    `actual_duration_seconds: 450.0`; `overrides[k]` replaces top-level fields of window
+    k, except `signals`, whose entries replace the generated signals one by one. The
+    defaults' output is unchanged.
     """
     spec = PartitionSpec(date=day, seed=seed)
     exchanges = list(exchanges)
     skip = set(missing)
+    partial_set = set(partial)
+    overrides = overrides or {}
     out = []
     day0 = spec.day_start_ms
     directory = Path(root) / f"quality/date={day}"
@@ -610,7 +621,7 @@ def write_quality_windows(
         offline = {ex: 0.0 for ex in exchanges}
         if quality != "GOOD" and exchanges:
             offline[exchanges[k % len(exchanges)]] = 120.0 if quality == "BAD" else 15.0
-        doc = {
+        doc: dict[str, Any] = {
             "window_start": _iso(start),
             "window_end": _iso(end),
             "quality": quality,
@@ -633,6 +644,14 @@ def write_quality_windows(
                 "s3_upload_failures": 0,
             },
         }
+        if k in partial_set:
+            doc["is_partial"] = True
+            doc["signals"]["actual_duration_seconds"] = 450.0
+        for field_name, value in overrides.get(k, {}).items():
+            if field_name == "signals":
+                doc["signals"].update(value)
+            else:
+                doc[field_name] = value
         hhmm = datetime.fromtimestamp(end / 1000, tz=UTC).strftime("%H%M")
         path = directory / f"window={hhmm}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
