@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from compressor.quality.labels import Label
+from compressor.quality.labels import RULES_VERSION, Label
 from compressor.quality.windows import (
     DayVerdict,
     fetch_day_windows,
@@ -67,6 +67,7 @@ class DayVerdicts:
             stored = load_verdict(self.compact, day)
             if stored is not None and stored.label.final and (
                 stored.primary_exchange == self.primary_exchange
+                and stored.rules_version == RULES_VERSION
             ):
                 return stored
             windows = fetch_day_windows(self.raw, day)
