@@ -31,7 +31,7 @@ from tests.conftest import put_partition
 REQUIRED_META = {
     "schema_version", "rows", "ts_event_min", "ts_event_max", "ordering_columns", "sha256",
     "source_files", "stream_type", "day_quality", "post_filter_version", "source_fingerprint",
-    "compactor_version", "created_at", "merge",
+    "compactor_version", "created_at", "merge", "quality", "data_etag", "size_bytes",
 }
 
 
@@ -100,8 +100,10 @@ def test_every_raw_row_exactly_once_sorted_with_seq(
     assert meta["source_files"] == 8 and meta["stream_type"] == "trade"
     assert meta["source_fingerprint"] == part.fingerprint
     assert meta["created_at"].endswith("Z")
-    assert meta["day_quality"]["rows"] == out.num_rows
-    assert meta["day_quality"]["out_of_day_rows"] > 0  # previous day's tail
+    assert meta["day_quality"] == "UNKNOWN"  # no collector windows for this day
+    assert meta["post_filter_version"] == "1.0.0"
+    assert meta["quality"]["rows"] == out.num_rows
+    assert meta["quality"]["out_of_day_before"] > 0  # previous day's tail
     assert "skipped_files" not in meta
     assert list((tmp_path / "work").iterdir()) == []  # temp dir gone
 
@@ -222,17 +224,17 @@ class CrashingStore(LocalStore):
             raise Crash(f"{name} {key}")
         self.ops.append(f"{name} {key.rsplit('/', 1)[-1]}")
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(self, key: str, path: Path, **kw: Any) -> ObjectInfo:
         self._op("put", key)
-        return super().put_file(key, path)
+        return super().put_file(key, path, **kw)
 
     def put_bytes(self, key: str, data: bytes, **kw: Any) -> str:
         self._op("put", key)
         return super().put_bytes(key, data, **kw)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, **kw: Any) -> None:
         self._op("delete", key)
-        super().delete(key)
+        super().delete(key, **kw)
 
 
 def _consistent(store: Store, part: Partition, tmp: Path) -> bool | None:
