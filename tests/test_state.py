@@ -587,3 +587,41 @@ def test_year_of_state_flush_cost(store: Store, capsys: pytest.CaptureFixture[st
     with capsys.disabled():
         print(f"\n[state cost {type(store).__name__}] 366k entries: {size / 1e6:.1f} MB, "
               f"load+validate {load_s:.2f} s, one flush of 1,000 updates {flush_s:.2f} s")
+
+
+def test_entries_holding_the_old_figures_dict_are_read_as_labels_and_rewritten(
+    store: Store,
+) -> None:
+    """Writers before 1.1 put the data figures in day_quality_post, where readers compare
+    a label string: they read as UNKNOWN with the figures under `quality`, and the next
+    write stores every such entry in the new shape."""
+    old_figures = {"rows": 10, "out_of_day_rows": 1, "duplicate_rows": 0, "max_gap_ms": 5,
+                   "lag_p50_ms": 3, "lag_p99_ms": 9}
+    legacy = {"status": "success", "rows": 10, "total_size_bytes": 100, "attempts": 1,
+              "updated_at": "2026-11-20T02:31:00.000Z", "started_at": "2026-11-20T02:30:00.000Z",
+              "day_quality_post": old_figures}
+    doc = {"schema_version": 1, "last_compacted_date": "20261120", "updated_at": None,
+           "partitions": {"okx/bbo/ethusdt/20261120": legacy,
+                          "okx/bbo/btcusdt/20261120": dict(legacy)}}
+    store.put_bytes(STATE_KEY, json.dumps(doc).encode())
+    state = StateStore(store)
+    entry = state.get("okx/bbo/ethusdt/20261120")
+    assert entry is not None and entry.day_quality_post == "UNKNOWN"
+    assert entry.quality == old_figures
+    state.record("binance/trade/btcusdt/20261121", PartitionState.in_progress(
+        started_at=utc_iso(time.time())))
+    state.flush()
+    stored = json.loads(store.get_bytes(STATE_KEY)[0])["partitions"]
+    for key in ("okx/bbo/ethusdt/20261120", "okx/bbo/btcusdt/20261120"):
+        assert stored[key]["day_quality_post"] == "UNKNOWN"
+        assert stored[key]["quality"] == old_figures
+    # a consumer's filter no longer trips over a dict
+    assert sorted(k for k, e in stored.items()
+                  if e["status"] == "success" and e.get("day_quality_post") != "BAD") == [
+        "okx/bbo/btcusdt/20261120", "okx/bbo/ethusdt/20261120"]
+
+
+def test_a_label_that_is_not_one_of_the_five_is_rejected() -> None:
+    with pytest.raises(ValueError, match="day_quality_post"):
+        PartitionState.success(rows=1, total_size_bytes=1, started_at=utc_iso(0),
+                               day_quality_post="OK")
