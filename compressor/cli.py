@@ -42,8 +42,11 @@ from compressor.planning import (
     check_dates,
 )
 from compressor.publish import CompactSettings, clean_stale_tmp
+from compressor.quality.html import render_html
 from compressor.quality.labels import Label
-from compressor.quality.summary import summarize_state
+from compressor.quality.report import DEFAULT_DAYS as REPORT_DAYS
+from compressor.quality.report import MAX_DAYS as MAX_REPORT_DAYS
+from compressor.quality.report import gather, render_json, render_text, report_days
 from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
 from compressor.state import StateCorruptError, StateStore
 from compressor.storage import Store, StoreConfigError, StoreError, open_store
@@ -125,13 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan (days, partitions, files, bytes, skips) and exit")
     other = p.add_argument_group("other actions")
     other.add_argument("--quality-report", action="store_true",
-                       help="print a summary of the state's last 14 days and exit (read-only)")
+                       help="print the quality report (one row per day: collector label, "
+                       "partitions by condition, rows, data flags; the watermark; the worst "
+                       "partitions) and exit. Read-only. Days: --days N, or --date-from D "
+                       "[--date-to D2]")
+    other.add_argument("--days", metavar="N", type=_count("--days"), default=None,
+                       help=f"--quality-report: the N days before today (default "
+                       f"{REPORT_DAYS}, at most {MAX_REPORT_DAYS})")
+    other.add_argument("--json", action="store_true",
+                       help="--quality-report: print the report as one JSON document")
+    other.add_argument("--html", metavar="FILE", type=Path,
+                       help="--quality-report: also write a self-contained offline HTML "
+                       "page (heatmap, daily table, rows chart) to FILE")
     other.add_argument("--repair-state", action="store_true",
                        help="back up a malformed compacted/_state.json and write a fresh one "
                        "keeping every entry that still validates, then exit")
     other.add_argument("--demo", metavar="DIR", type=Path,
                        help="generate a small raw lake in DIR/raw, compact it into "
-                       "DIR/compact (local stores) and print the state summary")
+                       "DIR/compact (local stores) and print the quality report")
     where = p.add_argument_group("stores and resources")
     where.add_argument("--raw", metavar="URI",
                        help="raw store: s3://bucket[/prefix] or a directory "
@@ -404,11 +418,32 @@ def run_once(
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def quality_report(args: argparse.Namespace, compact: Store) -> int:
+def quality_report(args: argparse.Namespace, raw: Store, compact: Store) -> int:
+    """Read-only: no lease, no cleanup, no probe, no verdict saved (quality/report.py)."""
+    today = _today(args)
+    try:
+        days = report_days(today, args.days, args.date_from, args.date_to)
+        filters = Filters.parse(args.exchanges, args.streams, args.symbols)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    html_path: Path | None = args.html
+    if html_path is not None and not html_path.parent.is_dir():
+        raise UsageError(f"--html {html_path}: no such directory {html_path.parent}")
+    raw.check()
     compact.check()
-    state = StateStore(compact)
-    state.load()
-    print(summarize_state(state.snapshot(), format_day(_today(args))))
+    report = gather(raw, compact, days, today=format_day(today),
+                    primary_exchange=args.primary_exchange.lower(), filters=filters)
+    if html_path is not None:
+        try:
+            html_path.write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UsageError(f"--html {html_path}: cannot write it ({reason})") from None
+        log.info("quality report page written to %s", html_path)
+    if args.json:
+        print(render_json(report))
+    else:
+        print(render_text(report, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
     return EXIT_OK
 
 
@@ -452,9 +487,11 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
         code = max(code, run_once(sub, os.environ, raw, compact, stop))
         if stop.exit_code is not None:
             return stop.exit_code
-    state = StateStore(open_store(str(root / "compact"), {}, role="compact"))
+    raw, compact = open_stores(build_parser().parse_args(base), {})
+    report = gather(raw, compact, report_days(today, DEMO_DAYS, None, None),
+                    today=format_day(today), primary_exchange=args.primary_exchange.lower())
     print()
-    print(summarize_state(state.snapshot(), format_day(today)))
+    print(render_text(report, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
     print(f"\noutputs: {root / 'compact'}   state: {root / 'compact/compacted/_state.json'}")
     return code
 
@@ -475,7 +512,7 @@ def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
     env = load_env(args.env_file, os.environ)
     raw, compact = open_stores(args, env)
     if args.quality_report:
-        return quality_report(args, compact)
+        return quality_report(args, raw, compact)
     if args.repair_state:
         return repair_state(compact)
     return run_once(args, env, raw, compact, stop)

@@ -1,4 +1,4 @@
-"""The quality accumulator (meta.json day_quality) and the --quality-report summary."""
+"""The quality accumulator (meta.json quality figures and flags)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 
 from compressor.generator import PartitionSpec, raw_table
 from compressor.quality.metrics import DayQuality, QualityAccumulator
-from compressor.quality.summary import summarize_state
-from compressor.state import PartitionState, StateSnapshot
 
 DAY = "20261124"
 DAY0 = 1_795_478_400_000  # 2026-11-24T00:00:00Z in ms
@@ -94,34 +92,6 @@ def test_batch_boundaries_do_not_change_the_figures(cuts: list[int]) -> None:
     assert _feed(parts) == whole
     assert whole.duplicate_rows >= 50
     assert whole.out_of_day_rows > 0  # the generator puts the previous day's tail first
-
-
-def test_summary_lists_fourteen_days_and_readiness() -> None:
-    started = "2026-11-24T02:30:00.000Z"
-    quality = {"out_of_day_rows": 7, "duplicate_rows": 2, "max_gap_ms": 4000, "lag_p99_ms": 30}
-    state = StateSnapshot(
-        last_compacted_date="20261122",
-        updated_at="2026-11-24T02:31:00.000Z",
-        partitions={
-            "binance/trade/btcusdt/20261122": PartitionState.success(
-                rows=1000, total_size_bytes=1, started_at=started, day_quality_post=quality),
-            "okx/trade/btcusdt/20261122": PartitionState.success(
-                rows=24, total_size_bytes=1, started_at=started, day_quality_post="GOOD"),
-            "binance/bbo/btcusdt/20261123": PartitionState.failure(
-                status="quarantined", error="x: corrupt", started_at=started),
-            "binance/bbo/btcusdt/20261101": PartitionState.success(
-                rows=5, total_size_bytes=1, started_at=started),
-        },
-    )
-    text = summarize_state(state, "20261124")
-    lines = text.splitlines()
-    assert len(lines) == 2 + 14
-    assert "last_compacted_date: 20261122" in lines[0]
-    day22 = next(line for line in lines if line.startswith("20261122"))
-    assert day22.split()[1] == "yes" and "1,024" in day22 and " 7 " in day22
-    day23 = next(line for line in lines if line.startswith("20261123"))
-    assert day23.split()[1] == "no" and day23.split()[5] == "1"  # one quarantined
-    assert not any(line.startswith("20261101") for line in lines)  # older than 14 days
 
 
 def test_a_differing_string_or_null_column_makes_rows_distinct() -> None:
