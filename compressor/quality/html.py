@@ -24,6 +24,7 @@ from compressor.quality.report import (
     DayReport,
     QualityReport,
     compact_count,
+    shown_condition,
     to_json,
 )
 
@@ -244,7 +245,7 @@ def _rows_chart(report: QualityReport) -> str:
 def _worst_table(report: QualityReport) -> str:
     if not report.worst:
         return "<p>None: every partition compacted, current and without flags.</p>"
-    rows = "".join(f"<tr><td>{_e(p.key)}</td><td>{_e(p.condition.replace('_', ' '))}</td>"
+    rows = "".join(f"<tr><td>{_e(p.key)}</td><td>{_e(shown_condition(p).replace('_', ' '))}</td>"
                    f"<td>{_e(p.reason)}</td></tr>" for p in report.worst)
     return (f"<p>{len(report.worst)} of {report.worst_total}, worst first.</p>"
             f'<table class="worst"><tr><th>partition</th><th>condition</th><th>reason</th>'

@@ -739,7 +739,7 @@ def render_text(report: QualityReport, colour: bool = False, width: int = LINE_W
         key_width = min(40, max(len(p.key) for p in report.worst))
         for p in report.worst:
             key = f"  {p.key:<{key_width}} "
-            condition = f"{_shown(p):<13} "
+            condition = f"{shown_condition(p):<13} "
             if len(key + condition) >= width:
                 lines.append(_fit(key + condition, width))
             else:
@@ -784,7 +784,7 @@ def _day_row(
     return row + " " + flags, flags == _flags_text(d.flags, 10**6)
 
 
-def _shown(p: Problem) -> str:
+def shown_condition(p: Problem) -> str:
     """The condition as the terminal names it: a published, current partition is listed
     for its data flags ("flagged") or because its raw listing could not be read."""
     if p.condition != "success":
