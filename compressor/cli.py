@@ -503,6 +503,11 @@ def _check_one_action(args: argparse.Namespace) -> None:
                                     ("--dry-run", args.dry_run)) if on]
     if len(chosen) > 1:
         raise UsageError(f"{' and '.join(chosen)} cannot be combined")
+    report_only = [flag for flag, on in (("--days", args.days is not None),
+                                         ("--json", args.json),
+                                         ("--html", args.html is not None)) if on]
+    if report_only and not args.quality_report:
+        raise UsageError(f"{report_only[0]} applies to --quality-report only")
 
 
 def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:

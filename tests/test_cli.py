@@ -343,6 +343,8 @@ def _tomorrow() -> str:
         (["--mode", "daily", "--today", _tomorrow()], "after today's real UTC date"),
         (["--lookback-days", "-1"], "--lookback-days"),
         (["--empty-day-grace", "two"], "--empty-day-grace"),
+        (["--json"], "--json applies to --quality-report only"),
+        (["--html", "x.html"], "--html applies to --quality-report only"),
         (["--memory-budget", "lots"], "--memory-budget"),
         (["--env-file", "/nonexistent/.env"], "--env-file"),
         (["--compact", "ftp://x"], "ftp"),
