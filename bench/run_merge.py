@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CONTENDERS = ("ours", "polars", "duckdb")
-EXTRA_CONTENDERS = ("polars_tiebreak", "polars_sink")
+EXTRA_CONTENDERS = ("ours_quality", "polars_tiebreak", "polars_sink")
 TIME_BIN = "/usr/bin/time"
 #: Exit status of a worker whose contender cannot run here (e.g. merge not implemented).
 UNAVAILABLE = 3
@@ -60,6 +60,27 @@ def _worker_ours(paths: list[str], output: Path, tmp: Path, budget_mib: int) -> 
         raise _Unavailable("merge_files is not implemented yet") from exc
     figures = asdict(result) if hasattr(result, "__dataclass_fields__") else {}
     figures.pop("columns", None)
+    return figures
+
+
+def _worker_ours_quality(
+    paths: list[str], output: Path, tmp: Path, budget_mib: int
+) -> dict[str, Any]:
+    """Our merge with the quality pass hooked in, as the job runs it (publish._merge)."""
+    from compressor.merge_writer import MergeSettings, merge_files
+    from compressor.quality.metrics import QualityAccumulator
+
+    where = re.search(r"stream=([^/]+)/.*date=(\d{8})", paths[0]) if paths else None
+    if where is None:
+        raise _Unavailable("the inputs are not under .../stream=S/.../date=YYYYMMDD/")
+    quality = QualityAccumulator(where.group(2), output, where.group(1))
+    settings = MergeSettings(memory_budget=budget_mib * 2**20)
+    result = merge_files(
+        [Path(p) for p in paths], output, tmp_dir=tmp, settings=settings, on_batch=quality
+    )
+    figures = asdict(result)
+    figures.pop("columns", None)
+    figures["quality"] = quality.result(result).compact()
     return figures
 
 
@@ -143,6 +164,7 @@ def _worker_duckdb(paths: list[str], output: Path, tmp: Path, budget_mib: int) -
 
 WORKERS = {
     "ours": _worker_ours,
+    "ours_quality": _worker_ours_quality,
     "polars": _worker_polars,
     "polars_tiebreak": _worker_polars_tiebreak,
     "polars_sink": _worker_polars_sink,

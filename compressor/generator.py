@@ -1,19 +1,30 @@
 """Collector-shaped raw partitions (BRIEF §1) for the tests, `--demo` and the benchmark.
 
 Everything is deterministic from `PartitionSpec.seed` (and the partition's own names):
-the same spec gives the same bytes on every run with the same pyarrow. Only pyarrow
-and the standard library are used; row generation is vectorised with pyarrow.compute.
+the same spec gives the same bytes on every run with the same pyarrow. Only pyarrow,
+numpy and the standard library are used; row generation is vectorised.
 
 What a partition looks like (`layout`):
 
 - ``edges`` (the collector's normal day): file ``i`` is flushed at the end of its
   slice of the day and holds events from that slice plus a little before it, so
-  consecutive files overlap at their edges. Rows are in ARRIVAL order (sorted by
-  ``ts_recv = ts_event + latency``), so ``ts_event`` is locally shuffled inside a
-  file. About ``tie_fraction`` of the rows repeat the previous millisecond.
+  consecutive files overlap at their edges. Rows are in ARRIVAL order (``ts_recv``
+  never goes back inside a file), which is not ``ts_event`` order: about 0.5 % of
+  the rows (at least one per file of two rows or more) are sent late by the venue,
+  after up to four later events. About ``tie_fraction`` of the rows repeat the
+  previous millisecond.
 - ``spans_day``: every file's rows are spread over the whole day, in random order
   (the worst case for a merge: every file overlaps every other).
 - ``disjoint``: files cover non-overlapping slices, rows sorted by ``ts_event``.
+
+Receive lag (``ts_recv - ts_event``, ms) is what a collector near the venue sees:
+network latency ``2 + floor(40 u^3)`` (median 7 ms, p99 ~40 ms); a rare stall (one
+row in 20,000) adds 0.2-3 s; and since one connection delivers a stream in order,
+``ts_recv`` is the running maximum over the rows sent so far (a stall holds up the
+rows behind it, a late row arrives with its successors' receive time). Venues whose
+clock runs ahead of the collector's (`_CLOCK_AHEAD_SHARE`: bybit, okx) stamp about
+one row in 2,000 1-20 ms in the future: a negative lag, unless the running maximum
+hides it. Binance never does, so its lags are >= 2 ms.
 
 With ``previous_day_rows`` the first three files (only the first for ``disjoint``)
 hold rows whose ``ts_event`` lies in the last seconds of the previous day.
@@ -49,6 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -94,6 +106,17 @@ _QTY_COLUMN = {
 _NUMPY_NAMES = {"double": "float64", "float": "float32", "halffloat": "float16"}
 _FUNDING_PERIOD_MS = 8 * 3_600_000
 _FLUSH_DELAY_MS = 500
+#: Network latency, ms: _LATENCY_MIN_MS + floor(_LATENCY_SPREAD_MS * u**3).
+_LATENCY_MIN_MS = 2
+_LATENCY_SPREAD_MS = 40
+#: Share of rows held up by a stall of _STALL_MS[0].._STALL_MS[1] ms (the rare tail).
+_STALL_SHARE = 0.00005
+_STALL_MS = (200, 3_000)
+#: Share of rows the venue sends late (after 1-4 later events); at least one per file.
+_LATE_SHARE = 0.005
+#: Share of rows stamped by a venue clock running 1-_CLOCK_AHEAD_MS ms ahead of ours.
+_CLOCK_AHEAD_SHARE = {"bybit": 0.0005, "okx": 0.0005}
+_CLOCK_AHEAD_MS = 20
 
 
 @dataclass(frozen=True)
@@ -348,21 +371,16 @@ def raw_table(spec: PartitionSpec, file_index: int) -> pa.Table:
                 ts,
             ]
         )
-    # Latency scaled to the mean gap between rows, so arrival order always shuffles a bit.
-    mean_gap = (end - start) / max(n, 1)
-    max_latency = max(20.0, 6.0 * mean_gap)
-    latency = pc.add(
-        pc.cast(pc.floor(pc.multiply(pc.multiply(u_lat, u_lat), max_latency)), pa.int64()), 1
-    )
-    recv = pc.add(ts, latency)
     serial = pa.array(range(n), pa.int64())
     if spec.layout == "edges":
-        order = pc.sort_indices(recv)  # stable: arrival order
+        order = _send_order(spec, i, ts)
     elif spec.layout == "spans_day":
         order = pc.sort_indices(u_perm)  # random order
     else:
         order = serial
-    ts, recv, serial = ts.take(order), recv.take(order), serial.take(order)
+    ts, serial = ts.take(order), serial.take(order)
+    # spans_day files are shuffled, not in arrival order: no running maximum there.
+    recv = _receive_times(spec, i, ts, u_lat.take(order), spec.layout != "spans_day")
 
     dictionary = spec.schema_drift and i % 3 == 1
     int_type = _int_type(spec, i)
@@ -384,6 +402,51 @@ def raw_table(spec: PartitionSpec, file_index: int) -> pa.Table:
         cols[q] = pc.cast(cols[q], pa.float32())
     table = pa.table(cols)
     return table.replace_schema_metadata({b"pandas": _pandas_metadata(table.schema, n)})
+
+
+def _send_order(spec: PartitionSpec, i: int, ts: pa.Array) -> pa.Array:
+    """Indices of `ts` (sorted) in the order the venue sent them: a few rows late.
+
+    About `_LATE_SHARE` of the rows, one per stratum of the file, are sent after the
+    next row with a larger ts_event and up to three more, so every file with a late
+    row is out of ts_event order.
+    """
+    n = len(ts)
+    n_late = max(1, round(n * _LATE_SHARE)) if n >= 2 else 0
+    key = np.arange(n, dtype=np.float64)
+    if n_late:
+        u = pc.random(2 * n_late, initializer=_hash(spec, "late", i)).to_numpy()
+        times = ts.to_numpy()
+        late = ((np.arange(n_late) + u[:n_late]) * n / n_late).astype(np.int64)
+        after = np.searchsorted(times, times[late], side="right")  # next larger ts_event
+        target = np.minimum(after + (u[n_late:] * 4).astype(np.int64), n - 1)
+        movable = after < n  # the last millisecond of the file has nothing to pass
+        key[late[movable]] = target[movable] + 0.5
+    return pa.array(np.argsort(key, kind="stable"))
+
+
+def _receive_times(
+    spec: PartitionSpec, i: int, ts: pa.Array, u_lat: pa.Array, in_order: bool
+) -> pa.Array:
+    """ts_recv of rows in file order: ts_event + latency (+ stall, - clock skew), ms.
+
+    `in_order`: the file is in arrival order, so ts_recv is a running maximum (one
+    connection delivers in order: a row cannot arrive before the one sent before it).
+    """
+    n = len(ts)
+    if n == 0:
+        return pa.array([], pa.int64())
+    u = pc.random(4 * n, initializer=_hash(spec, "lag", i)).to_numpy().reshape(4, n)
+    lag = _LATENCY_MIN_MS + np.floor(_LATENCY_SPREAD_MS * u_lat.to_numpy() ** 3).astype(np.int64)
+    low, high = _STALL_MS
+    stall = low + np.floor((high - low) * u[1]).astype(np.int64)
+    lag = np.where(u[0] < _STALL_SHARE, lag + stall, lag)
+    ahead = -1 - np.floor(_CLOCK_AHEAD_MS * u[3]).astype(np.int64)
+    lag = np.where(u[2] < _CLOCK_AHEAD_SHARE.get(spec.exchange, 0.0), ahead, lag)
+    recv = ts.to_numpy() + lag
+    if in_order:
+        recv = np.maximum.accumulate(recv)
+    return pa.array(recv, pa.int64())
 
 
 def _stream_values(
@@ -617,7 +680,7 @@ def write_quality_windows(
         start = day0 + k * 900_000
         end = start + 900_000
         roll = _unit(spec, "quality", k)
-        quality = "BAD" if roll < 0.02 else "DEGRADED" if roll < 0.08 else "GOOD"
+        quality = "BAD" if roll < 0.005 else "DEGRADED" if roll < 0.035 else "GOOD"
         offline = {ex: 0.0 for ex in exchanges}
         if quality != "GOOD" and exchanges:
             offline[exchanges[k % len(exchanges)]] = 120.0 if quality == "BAD" else 15.0
@@ -637,8 +700,11 @@ def write_quality_windows(
                     }
                     for ex in exchanges
                 },
-                "dropped_events": 0 if quality == "GOOD" else int(1000 * roll),
-                "queue_pct_peak": round(100 * _unit(spec, "queue", k), 1),
+                # a healthy collector: drops only in its BAD windows, queues well below
+                # the 90 % that makes a window BAD (BRIEF §5 rules, quality/windows.py)
+                "dropped_events": 1 + int(1000 * roll) if quality == "BAD" else 0,
+                "queue_pct_peak": round((95.0 if quality == "BAD" else 45.0)
+                                        * _unit(spec, "queue", k), 1),
                 "drain_mode_accelerated_seconds": 0.0,
                 "reconnects": 0 if quality == "GOOD" else 1,
                 "s3_upload_failures": 0,

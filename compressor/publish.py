@@ -293,14 +293,14 @@ def _merge(
     skipped: set[Path] = set()
     spill = work / "spill"
     spill.mkdir(exist_ok=True)
-    quality = QualityAccumulator(partition.pid.date, output)
+    quality = QualityAccumulator(partition.pid.date, output, partition.pid.stream)
     while True:
         quality.reset()
         paths = [path for path, _ in inputs if path not in skipped]
         try:
             result = merge_files(paths, output, tmp_dir=spill, settings=settings.merge,
                                  on_batch=quality, should_stop=should_stop)
-            return result, quality.result(), skipped
+            return result, quality.result(result), skipped
         except MergeResourceError as exc:  # the machine's fault, not the object's
             key = keys.get(Path(exc.path), exc.path)
             raise MergeResourceError(key, "reading it", exc) from None

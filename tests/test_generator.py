@@ -286,3 +286,52 @@ def test_quality_windows_with_missing_coverage(tmp_path: Path) -> None:
     assert len(names) == 94  # the first and the last window of the day are missing
     assert names[0] == "window=0030.json" and names[-1] == "window=2345.json"
     assert sorted(p.name for p in (tmp_path / "quality/date=20261124").iterdir()) == sorted(names)
+
+
+import dataclasses  # noqa: E402  (appended section)
+
+
+def _lags(spec: PartitionSpec, files: range) -> list[int]:
+    lags: list[int] = []
+    for i in files:
+        t = raw_table(spec, i)
+        lags += [r - e for e, r in zip(_ts(t), t["ts_recv"].to_pylist(), strict=True)]
+    return sorted(lags)
+
+
+def test_receive_lag_is_milliseconds_with_a_rare_tail() -> None:
+    """A collector near the venue: a few ms to tens of ms, late rows and stalls rare."""
+    dense = PartitionSpec(files=3000, rows_per_file=1100, seed=4)
+    lags = _lags(dense, range(1500, 1540))
+    n = len(lags)
+    assert 3 <= lags[n // 2] <= 20
+    assert lags[int(n * 0.99)] <= 100
+    assert lags[-1] <= 10_000  # a stall or a late row: seconds at most on a busy stream
+    assert lags[0] >= 2  # binance's clock never runs ahead of the collector's
+    sparse = PartitionSpec(files=6, rows_per_file=200, restarts=0)  # the demo's partitions
+    sparse_lags = _lags(sparse, range(6))
+    assert sparse_lags[len(sparse_lags) * 99 // 100] <= 100
+    assert sparse_lags == _lags(sparse, range(6))  # deterministic
+    assert _lags(dataclasses.replace(sparse, seed=1), range(6)) != sparse_lags
+
+
+@pytest.mark.parametrize("exchange", ["bybit", "okx"])
+def test_rare_negative_lags_where_the_venue_clock_runs_ahead(exchange: str) -> None:
+    spec = PartitionSpec(exchange=exchange, files=100, rows_per_file=1000, seed=2)
+    lags = _lags(spec, range(40, 60))
+    negative = sum(lag < 0 for lag in lags)
+    assert 0 < negative < len(lags) * 0.001
+    assert min(lags) >= -20
+
+
+def test_late_rows_keep_rows_ts_event_and_names() -> None:
+    """Arrival order moves a few rows (at least one per file), never their values."""
+    spec = PartitionSpec(files=50, rows_per_file=600, seed=9)
+    for i in range(0, 50, 7):
+        t = raw_table(spec, i)
+        ts = _ts(t)
+        back = sum(b < a for a, b in zip(ts, ts[1:], strict=False))
+        assert 1 <= back <= max(1, round(len(ts) * 0.005))
+        recv = t["ts_recv"].to_pylist()
+        assert recv == sorted(recv)
+        assert len(ts) == rows_in_file(spec, i)

@@ -310,3 +310,25 @@ def test_sub_millisecond_timestamps_are_refused_not_truncated(tmp_path):
     with pytest.raises(BadTsEventTypeError, match="milliseconds") as info:
         merge([bad], tmp_path / "out.parquet", tmp_path)
     assert info.value.path == str(bad)
+
+
+def _steps_back(path: Path) -> int:
+    ts = pq.read_table(path, columns=["ts_event"]).column(0).to_pylist()
+    return sum(b < a for a, b in zip(ts, ts[1:], strict=False))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_unsorted_rows_in_files_counted_whatever_the_path(tmp_path, layout):
+    """One pairwise comparison per input file; the count never touches the output."""
+    spec = PartitionSpec(files=12, rows_per_file=150, layout=layout, empty=2, seed=11)
+    paths = write_partition(spec, tmp_path / "raw")
+    expected = sum(_steps_back(p) for p in paths)
+    assert (expected > 0) == (layout != "disjoint")
+    direct, one = merge(paths, tmp_path / "a.parquet", tmp_path)
+    spilled, many = merge(paths, tmp_path / "b.parquet", tmp_path, memory_budget=1,
+                          max_open_files=3)
+    assert one.unsorted_rows_in_files == many.unsorted_rows_in_files == expected
+    assert spilled == direct
+    assert one.empty_files == many.empty_files == 2
+    if layout == "spans_day":
+        assert many.spill_runs > 1

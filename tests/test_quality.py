@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.generator import PartitionSpec, raw_table
+from compressor.merge_writer import MergeSettings, merge_files
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 
 DAY = "20261124"
@@ -29,8 +34,8 @@ def _batch(ts: list[int], recv: list[int], price: list[float]) -> pa.RecordBatch
     )
 
 
-def _feed(batches: list[pa.RecordBatch]) -> DayQuality:
-    acc = QualityAccumulator(DAY, OUT)
+def _feed(batches: list[pa.RecordBatch], stream: str = "trade") -> DayQuality:
+    acc = QualityAccumulator(DAY, OUT, stream)
     for b in batches:
         acc(b)
     return acc.result()
@@ -63,15 +68,21 @@ def test_duplicate_groups_spanning_batches_are_counted_once() -> None:
 
 def test_empty_input() -> None:
     q = _feed([])
-    assert q == DayQuality(0, 0, 0, None, None, None)
+    assert (q.rows, q.out_of_day_rows, q.duplicate_rows, q.max_gap_ms, q.lag_p50_ms,
+            q.lag_p99_ms, q.lag_max_ms, q.negative_lag_rows) == (0, 0, 0, None, None, None,
+                                                                 None, None)
+    assert q.flags() == []
 
 
 def test_reset_forgets_everything() -> None:
-    acc = QualityAccumulator(DAY, OUT)
-    acc(_batch([DAY0, DAY0], [DAY0, DAY0], [1.0, 1.0]))
+    acc = QualityAccumulator(DAY, OUT, "trade")
+    acc(_batch([DAY0, DAY0], [DAY0, DAY0], [-1.0, 1.0]))
     acc.reset()
     acc(_batch([DAY0 + 5], [DAY0 + 7], [1.0]))
-    assert acc.result() == DayQuality(1, 0, 0, None, 2, 2)
+    fresh = QualityAccumulator(DAY, OUT, "trade")
+    fresh(_batch([DAY0 + 5], [DAY0 + 7], [1.0]))
+    assert acc.result() == fresh.result()
+    assert acc.result().non_positive == {"price": 0}
 
 
 @settings(max_examples=40, deadline=None)
@@ -111,4 +122,303 @@ def test_timestamp_columns_count_in_milliseconds() -> None:
         "ts_recv": pa.array(recv, pa.timestamp("ms")),
         "price": pa.array([1.0, 2.0]),
     })
-    assert _feed([batch]) == DayQuality(2, 0, 0, 1_000, 7, 9)
+    q = _feed([batch])
+    assert (q.rows, q.out_of_day_rows, q.duplicate_rows, q.max_gap_ms, q.lag_p50_ms,
+            q.lag_p99_ms, q.lag_max_ms) == (2, 0, 0, 1_000, 7, 9, 9)
+
+
+# --------------------------------------------------------------------------- 1.1 figures
+
+
+def _table(**columns: list) -> pa.Table:
+    """A sorted output-shaped table; ts_event (ms) first, seq added."""
+    ts = columns.pop("ts_event")
+    arrays: dict[str, pa.Array] = {
+        "ts_event": pa.array(ts, pa.int64()),
+        "seq": pa.array(range(len(ts)), pa.int64()),
+    }
+    for name, values in columns.items():
+        arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
+def _feed_split(table: pa.Table, stream: str, *cuts: int) -> DayQuality:
+    """Feed `table` whole and cut at `cuts`; both must give the same figures."""
+    whole = _feed(table.to_batches(), stream)
+    bounds = [0, *cuts, table.num_rows]
+    parts = [table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
+    acc = QualityAccumulator(DAY, OUT, stream)
+    for part in parts:
+        acc(part)
+    assert acc.result() == whole
+    return whole
+
+
+def test_out_of_day_before_and_after_apart() -> None:
+    end = DAY0 + 86_400_000
+    t = _table(ts_event=[DAY0 - 3, DAY0 - 1, DAY0, end - 1, end, end + 7])
+    q = _feed_split(t, "bbo", 2, 5)
+    assert (q.out_of_day_before, q.out_of_day_after, q.out_of_day_rows) == (2, 2, 4)
+
+
+def test_gaps_above_the_stream_threshold_across_batches() -> None:
+    ts = [DAY0, DAY0 + 10_000, DAY0 + 20_001, DAY0 + 20_001, DAY0 + 45_000, DAY0 + 45_001]
+    q = _feed_split(_table(ts_event=ts), "bbo", 2, 4)  # 20_001 -> 45_000 crosses the cut
+    assert q.gap_threshold_ms == 10_000  # bbo
+    assert q.gaps_above_threshold == 2  # 10_001 and 24_999; exactly 10_000 is not above
+    assert q.max_gap_ms == 24_999
+    assert "gaps" in q.flags()
+    trade = _feed_split(_table(ts_event=ts), "trade", 3)
+    assert (trade.gap_threshold_ms, trade.gaps_above_threshold) == (60_000, 0)
+    assert "gaps" not in trade.flags()
+    assert _feed([], "something_new").gap_threshold_ms == 60_000
+
+
+def test_lag_max_and_negative_lags() -> None:
+    ts = [DAY0 + k for k in range(8)]
+    lags = [5, -3, 7, 0, 2_500_000, -1, 9, None]
+    recv = [None if lag is None else t + lag for t, lag in zip(ts, lags, strict=True)]
+    q = _feed_split(_table(ts_event=ts, ts_recv=recv), "trade", 1, 5)
+    assert q.negative_lag_rows == 2  # -3 and -1; ts_recv == ts_event is not negative
+    assert q.lag_max_ms == 2_500_000
+    assert q.lag_p50_ms == 5  # of -3 -1 0 5 7 9 2_500_000 (nearest rank 4 of 7)
+    assert q.lag_p99_ms == 2_500_000
+    assert q.null_counts == {"ts_recv": 1}
+    assert {"negative_lag", "lag_p99", "nulls"} <= set(q.flags())
+
+
+def test_null_counts_per_column_only_where_nulls() -> None:
+    t = _table(
+        ts_event=[DAY0, DAY0 + 1, DAY0 + 2, DAY0 + 3],
+        mark_price=[None, 1.0, None, None],
+        index_price=[1.0, 1.0, 1.0, 1.0],
+        funding_rate=[0.1, None, 0.1, 0.1],
+    )
+    q = _feed_split(t, "mark_price", 1, 2)
+    assert q.null_counts == {"mark_price": 3, "funding_rate": 1}
+    assert "nulls" in q.flags()  # funding_rate is not nullable
+    only_nullable = _feed_split(t.drop_columns(["funding_rate"]), "mark_price", 3)
+    assert only_nullable.null_counts == {"mark_price": 3}
+    assert "nulls" not in only_nullable.flags()  # mark_price may be null (okx)
+
+
+def test_duplicate_trade_ids_in_a_batch_across_batches_and_the_window() -> None:
+    minute = 60_000
+    ts = [DAY0, DAY0 + 1, DAY0 + 1, DAY0 + minute, DAY0 + 2 * minute, DAY0 + 20 * minute,
+          DAY0 + 30 * minute, DAY0 + 30 * minute + 1]
+    ids = ["1", "2", "2", "1", None, "5", "1", "9"]
+    # "2" twice in a row and "1" again a minute later: always counted; a null never is.
+    # "1" once more 29 minutes after its last sighting: counted only when a batch holds
+    # both, as the window keeps the ids of the last 10 minutes before a batch starts.
+    t = _table(ts_event=ts, trade_id=ids, price=[1.0] * 8)
+    for cuts, expected in [((), 3), ((2,), 3), ((1, 3), 3), ((6,), 2), ((3, 4, 5, 6, 7), 2)]:
+        acc = QualityAccumulator(DAY, OUT, "trade")
+        bounds = [0, *cuts, t.num_rows]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            acc(t.slice(a, b - a))
+        assert acc.result().duplicate_trade_ids == expected, cuts
+    dictionary = t.set_column(2, "trade_id", pa.array(ids).dictionary_encode())
+    assert _feed_split(dictionary, "trade", 3).duplicate_trade_ids == 3
+    assert _feed_split(t.drop_columns(["trade_id"]), "trade").duplicate_trade_ids is None
+
+
+def test_crossed_and_locked_quotes() -> None:
+    t = _table(
+        ts_event=[DAY0 + k for k in range(6)],
+        bid_price=[1.0, 2.0, 2.0, None, 3.0, 5.0],
+        ask_price=[1.5, 1.0, 2.0, 1.0, 3.0, None],
+        bid_qty=[1.0] * 6,
+        ask_qty=[1.0] * 6,
+    )
+    q = _feed_split(t, "bbo", 2)
+    assert (q.crossed_rows, q.locked_rows) == (1, 2)  # nulls are neither
+    assert {"crossed", "locked"} <= set(q.flags())
+    assert _feed_split(_table(ts_event=[DAY0]), "bbo").crossed_rows is None
+
+
+def test_non_positive_prices_and_quantities_per_column() -> None:
+    nan = float("nan")
+    t = _table(
+        ts_event=[DAY0 + k for k in range(5)],
+        price=[1.0, 0.0, -2.0, nan, None],
+        qty=[1.0, 2.0, 3.0, 4.0, 5.0],
+        side=[1, -1, 1, -1, 1],  # not a price or quantity: never checked
+        funding_rate=[-0.1] * 5,  # may be negative
+    )
+    t = t.set_column(3, "qty", pa.array([1, 2, 0, 4, 5], pa.float32()))
+    q = _feed_split(t, "trade", 1, 3)
+    assert q.non_positive == {"price": 3, "qty": 1}  # 0, -2, NaN; a null is a null
+    assert "non_positive" in q.flags()
+    ok = _feed_split(t.drop_columns(["price"]).set_column(2, "qty", pa.array([1.0] * 5)), "trade")
+    assert ok.non_positive == {"qty": 0} and "non_positive" not in ok.flags()
+
+
+def _raw(path: Path, ts: list[int]) -> Path:
+    table = pa.table({
+        "ts_event": pa.array(ts, pa.int64()),
+        "ts_recv": pa.array([t + 5 for t in ts], pa.int64()),
+        "price": pa.array([1.0] * len(ts)),
+    })
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("budget", [512 << 20, 1])  # one streaming run / a run per file
+def test_per_file_disorder_and_empty_files_from_the_merge(tmp_path: Path, budget: int) -> None:
+    paths = [
+        _raw(tmp_path / "a.parquet", [DAY0 + 5, DAY0 + 3, DAY0 + 4, DAY0 + 1]),  # 2 steps back
+        _raw(tmp_path / "b.parquet", []),
+        _raw(tmp_path / "c.parquet", [DAY0 + 2, DAY0 + 2, DAY0 + 9]),  # sorted, a tie
+        _raw(tmp_path / "d.parquet", [DAY0 + 8, DAY0 + 7]),  # 1
+    ]
+    acc = QualityAccumulator(DAY, OUT, "trade")
+    merged = merge_files(paths, tmp_path / "out.parquet", tmp_dir=tmp_path,
+                         settings=MergeSettings(memory_budget=budget, output_buffer_size=3),
+                         on_batch=acc)
+    assert merged.unsorted_rows_in_files == 3
+    assert merged.empty_files == 1
+    q = acc.result(merged)
+    assert (q.rows, q.unsorted_rows_in_files, q.empty_files) == (9, 3, 1)
+    assert {"out_of_order_in_file", "empty_files"} <= set(q.flags())
+    assert acc.result().unsorted_rows_in_files is None  # without the merge: not measured
+
+
+def _quality(**figures: object) -> DayQuality:
+    base: dict[str, object] = dict(
+        rows=10_000, out_of_day_rows=0, duplicate_rows=0, max_gap_ms=100, lag_p50_ms=5,
+        lag_p99_ms=40, out_of_day_before=0, out_of_day_after=0, gap_threshold_ms=10_000,
+        gaps_above_threshold=0, lag_max_ms=900, negative_lag_rows=0, unsorted_rows_in_files=0,
+        empty_files=0, null_counts={}, non_positive={"price": 0}, duplicate_trade_ids=0,
+        crossed_rows=0, locked_rows=0,
+    )
+    base.update(figures)
+    return DayQuality(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("figures", "quiet", "raised"),
+    [
+        ({"out_of_day_before": 500}, {"out_of_day_before": 501}, "out_of_day"),
+        ({"out_of_day_after": 0}, {"out_of_day_after": 1}, "out_of_day"),
+        ({"duplicate_rows": 10}, {"duplicate_rows": 11}, "duplicates"),
+        ({"gaps_above_threshold": 0}, {"gaps_above_threshold": 1}, "gaps"),
+        ({"lag_p99_ms": 1_000}, {"lag_p99_ms": 1_001}, "lag_p99"),
+        ({"negative_lag_rows": 10}, {"negative_lag_rows": 11}, "negative_lag"),
+        ({"unsorted_rows_in_files": 100}, {"unsorted_rows_in_files": 101},
+         "out_of_order_in_file"),
+        ({"null_counts": {"mark_price": 9}}, {"null_counts": {"qty": 1}}, "nulls"),
+        ({"duplicate_trade_ids": 0}, {"duplicate_trade_ids": 1}, "duplicate_trade_id"),
+        ({"crossed_rows": 0}, {"crossed_rows": 1}, "crossed"),
+        ({"locked_rows": 10}, {"locked_rows": 11}, "locked"),
+        ({"non_positive": {"price": 0}}, {"non_positive": {"price": 1}}, "non_positive"),
+        ({"empty_files": 0}, {"empty_files": 1}, "empty_files"),
+    ],
+)
+def test_each_flag_at_its_threshold(figures: dict, quiet: dict, raised: str) -> None:
+    assert _quality(**figures).flags() == []
+    assert _quality(**quiet).flags() == [raised]
+
+
+def test_json_compact_and_old_figures_read_back() -> None:
+    q = _quality(out_of_day_before=3, out_of_day_after=1, out_of_day_rows=4,
+                 null_counts={"qty": 2}, crossed_rows=None, locked_rows=None)
+    doc = json.loads(json.dumps(q.to_json()))
+    assert doc["flags"] == ["out_of_day", "nulls"]
+    assert doc["null_counts"] == {"qty": 2} and doc["crossed_rows"] is None
+    assert DayQuality.from_json(doc) == q
+    assert q.to_dict() == q.to_json()
+    assert q.compact() == {"rows": 10_000, "out_of_day_rows": 4, "duplicate_rows": 0,
+                           "max_gap_ms": 100, "lag_p99_ms": 40,
+                           "flags": ["out_of_day", "nulls"]}
+    assert DayQuality.from_json(q.compact()).lag_p99_ms == 40
+    old = {"rows": 6, "out_of_day_rows": 2, "duplicate_rows": 1, "max_gap_ms": 86_397_000,
+           "lag_p50_ms": 2, "lag_p99_ms": 50_000}
+    read = DayQuality.from_json(old)
+    assert read == DayQuality(6, 2, 1, 86_397_000, 2, 50_000)
+    assert read.out_of_day_before is None and read.null_counts is None
+    assert read.flags() == ["out_of_day", "duplicates", "lag_p99"]  # 2 of 6 rows: > 5 %
+    for bad in [None, "GOOD", [1]]:
+        with pytest.raises(TypeError):
+            DayQuality.from_json(bad)
+    for bad_doc in [{"rows": 1}, {**old, "rows": "6"}, {**old, "null_counts": {"a": 1.5}},
+                    {**old, "max_gap_ms": True}]:
+        with pytest.raises(ValueError):
+            DayQuality.from_json(bad_doc)
+
+
+def test_generated_day_raises_no_lag_flags() -> None:
+    """The generator's lags are a collector's (ms): p50/p99 small, none negative on binance."""
+    spec = PartitionSpec(stream="bbo", date=DAY, files=300, rows_per_file=1000)
+    table = pa.concat_tables([raw_table(spec, i) for i in range(100, 110)])
+    table = table.take(pc.sort_indices(table, [("ts_event", "ascending")]))
+    table = table.add_column(1, "seq", pa.array(range(table.num_rows), pa.int64()))
+    q = _feed(table.to_batches(max_chunksize=4_000), "bbo")
+    assert q.lag_p50_ms is not None and 2 <= q.lag_p50_ms <= 20
+    assert q.lag_p99_ms is not None and q.lag_p99_ms <= 100
+    assert q.negative_lag_rows == 0
+    assert q.flags() == []
+
+
+def _reference_duplicates(table: pa.Table) -> int:
+    """The rule without the hash prefilter: group every row sharing its ts_event."""
+    identity = [n for n in table.column_names if n not in ("seq", "ts_recv")]
+    groups = table.group_by(identity, use_threads=False).aggregate([([], "count_all")])
+    return table.num_rows - groups.num_rows
+
+
+_FLOATS = st.sampled_from([1.0, 2.0, 0.0, -0.0, float("nan"), None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 3), _FLOATS, _FLOATS, st.sampled_from(["a", "b", None]),
+                  st.sampled_from([1, -1])),
+        min_size=1, max_size=40,
+    ),
+    cuts=st.lists(st.integers(1, 39), max_size=3, unique=True),
+)
+def test_duplicate_rows_match_the_plain_grouping(rows: list[tuple], cuts: list[int]) -> None:
+    """The hash prefilter (floats as values: -0.0, NaN, null) never changes the count."""
+    rows = sorted(rows, key=lambda r: r[0])
+    t = _table(
+        ts_event=[DAY0 + r[0] for r in rows],
+        ts_recv=[DAY0 + i for i in range(len(rows))],
+        bid_price=pa.array([r[1] for r in rows], pa.float64()),
+        ask_qty=pa.array([r[2] for r in rows], pa.float32()),
+        venue=[r[3] for r in rows],
+        side=pa.array([r[4] for r in rows], pa.int8()),
+    )
+    q = _feed_split(t, "bbo", *sorted(c for c in cuts if c < t.num_rows))
+    assert q.duplicate_rows == _reference_duplicates(t)
+
+
+_IDS = {
+    "int": st.sampled_from(["1", "2", "07", "7", "123456789012"]),
+    "fixed": st.sampled_from(["20f43950-d8dd-5b31-9112-a178eb6023af",
+                              "20f43950-d8dd-5b31-9112-a178eb6023ag", "x" * 36]),
+    "mixed": st.sampled_from(["1", "7", "abc", "abd", "", "x" * 80]),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    kinds=st.lists(st.sampled_from(sorted(_IDS)), min_size=1, max_size=3),
+)
+def test_duplicate_trade_ids_match_a_plain_count(data: st.DataObject, kinds: list[str]) -> None:
+    """Keys (integers, hashed fixed-width ids) or strings, batch after batch: the count is
+    exact while every repeat is within the window."""
+    batches = [data.draw(st.lists(st.one_of(_IDS[k], st.none()), min_size=1, max_size=15))
+               for k in kinds]
+    ids = [i for batch in batches for i in batch]
+    t = _table(ts_event=[DAY0 + n for n in range(len(ids))], trade_id=ids)
+    cuts = list(itertools.accumulate(len(b) for b in batches))[:-1]
+    q = _feed_split(t, "trade", *cuts)
+    seen: set[str] = set()
+    expected = 0
+    for i in ids:
+        if i is not None:
+            expected += i in seen
+            seen.add(i)
+    assert q.duplicate_trade_ids == expected

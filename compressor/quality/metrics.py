@@ -1,21 +1,99 @@
 """Per-partition data quality, computed while the merge writes (merge_files(on_batch=...)).
 
-The figures become meta.json `day_quality` and the state's `day_quality_post`.
+`QualityAccumulator` sees every output row group once, in order, in the merge's
+writer thread; every figure is vectorised over the batch (numpy/Arrow), with a
+small carry-over between batches. `DayQuality` holds the figures: `to_json()` is
+meta.json's `quality` object, `compact()` the state entry's subset, `flags()` the
+named data flags the thresholds below raise. `from_json` also reads the figures
+written before 1.1 (rows, out_of_day_rows, duplicate_rows, max_gap_ms,
+lag_p50_ms, lag_p99_ms) and the compact subset; a figure absent there is None.
+
+Figures (ts in milliseconds; None = not measured: the column is absent, the
+figure does not apply to the stream, or an older writer did not record it):
+
+- rows: rows written.
+- out_of_day_rows = out_of_day_before + out_of_day_after: ts_event before the
+  partition's UTC day / at or after the next midnight.
+- duplicate_rows: rows equal to an earlier row in every column but seq and
+  ts_recv (the same event delivered twice); counted across batch boundaries.
+- max_gap_ms: largest step between consecutive ts_event.
+- gap_threshold_ms, gaps_above_threshold: the stream's threshold
+  (`GAP_THRESHOLD_MS`) and how many consecutive steps exceed it.
+- lag_p50_ms / lag_p99_ms / lag_max_ms: ts_recv - ts_event (nearest-rank
+  percentiles, exact below 10 s, to the second beyond); negative_lag_rows: rows
+  with ts_recv < ts_event.
+- unsorted_rows_in_files: rows whose ts_event is lower than the previous row's in
+  the same raw file (MergeResult.unsorted_rows_in_files).
+- empty_files: raw files without rows (MergeResult.empty_files).
+- null_counts: {column: nulls}, only columns that have some.
+- non_positive: {column: values <= 0 or NaN (nulls not counted)} for every price
+  and quantity column present (`POSITIVE_COLUMNS`), zeros included.
+- duplicate_trade_ids: rows whose trade_id appeared earlier (nulls never count).
+  Compared within a batch, and across batches against a window of the ids of the
+  last `TRADE_ID_WINDOW_MS` (10 min) of ts_event, so memory is bounded by that
+  window, not the day. A resent trade keeps its ts_event (or, where a venue fills
+  ts_event from ts_recv, moves by the receive lag), so it sorts next to the first;
+  a repeat more than 10 minutes later may be missed. Each id gets a 64-bit key
+  (its value for decimal ids, a hash of the bytes for fixed-width ids such as
+  UUIDs); one sort of the keys finds those seen twice and only ids with such a
+  key are compared as strings, so a hash collision never counts. Other ids are
+  compared as strings (Arrow unique + is_in), exact but slower.
+- crossed_rows / locked_rows: bid_price > ask_price / bid_price == ask_price.
+
+Gap thresholds (`GAP_THRESHOLD_MS`), for 24/7 USDT perpetuals of the ten most
+traded symbols: the threshold is a few missed publishes of the slowest venue, so
+a quiet hour does not raise it but a stalled feed does.
+
+- bbo 10 s: the best bid/offer of a top-10 perp changes many times a second even
+  at night; 10 s without one is a dead connection.
+- trade 60 s: the thinnest venue/symbol pairs (okx LTC, AVAX) go tens of seconds
+  without a trade at quiet hours.
+- mark_price 30 s: published every 1-3 s (binance), on change at up to 10 Hz
+  (bybit), every 200 ms on change and at least every 10 s (okx): three missed
+  slowest publishes.
+- funding 10 min: the rate comes every 1-3 s on binance (mark price stream) but
+  every 30-90 s on okx and only on change on bybit.
+- open_interest 5 min: published on change every few seconds, or polled.
+- any other stream 60 s (`DEFAULT_GAP_THRESHOLD_MS`).
+
+Flags (`flags()`, in this order), raised when:
+
+- out_of_day: any row after the day, or more than 5 % of the rows before it (the
+  first files of a day normally hold the previous day's last seconds, BRIEF §1);
+- duplicates: duplicate_rows > 0.1 % of the rows;
+- gaps: gaps_above_threshold > 0;
+- lag_p99: lag_p99_ms > 1,000 (a collector near the venue sees tens of ms);
+- negative_lag: negative_lag_rows > 0.1 % of the rows (a venue clock a few ms
+  ahead of ours shows now and then; more is a clock problem);
+- out_of_order_in_file: unsorted_rows_in_files > 1 % of the rows (files are in
+  arrival order, not ts_event order, BRIEF §1: a little disorder is normal);
+- nulls: a column outside `NULLABLE_COLUMNS` has nulls (mark_price and
+  index_price are nullable, always null on okx);
+- duplicate_trade_id: duplicate_trade_ids > 0;
+- crossed: crossed_rows > 0;
+- locked: locked_rows > 0.1 % of the rows;
+- non_positive: any non_positive count > 0;
+- empty_files: empty_files > 0.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from compressor.layout import parse_day
 from compressor.merge_schema import to_ms_array
+
+if TYPE_CHECKING:
+    from compressor.merge_writer import MergeResult
 
 #: Version of the row filtering applied after the merge. 1: none, every raw row is kept.
 POST_FILTER_VERSION = 1
@@ -25,10 +103,51 @@ _NOT_IDENTITY = ("seq", "ts_recv")
 _EXACT_LAG_MS = 10_000
 _DAY_MS = 86_400_000
 
+#: Largest normal step between consecutive ts_event, per stream (ms); see the docstring.
+GAP_THRESHOLD_MS: dict[str, int] = {
+    "bbo": 10_000,
+    "trade": 60_000,
+    "mark_price": 30_000,
+    "funding": 600_000,
+    "open_interest": 300_000,
+}
+DEFAULT_GAP_THRESHOLD_MS = 60_000
+#: Price and quantity columns that must hold positive values.
+POSITIVE_COLUMNS = (
+    "bid_price", "bid_qty", "ask_price", "ask_qty", "price", "qty",
+    "mark_price", "index_price", "open_interest",
+)
+#: Columns whose nulls are part of the contract (BRIEF §1: always null on okx).
+NULLABLE_COLUMNS = frozenset({"mark_price", "index_price"})
+#: A trade_id is compared with the ids of this much ts_event before it (ms).
+TRADE_ID_WINDOW_MS = 600_000
+
+#: Flag thresholds: shares are of `rows`; a figure strictly above raises the flag.
+OUT_OF_DAY_BEFORE_SHARE = 0.05
+DUPLICATE_SHARE = 0.001
+LAG_P99_LIMIT_MS = 1_000
+NEGATIVE_LAG_SHARE = 0.001
+UNSORTED_IN_FILE_SHARE = 0.01
+LOCKED_SHARE = 0.001
+#: Every flag `flags()` can raise, in its order.
+FLAGS = (
+    "out_of_day", "duplicates", "gaps", "lag_p99", "negative_lag", "out_of_order_in_file",
+    "nulls", "duplicate_trade_id", "crossed", "locked", "non_positive", "empty_files",
+)
+#: The state entry's subset of the figures (`compact()`), besides `flags`.
+COMPACT_FIGURES = ("rows", "out_of_day_rows", "duplicate_rows", "max_gap_ms", "lag_p99_ms")
+#: The figures written before 1.1, all of them required by `from_json` but lag_p50_ms.
+_REQUIRED = ("rows", "out_of_day_rows", "duplicate_rows")
+_COUNT_MAPS = ("null_counts", "non_positive")
+
 
 @dataclass(frozen=True)
 class DayQuality:
-    """Quality figures of one compacted partition-day (ts in milliseconds)."""
+    """Quality figures of one compacted partition-day (ts in milliseconds).
+
+    The first six fields are the figures of writers before 1.1, in their order; the
+    module docstring defines every field.
+    """
 
     rows: int
     out_of_day_rows: int
@@ -36,38 +155,156 @@ class DayQuality:
     max_gap_ms: int | None
     lag_p50_ms: int | None
     lag_p99_ms: int | None
+    out_of_day_before: int | None = None
+    out_of_day_after: int | None = None
+    gap_threshold_ms: int | None = None
+    gaps_above_threshold: int | None = None
+    lag_max_ms: int | None = None
+    negative_lag_rows: int | None = None
+    unsorted_rows_in_files: int | None = None
+    empty_files: int | None = None
+    null_counts: dict[str, int] | None = None
+    non_positive: dict[str, int] | None = None
+    duplicate_trade_ids: int | None = None
+    crossed_rows: int | None = None
+    locked_rows: int | None = None
+
+    def flags(self) -> list[str]:
+        """The data flags raised (names from FLAGS, in that order); see the module docstring."""
+        rows = self.rows
+
+        def above(value: int | None, share: float) -> bool:
+            return value is not None and value > share * rows
+
+        before = self.out_of_day_before
+        after = self.out_of_day_after
+        if before is None or after is None:  # an older writer: only the total is known
+            out_of_day = above(self.out_of_day_rows, OUT_OF_DAY_BEFORE_SHARE)
+        else:
+            out_of_day = after > 0 or above(before, OUT_OF_DAY_BEFORE_SHARE)
+        raised = {
+            "out_of_day": out_of_day,
+            "duplicates": above(self.duplicate_rows, DUPLICATE_SHARE),
+            "gaps": bool(self.gaps_above_threshold),
+            "lag_p99": self.lag_p99_ms is not None and self.lag_p99_ms > LAG_P99_LIMIT_MS,
+            "negative_lag": above(self.negative_lag_rows, NEGATIVE_LAG_SHARE),
+            "out_of_order_in_file": above(self.unsorted_rows_in_files, UNSORTED_IN_FILE_SHARE),
+            "nulls": any(
+                n and name not in NULLABLE_COLUMNS for name, n in (self.null_counts or {}).items()
+            ),
+            "duplicate_trade_id": bool(self.duplicate_trade_ids),
+            "crossed": bool(self.crossed_rows),
+            "locked": above(self.locked_rows, LOCKED_SHARE),
+            "non_positive": any((self.non_positive or {}).values()),
+            "empty_files": bool(self.empty_files),
+        }
+        return [name for name in FLAGS if raised[name]]
+
+    def to_json(self) -> dict[str, Any]:
+        """meta.json's `quality` object: every figure (None as null) and `flags`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, dict) else value
+        out["flags"] = self.flags()
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The same as to_json (the name of writers before 1.1)."""
+        return self.to_json()
+
+    def compact(self) -> dict[str, Any]:
+        """The state entry's subset: rows, out_of_day_rows (the total), duplicate_rows,
+        max_gap_ms, lag_p99_ms and the raised flags."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in COMPACT_FIGURES}
+        out["flags"] = self.flags()
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Any) -> DayQuality:
+        """Figures from `to_json()`, `compact()` or the old figures dict.
+
+        Unknown keys (and `flags`, which is recomputed) are ignored; a figure missing
+        is None. Raises TypeError when `doc` is not an object, ValueError when a
+        figure has the wrong type or rows/out_of_day_rows/duplicate_rows are missing.
+        """
+        if not isinstance(doc, Mapping):
+            raise TypeError(f"quality figures: expected an object, got {type(doc).__name__}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = doc.get(f.name)
+            if f.name in _COUNT_MAPS:
+                values[f.name] = _count_map(f.name, value)
+            else:
+                values[f.name] = _int_or_none(f.name, value)
+        before, after = values["out_of_day_before"], values["out_of_day_after"]
+        if values["out_of_day_rows"] is None and before is not None and after is not None:
+            values["out_of_day_rows"] = before + after
+        missing = [name for name in _REQUIRED if values[name] is None]
+        if missing:
+            raise ValueError(f"quality figures: missing {', '.join(missing)}")
+        return cls(**values)
+
+
+def _int_or_none(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"quality figure {name}: expected an integer, got {value!r}")
+    return value
+
+
+def _count_map(name: str, value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise ValueError(f"quality figure {name}: expected {{column: integer}}, got {value!r}")
+    return dict(value)
 
 
 class QualityAccumulator:
     """Feed it every output batch in order (`on_batch`); `result()` gives the figures.
 
-    - out_of_day_rows: ts_event outside the partition's UTC day.
-    - duplicate_rows: rows equal to an earlier row in every column but seq and ts_recv
-      (the same event delivered twice); counted across batch boundaries.
-    - max_gap_ms: largest step between consecutive ts_event.
-    - lag_p50_ms / lag_p99_ms: ts_recv - ts_event percentiles (exact below 10 s).
-
-    `path` is the file the batches are written to (named if a time column cannot be
-    converted to milliseconds).
+    `day` is the partition's date (YYYYMMDD), `path` the file the batches are written
+    to (named if a time column cannot be converted to milliseconds), `stream` the
+    partition's stream (PartitionId.stream: picks the gap threshold). The figures
+    are defined in the module docstring.
     """
 
-    def __init__(self, day: str, path: Path) -> None:
+    def __init__(self, day: str, path: Path, stream: str) -> None:
         start = datetime.combine(parse_day(day), datetime.min.time(), tzinfo=UTC)
         self._day_start = int(start.timestamp() * 1000)
         self._path = path
+        self.stream = stream
+        self.gap_threshold_ms = GAP_THRESHOLD_MS.get(stream, DEFAULT_GAP_THRESHOLD_MS)
         self.reset()
 
     def reset(self) -> None:
         """Forget everything fed so far (the merge is being redone)."""
         self._rows = 0
-        self._out_of_day = 0
+        self._before = 0
+        self._after = 0
         self._duplicates = 0
         self._max_gap: int | None = None
+        self._gaps_above = 0
         self._last_ts: int | None = None
-        self._lags: Counter[int] = Counter()
+        #: Lags below _EXACT_LAG_MS (absolute): counts at lag + _EXACT_LAG_MS.
+        self._exact_lags = np.zeros(2 * _EXACT_LAG_MS, dtype=np.int64)
+        self._coarse_lags: Counter[int] = Counter()
+        self._lag_max: int | None = None
+        self._negative_lags: int | None = None
+        self._nulls: Counter[str] = Counter()
+        self._non_positive: dict[str, int] = {}
+        self._crossed: int | None = None
+        self._locked: int | None = None
+        self._trade_ids: int | None = None
+        #: trade_ids of the last TRADE_ID_WINDOW_MS seen, with their keys and ts_event.
+        self._id_window: _IdWindow | None = None
+        #: How trade_ids become keys (`_id_keys`); "exact" once some batch has no keys.
+        self._id_kind: str | None = None
         #: Rows of the last ts_event seen (and their ts_event in ms), for the next batch.
         self._carry: tuple[pa.Table, pa.Array] | None = None
 
@@ -75,53 +312,161 @@ class QualityAccumulator:
         if batch.num_rows == 0:
             return
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        ts = self._ms(table, "ts_event")
+        ts_array = self._ms(table, "ts_event")
+        ts = ts_array.to_numpy()
+        names = table.schema.names
         self._rows += table.num_rows
         self._count_out_of_day(ts)
-        self._track_gap(ts)
-        if "ts_recv" in table.schema.names:
-            self._count_lags(ts, self._ms(table, "ts_recv"))
-        self._count_duplicates(table, ts)
+        self._track_gaps(ts)
+        if "ts_recv" in names:
+            self._count_lags(ts_array, self._ms(table, "ts_recv"))
+        self._count_nulls(table)
+        self._count_non_positive(table)
+        if "bid_price" in names and "ask_price" in names:
+            self._count_crossed(table.column("bid_price"), table.column("ask_price"))
+        if "trade_id" in names:
+            self._count_trade_ids(table.column("trade_id"), ts)
+        self._count_duplicates(table, ts_array)
 
-    def result(self) -> DayQuality:
+    def result(self, merge: MergeResult | None = None) -> DayQuality:
+        """The figures; `merge` (the merge's result) gives the per-file ones."""
         if self._carry is not None:
             self._duplicates += _duplicates_in(*self._carry)
             self._carry = None
+        lags = self._lag_histogram()
         return DayQuality(
             rows=self._rows,
-            out_of_day_rows=self._out_of_day,
+            out_of_day_rows=self._before + self._after,
             duplicate_rows=self._duplicates,
             max_gap_ms=self._max_gap,
-            lag_p50_ms=_percentile(self._lags, 0.50),
-            lag_p99_ms=_percentile(self._lags, 0.99),
+            lag_p50_ms=_percentile(lags, 0.50),
+            lag_p99_ms=_percentile(lags, 0.99),
+            out_of_day_before=self._before,
+            out_of_day_after=self._after,
+            gap_threshold_ms=self.gap_threshold_ms,
+            gaps_above_threshold=self._gaps_above,
+            lag_max_ms=self._lag_max,
+            negative_lag_rows=self._negative_lags,
+            unsorted_rows_in_files=None if merge is None else merge.unsorted_rows_in_files,
+            empty_files=None if merge is None else merge.empty_files,
+            null_counts=dict(self._nulls),
+            non_positive=dict(self._non_positive),
+            duplicate_trade_ids=self._trade_ids,
+            crossed_rows=self._crossed,
+            locked_rows=self._locked,
         )
 
     def _ms(self, table: pa.Table, name: str) -> pa.Array:
         column = to_ms_array(self._path, table.column(name), name)
         return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
-    def _count_out_of_day(self, ts: pa.Array) -> None:
-        outside = pc.or_(
-            pc.less(ts, self._day_start), pc.greater_equal(ts, self._day_start + _DAY_MS)
-        )
-        self._out_of_day += int(pc.sum(pc.cast(outside, pa.int64())).as_py() or 0)
+    def _count_out_of_day(self, ts: np.ndarray) -> None:
+        self._before += int(np.count_nonzero(ts < self._day_start))
+        self._after += int(np.count_nonzero(ts >= self._day_start + _DAY_MS))
 
-    def _track_gap(self, ts: pa.Array) -> None:
-        first, last = ts[0].as_py(), ts[-1].as_py()
-        gaps = [self._max_gap]
+    def _track_gaps(self, ts: np.ndarray) -> None:
+        """Steps between consecutive ts_event, the one from the previous batch included."""
+        threshold = self.gap_threshold_ms
+        biggest = self._max_gap
         if self._last_ts is not None:
-            gaps.append(first - self._last_ts)
-        if len(ts) > 1:
-            gaps.append(pc.max(pc.pairwise_diff(ts)).as_py())
-        self._max_gap = max((g for g in gaps if g is not None), default=None)
-        self._last_ts = last
+            step = int(ts[0]) - self._last_ts
+            biggest = step if biggest is None else max(biggest, step)
+            self._gaps_above += step > threshold
+        if ts.size > 1:
+            steps = np.diff(ts)
+            step = int(steps.max())
+            biggest = step if biggest is None else max(biggest, step)
+            self._gaps_above += int(np.count_nonzero(steps > threshold))
+        self._max_gap = biggest
+        self._last_ts = int(ts[-1])
 
     def _count_lags(self, ts: pa.Array, recv: pa.Array) -> None:
-        lag = pc.subtract(recv, ts)
-        coarse = pc.multiply(pc.divide(lag, 1000), 1000)
-        binned = pc.if_else(pc.less(pc.abs(lag), _EXACT_LAG_MS), lag, coarse)
-        for item in pc.value_counts(pc.drop_null(binned)).to_pylist():
-            self._lags[item["values"]] += item["counts"]
+        lag_array = pc.subtract(recv, ts)
+        if lag_array.null_count:
+            lag_array = pc.drop_null(lag_array)
+        self._negative_lags = self._negative_lags or 0
+        if len(lag_array) == 0:
+            return
+        lag = lag_array.to_numpy()
+        top = int(lag.max())
+        self._lag_max = top if self._lag_max is None else max(self._lag_max, top)
+        self._negative_lags += int(np.count_nonzero(lag < 0))
+        exact = np.abs(lag) < _EXACT_LAG_MS
+        if bool(exact.all()):
+            self._exact_lags += np.bincount(lag + _EXACT_LAG_MS, minlength=2 * _EXACT_LAG_MS)
+            return
+        self._exact_lags += np.bincount(lag[exact] + _EXACT_LAG_MS, minlength=2 * _EXACT_LAG_MS)
+        far = lag[~exact]
+        coarse = np.sign(far) * (np.abs(far) // 1000 * 1000)  # to the second, toward zero
+        values, counts = np.unique(coarse, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            self._coarse_lags[value] += count
+
+    def _lag_histogram(self) -> Counter[int]:
+        counts = Counter(self._coarse_lags)
+        (present,) = np.nonzero(self._exact_lags)
+        for index, count in zip(present.tolist(), self._exact_lags[present].tolist(), strict=True):
+            counts[index - _EXACT_LAG_MS] += count
+        return counts
+
+    def _count_nulls(self, table: pa.Table) -> None:
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            if column.null_count and name != "seq":
+                self._nulls[name] += column.null_count
+
+    def _count_non_positive(self, table: pa.Table) -> None:
+        for name in POSITIVE_COLUMNS:
+            if name not in table.schema.names:
+                continue
+            column = table.column(name)
+            if not _numeric(column.type):
+                continue
+            values = _float_values(column)
+            valid = len(column) - column.null_count  # nulls read as NaN: not counted here
+            bad = valid - int(np.count_nonzero(values > 0))
+            self._non_positive[name] = self._non_positive.get(name, 0) + bad
+
+    def _count_crossed(self, bid: pa.ChunkedArray, ask: pa.ChunkedArray) -> None:
+        if not (_numeric(bid.type) and _numeric(ask.type)):
+            return
+        bids, asks = _float_values(bid), _float_values(ask)  # nulls: NaN, never compared true
+        self._crossed = (self._crossed or 0) + int(np.count_nonzero(bids > asks))
+        self._locked = (self._locked or 0) + int(np.count_nonzero(bids == asks))
+
+    def _count_trade_ids(self, column: pa.ChunkedArray, ts: np.ndarray) -> None:
+        """Rows whose trade_id was seen before: in this batch or in the window before it.
+
+        Each id gets a 64-bit key, equal for equal ids (`_id_keys`); a sort of the keys
+        finds the few keys seen twice, and only the ids with those keys are compared
+        as strings. Without keys every id is compared as a string (slower, as exact).
+        """
+        ids = column.combine_chunks()
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.cast(ids.type.value_type)
+        if ids.null_count:
+            valid = pc.is_valid(ids)
+            ids = ids.filter(valid)
+            ts = ts[valid.to_numpy(zero_copy_only=False)]
+        self._trade_ids = self._trade_ids or 0
+        if len(ids) == 0:
+            return
+        window = self._id_window or _IdWindow(ids.slice(0, 0), np.empty(0, np.uint64), ts[:0])
+        if window.ids.type != ids.type:
+            window = _IdWindow(window.ids.cast(ids.type), window.keys, window.ts)
+        self._id_kind, keys = _id_keys(ids, self._id_kind)
+        if keys is None or window.keys is None:
+            self._id_kind = "exact"
+            keys = None
+            self._trade_ids += _repeats(ids, window.ids)
+        else:
+            every = np.concatenate([window.keys, keys])
+            ordered = np.sort(every, kind="stable" if self._id_kind == "int" else "quicksort")
+            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+            if repeated.size:
+                mine = ids.filter(pa.array(np.isin(keys, repeated)))
+                seen = window.ids.filter(pa.array(np.isin(window.keys, repeated)))
+                self._trade_ids += _repeats(mine, seen)
+        self._id_window = window.then(ids, keys, ts, int(ts[-1]) - TRADE_ID_WINDOW_MS)
 
     def _count_duplicates(self, table: pa.Table, ts: pa.Array) -> None:
         """Rows of the last ts_event wait for the next batch: their group may continue there."""
@@ -135,21 +480,135 @@ class QualityAccumulator:
         self._carry = table.slice(head_rows), ts.slice(head_rows)
 
 
+@dataclass(frozen=True)
+class _IdWindow:
+    """trade_ids (string array), their keys (None: compared as strings) and ts_event."""
+
+    ids: pa.Array
+    keys: np.ndarray | None
+    ts: np.ndarray
+
+    def then(self, ids: pa.Array, keys: np.ndarray | None, ts: np.ndarray,
+             start: int) -> _IdWindow:
+        """This window followed by a batch, cut to the rows with ts_event >= start.
+
+        Concatenation copies the kept ranges, so the window never pins a whole batch."""
+        old = int(np.searchsorted(self.ts, start, side="left"))
+        new = int(np.searchsorted(ts, start, side="left"))
+        both = None if keys is None or self.keys is None else np.concatenate(
+            [self.keys[old:], keys[new:]]
+        )
+        return _IdWindow(
+            pa.concat_arrays([self.ids.slice(old), ids.slice(new)]),
+            both,
+            np.concatenate([self.ts[old:], ts[new:]]),
+        )
+
+
+def _repeats(ids: pa.Array, seen: pa.Array) -> int:
+    """Rows of `ids` whose value is in `seen` or earlier in `ids`."""
+    if len(ids) == 0:
+        return 0
+    distinct = pc.unique(ids)
+    known = int(pc.sum(pc.is_in(distinct, value_set=seen)).as_py() or 0) if len(seen) else 0
+    return len(ids) - (len(distinct) - known)
+
+
+def _id_keys(ids: pa.Array, kind: str | None) -> tuple[str | None, np.ndarray | None]:
+    """(kind, a uint64 key per id, equal for equal ids) or (kind, None) when `kind` fails.
+
+    kind "int": the ids are decimal integers (binance, okx), the key is the value; two
+    spellings of one number ("7", "07") share a key and the string compare tells them
+    apart. kind "fixed<L>": every id has L <= 64 bytes (bybit's UUIDs), the key hashes
+    the bytes. None: pick the first kind that works.
+    """
+    if kind in (None, "int"):
+        try:
+            return "int", ids.cast(pa.int64()).to_numpy().view(np.uint64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            if kind == "int":
+                return kind, None
+    width = _fixed_width(ids)
+    fixed = None if width is None else f"fixed{width}"
+    if width is None or kind not in (None, fixed):
+        return kind or "exact", None
+    return fixed, _hash_fixed(ids, width)
+
+
+def _fixed_width(ids: pa.Array) -> int | None:
+    """The byte length shared by every (non-null) id, if there is one and it is <= 64."""
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        return None
+    offsets = _offsets(ids)
+    lengths = np.diff(offsets)
+    width = int(lengths[0])
+    if not 0 < width <= 64 or not bool(np.all(lengths == width)):
+        return None
+    return width
+
+
+def _offsets(ids: pa.Array) -> np.ndarray:
+    dtype = np.int64 if pa.types.is_large_string(ids.type) else np.int32
+    buffer = ids.buffers()[1]
+    assert buffer is not None
+    return np.frombuffer(buffer, dtype=dtype)[ids.offset : ids.offset + len(ids) + 1]
+
+
+def _hash_fixed(ids: pa.Array, width: int) -> np.ndarray:
+    """A 64-bit hash of each id's `width` bytes (the words mixed like `_row_hashes`)."""
+    buffer = ids.buffers()[2]
+    assert buffer is not None
+    first = int(_offsets(ids)[0])
+    data = np.frombuffer(buffer, dtype=np.uint8)[first : first + len(ids) * width]
+    words = -(-width // 8)
+    padded = np.zeros((len(ids), words * 8), dtype=np.uint8)
+    padded[:, :width] = data.reshape(len(ids), width)
+    keys = np.full(len(ids), width, dtype=np.uint64) * _MIX[0]
+    for word in padded.view(np.uint64).T:
+        keys = (keys ^ word) * _MIX[1]
+        keys ^= keys >> np.uint64(29)
+    return keys
+
+
+def _numeric(type_: pa.DataType) -> bool:
+    return pa.types.is_integer(type_) or pa.types.is_floating(type_)
+
+
+def _float_values(column: pa.ChunkedArray) -> np.ndarray:
+    """The column as float64 numpy, nulls as NaN."""
+    if not pa.types.is_float64(column.type):
+        column = column.cast(pa.float64())
+    values: np.ndarray = column.to_numpy()
+    return values
+
+
 def _duplicates_in(table: pa.Table, ts: pa.Array) -> int:
     """Rows equal to an earlier row of `table` (sorted by ts_event) in every identity column.
 
     `ts` is the table's ts_event in ms. Only rows sharing their ts_event with a neighbour
-    can be duplicates, and columns constant over those rows cannot tell them apart: both
-    are dropped before hashing.
+    can be duplicates. Of those, only rows whose hash of ts_event and the float identity
+    columns (`_row_hashes`) is shared with another can be: equal rows have equal
+    hashes, so every row left out is a group of its own and leaving it out changes no
+    count. The few rows left are grouped exactly on every identity column, minus those
+    constant over them (they cannot tell rows apart).
     """
     if table.num_rows < 2:
         return 0
-    same_as_next = pc.equal(ts.slice(1), ts.slice(0, len(ts) - 1))
-    no = pa.array([False])
-    candidate = pc.or_(pa.concat_arrays([no, same_as_next]), pa.concat_arrays([same_as_next, no]))
-    table = table.filter(candidate)
-    if table.num_rows < 2:
+    times = ts.to_numpy()
+    tie = times[1:] == times[:-1]
+    candidate = np.zeros(times.size, dtype=bool)
+    candidate[1:] |= tie
+    candidate[:-1] |= tie
+    rows = np.flatnonzero(candidate)
+    if rows.size < 2:
         return 0
+    hashes = _row_hashes(table, rows, times[rows])
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.size == 0:
+        return 0
+    rows = rows[np.isin(hashes, repeated)]
+    table = table.take(pa.array(rows))
     keys = [
         name
         for name, typ in zip(table.column_names, table.schema.types, strict=True)
@@ -160,6 +619,30 @@ def _duplicates_in(table: pa.Table, ts: pa.Array) -> int:
         [([], "count_all")]
     )
     return table.num_rows - groups.num_rows
+
+
+#: Odd 64-bit multipliers of the row hash (golden ratio, murmur3 finaliser).
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xFF51AFD7ED558CCD))
+
+
+def _row_hashes(table: pa.Table, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per row of `rows`: ts_event and every float identity column.
+
+    Equal rows give equal hashes (floats are compared as values: -0.0 is 0.0, every NaN
+    and null is one NaN), which is all the duplicate count needs; the other columns
+    (strings, small integers such as side or stream_version) are left to the exact
+    grouping.
+    """
+    hashes = times.astype(np.int64).view(np.uint64) * _MIX[0]
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name in _NOT_IDENTITY or not pa.types.is_floating(column.type):
+            continue
+        values = column.to_numpy()[rows].astype(np.float64) + 0.0  # -0.0 -> 0.0
+        values[np.isnan(values)] = np.nan
+        bits = values.view(np.uint64)
+        hashes = (hashes ^ bits) * _MIX[1]
+        hashes ^= hashes >> np.uint64(29)
+    return hashes
 
 
 def _constant(column: pa.ChunkedArray) -> bool:
