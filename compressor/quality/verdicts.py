@@ -72,6 +72,8 @@ class DayVerdicts:
                 return stored
             windows = fetch_day_windows(self.raw, day)
             verdict = score_day(day, windows, self.primary_exchange, utc_iso(self.clock()))
+            if stored is not None and _same(stored, verdict):
+                return stored  # nothing new: the stored object stays as it is
             if self.save:
                 save_verdict(self.compact, verdict)
         except StoreConfigError:
@@ -83,3 +85,11 @@ class DayVerdicts:
         log.info("%s: collector day verdict %s (%s)", day, verdict.label.value,
                  "; ".join(verdict.reasons) or "every window good")
         return verdict
+
+
+def _same(a: DayVerdict, b: DayVerdict) -> bool:
+    """The same verdict, whenever it was scored."""
+    first, second = a.to_json(), b.to_json()
+    first.pop("scored_at", None)
+    second.pop("scored_at", None)
+    return first == second
