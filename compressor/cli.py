@@ -32,6 +32,7 @@ from compressor.layout import PROBE_PREFIX, format_day, parse_day
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
+from compressor.partition.compact import CompactSettings, clean_stale_tmp
 from compressor.planning import (
     DEFAULT_EMPTY_DAY_GRACE,
     DEFAULT_LOOKBACK_DAYS,
@@ -41,7 +42,6 @@ from compressor.planning import (
     build_plan,
     check_dates,
 )
-from compressor.publish import CompactSettings, clean_stale_tmp
 from compressor.quality.html import render_html
 from compressor.quality.labels import Label
 from compressor.quality.report import DEFAULT_DAYS as REPORT_DAYS

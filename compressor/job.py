@@ -20,21 +20,16 @@ from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.merge_errors import MergeAborted
 from compressor.meta import Meta, Published, read_published
+from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
+from compressor.partition.fetch import RawUnreadableError
+from compressor.partition.publish import PublishConflict, relabel
+from compressor.partition.verify import VerificationError
 from compressor.planning import (
     DONE_SKIPS,
     Action,
     Plan,
     PlannedPartition,
     Reason,
-)
-from compressor.publish import (
-    BadInputError,
-    CompactSettings,
-    PublishConflict,
-    RawUnreadableError,
-    VerificationError,
-    compact_partition,
-    relabel,
 )
 from compressor.quality.labels import LABELS, RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality

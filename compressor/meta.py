@@ -9,7 +9,7 @@ taken for an up-to-date output: planning and the re-check under the lease both
 use `Published.current_for`, and compact such a partition again.
 
 This module knows the document and the rule only; reading it from a store is
-`read_published`, writing it is `compressor.publish`.
+`read_published`, writing it is `compressor.partition.publish`.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Published:
     """What the compact store holds for one partition, as read at one moment.
 
     `meta_etag` and `data` are also the conditions of the next publish
-    (`compressor.publish`): a writer replaces exactly what it saw under its lease,
+    (`compressor.partition.publish`): a writer replaces exactly what it saw under its lease,
     so anyone else's write in between makes its own fail.
     """
 

@@ -26,8 +26,8 @@ from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
 from compressor.meta import Meta, check_data_file
+from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.publish import CompactSettings
 from compressor.state import StateStore
 from compressor.storage import (
     LocalStore,

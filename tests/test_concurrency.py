@@ -36,8 +36,8 @@ from compressor.generator import PartitionSpec, file_bytes
 from compressor.job import Job, Status
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseManager, LeaseOwner
+from compressor.partition.compact import CompactSettings, compact_partition
 from compressor.planning import Action, Mode, PlanOptions, build_plan
-from compressor.publish import CompactSettings, compact_partition
 from compressor.state import StateStore
 from compressor.storage import LocalStore, S3Store
 from tests.conftest import FlakyLocalStore, make_s3_store, put_partition

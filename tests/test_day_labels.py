@@ -17,8 +17,8 @@ from compressor.generator import PartitionSpec, write_quality_windows
 from compressor.job import Job, Status
 from compressor.lease import LeaseManager
 from compressor.meta import read_published
+from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.publish import CompactSettings
 from compressor.quality.verdicts import DayVerdicts
 from compressor.quality.windows import load_verdict, windows_prefix
 from compressor.state import StateStore

@@ -231,7 +231,7 @@ def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from compressor.merge_errors import MergeAborted
-    from compressor.publish import verify_output
+    from compressor.partition.verify import verify_output
 
     path = tmp_path / "out.parquet"
     n = 600_000

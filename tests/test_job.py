@@ -29,14 +29,9 @@ from compressor.job import REPORT_PROBLEMS, Job, PartitionOutcome, RunReport, St
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseLost, LeaseManager
 from compressor.merge_errors import CorruptFileError, MergeAborted, SchemaConflictError
+from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
+from compressor.partition.verify import VerificationError, verify_output
 from compressor.planning import Mode, Plan, PlanOptions, build_plan
-from compressor.publish import (
-    BadInputError,
-    CompactSettings,
-    VerificationError,
-    compact_partition,
-    verify_output,
-)
 from compressor.state import StateStore
 from compressor.storage import StoreConfigError, StoreError, TransientStoreError
 from tests.conftest import FlakyLocalStore, put_partition

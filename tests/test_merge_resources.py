@@ -286,7 +286,7 @@ def test_resource_failures_are_not_decode_failures(exc: BaseException) -> None:
 
 
 def test_resource_error_keeps_errno_so_no_space_is_still_recognised() -> None:
-    from compressor.publish import _no_space
+    from compressor.partition.fetch import no_space as _no_space
 
     cause = OSError(errno.ENOSPC, "No space left on device")
     exc = MergeResourceError("/in/x.parquet", "reading Parquet data", cause)

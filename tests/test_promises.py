@@ -25,8 +25,9 @@ from compressor.generator import PartitionSpec
 from compressor.job import Job, Status
 from compressor.lease import LeaseManager
 from compressor.meta import Published, read_published
+from compressor.partition.compact import CompactSettings, compact_partition
+from compressor.partition.publish import PublishConflict
 from compressor.planning import Action, Mode, PlanOptions, Reason, build_plan
-from compressor.publish import CompactSettings, PublishConflict, compact_partition
 from compressor.state import PartitionState, StateStore
 from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectUnreadable

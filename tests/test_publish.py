@@ -16,14 +16,9 @@ from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, raw_table, rows_in_file, special_files
 from compressor.merge_errors import MergeAborted
 from compressor.meta import Meta, check_data_file
-from compressor.publish import (
-    BadInputError,
-    CompactSettings,
-    RawChangedError,
-    VerificationError,
-    compact_partition,
-    verify_output,
-)
+from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
+from compressor.partition.fetch import RawChangedError
+from compressor.partition.verify import VerificationError, verify_output
 from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectInfo
 from tests.conftest import put_partition
@@ -313,7 +308,7 @@ def test_fence_runs_before_every_write(
 
 
 def test_temp_dirs_of_dead_runs_are_removed(tmp_path: Path) -> None:
-    from compressor.publish import TMP_PREFIX, clean_stale_tmp
+    from compressor.partition.compact import TMP_PREFIX, clean_stale_tmp
 
     dead = tmp_path / f"{TMP_PREFIX}4000001-abc"
     live = tmp_path / f"{TMP_PREFIX}4000002-def"

@@ -39,8 +39,8 @@ from compressor.generator import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.job import Job
 from compressor.layout import STATE_KEY, PartitionId
 from compressor.lease import LeaseManager
+from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.publish import CompactSettings
 from compressor.quality.html import render_html
 from compressor.quality.report import (
     CONDITIONS,

@@ -1,0 +1,226 @@
+"""One partition end to end: fetch -> merge (with the --skip-corrupt loop) -> verify -> publish.
+
+Its temp dir is removed whatever happens. The caller (the job) holds the lease and
+passes what it read under it (`base`), the fence and the day's label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compressor import __version__
+from compressor.discovery import Partition
+from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+from compressor.merge_writer import MergeResult, MergeSettings, merge_files
+from compressor.meta import Meta, Published, read_published
+from compressor.partition import never
+from compressor.partition.fetch import (
+    DOWNLOAD_WORKERS,
+    TempSpaceError,
+    check_room,
+    download,
+    no_space,
+)
+from compressor.partition.publish import no_fence, publish
+from compressor.partition.verify import Verified, verify_output
+from compressor.quality.labels import RULES_VERSION, Label
+from compressor.quality.metrics import DayQuality, QualityAccumulator
+from compressor.storage.base import (
+    Store,
+    StoreError,
+)
+from compressor.text import utc_iso
+
+log = logging.getLogger(__name__)
+
+
+#: Per-partition temp dirs are named `<TMP_PREFIX><pid>-<random>` under the tmp root.
+TMP_PREFIX = "qlc-part-"
+
+
+class BadInputError(Exception):
+    """A raw object the merge cannot use; the partition is quarantined.
+
+    The message names the raw `key` (never the local download path); `cause` is the
+    merge's own error (column, corrupt or not).
+    """
+
+    def __init__(self, key: str, cause: MergeInputError) -> None:
+        self.key = key
+        self.cause = cause
+        column = f" column {cause.column!r}" if cause.column else ""
+        super().__init__(f"{key}{column}: {cause.reason}")
+
+
+
+@dataclass(frozen=True)
+class CompactSettings:
+    tmp_root: Path
+    merge: MergeSettings = field(default_factory=MergeSettings)
+    download_workers: int = DOWNLOAD_WORKERS
+    skip_corrupt: bool = False
+
+
+
+@dataclass
+class CompactResult:
+    """What one compaction published."""
+
+    rows: int
+    size_bytes: int
+    sha256: str
+    quality: DayQuality
+    merge: MergeResult
+    meta: Meta
+    skipped_files: list[str] = field(default_factory=list)
+
+
+
+
+
+
+
+
+
+def compact_partition(
+    partition: Partition,
+    raw: Store,
+    compact: Store,
+    settings: CompactSettings,
+    *,
+    should_stop: Callable[[], bool] = never,
+    fence: Callable[[], None] = no_fence,
+    base: Published | None = None,
+    label: Label = Label.UNKNOWN,
+    before_publish: Callable[[], None] = no_fence,
+) -> CompactResult:
+    """Compact and publish one partition; its temp dir is removed whatever happens.
+
+    `base` is the partition's outputs as read under the lease (read now when None):
+    the publish replaces exactly them (see `publish`).
+    Raises BadInputError (quarantine), MergeAborted (stop asked), VerificationError,
+    PublishConflict, and StoreError/OSError from the stores and the disk.
+    """
+    if base is None:
+        base = read_published(compact, partition.pid)
+    settings.tmp_root.mkdir(parents=True, exist_ok=True)
+    check_room(partition, settings.tmp_root)
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
+    try:
+        started = time.monotonic()
+        try:
+            inputs = download(partition, raw, work / "in", settings.download_workers,
+                              should_stop)
+            output = work / "data.parquet"
+            merged, quality, skipped = _merge(partition, inputs, output, work, settings,
+                                              should_stop)
+            verified = verify_output(output, merged.input_rows, should_stop)
+        except (OSError, StoreError) as exc:
+            if no_space(exc):
+                raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
+            raise
+        skipped_keys = [key for path, key in inputs if path in skipped]
+        meta = build_meta(partition, verified, quality, merged, skipped_keys,
+                          time.monotonic() - started, label)
+        if should_stop():  # last moment to give up cheaply: nothing published yet
+            raise MergeAborted("interrupted before publishing")
+        before_publish()
+        final = publish(compact, partition, output, meta, base, fence)
+        return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
+                             merged, final, skipped_keys)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+
+def clean_stale_tmp(tmp_root: Path, is_alive: Callable[[int], bool]) -> list[Path]:
+    """Remove temp dirs left by runs on this host whose process is gone; returns them."""
+    removed = []
+    for path in tmp_root.glob(f"{TMP_PREFIX}*") if tmp_root.is_dir() else ():
+        pid_text = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid_text.isdigit() and not is_alive(int(pid_text)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+
+
+def _merge(
+    partition: Partition,
+    inputs: Sequence[tuple[Path, str]],
+    output: Path,
+    work: Path,
+    settings: CompactSettings,
+    should_stop: Callable[[], bool],
+) -> tuple[MergeResult, DayQuality, set[Path]]:
+    """merge_files, again without each corrupt object when --skip-corrupt asks for it."""
+    keys = {path: key for path, key in inputs}
+    skipped: set[Path] = set()
+    spill = work / "spill"
+    spill.mkdir(exist_ok=True)
+    quality = QualityAccumulator(partition.pid.date, output, partition.pid.stream)
+    while True:
+        quality.reset()
+        paths = [path for path, _ in inputs if path not in skipped]
+        try:
+            result = merge_files(paths, output, tmp_dir=spill, settings=settings.merge,
+                                 on_batch=quality, should_stop=should_stop)
+            return result, quality.result(result), skipped
+        except MergeResourceError as exc:  # the machine's fault, not the object's
+            key = keys.get(Path(exc.path), exc.path)
+            raise MergeResourceError(key, "reading it", exc) from None
+        except MergeInputError as exc:
+            key = keys.get(Path(exc.path), exc.path)
+            if not (settings.skip_corrupt and exc.corrupt and Path(exc.path) in keys):
+                raise BadInputError(key, exc) from exc
+            log.warning("%s: corrupt, skipped (--skip-corrupt): %s", key, exc.reason)
+            skipped.add(Path(exc.path))
+            output.unlink(missing_ok=True)
+
+
+
+
+def build_meta(
+    partition: Partition,
+    verified: Verified,
+    quality: DayQuality,
+    merged: MergeResult,
+    skipped_keys: list[str],
+    seconds: float,
+    label: Label = Label.UNKNOWN,
+) -> Meta:
+    """meta.json: BRIEF §2 keys, the source fingerprint, the day label and figures.
+
+    `data_etag` is filled in by `publish` once the store has named the upload."""
+    figures = asdict(merged)
+    figures.pop("columns", None)
+    figures["seconds"] = round(seconds, 3)
+    return Meta(
+        rows=verified.rows,
+        ts_event_min=verified.ts_event_min,
+        ts_event_max=verified.ts_event_max,
+        sha256=verified.sha256,
+        size_bytes=verified.size_bytes,
+        source_files=partition.file_count - len(skipped_keys),
+        source_fingerprint=partition.fingerprint,
+        stream_type=partition.pid.stream,
+        skipped_files=tuple(skipped_keys),
+        extra={
+            "day_quality": label.value,
+            "post_filter_version": RULES_VERSION,
+            "quality": quality.to_json(),
+            "compactor_version": __version__,
+            "created_at": utc_iso(time.time()),
+            "merge": figures,
+        },
+    )
+
+
