@@ -134,7 +134,7 @@ RUN_TIMEOUT_S = 120
 #: data.parquet here is ~10-20 KiB: below this, uploads are single PUTs; above, multipart.
 MULTIPART_THRESHOLD = "4096"
 #: Lease TTL of the pause trials' runs (QLC_LEASE_TTL_S). Their clock allowance is then
-#: cli.lease_skew(TTL) (a quarter of it), so a paused run's lease is taken over about
+#: RunConfig.lease_skew_s (a quarter of it), so a paused run's lease is taken over about
 #: 1.25 TTL after its last renewal. Renewals come every TTL/3: much shorter and a busy
 #: 2-core machine makes live runs lose theirs.
 DEFAULT_LEASE_TTL_S = 10.0
@@ -350,6 +350,9 @@ class KillingProxy(S3Proxy):
         self.paused = threading.Event()
         self._release = threading.Event()
         self._holding = 0
+        #: a pidfd of the victim: a signal never reaches another process that got its pid
+        #: once it was reaped (pid_max is 32768 on many hosts, and threads take pids too)
+        self._pidfd: int | None = None
         #: time.monotonic() of the first request since arm() (None before it).
         self.first_request_at: float | None = None
         self._kill_lock = threading.Lock()
@@ -376,6 +379,14 @@ class KillingProxy(S3Proxy):
         with self._kill_lock:
             self._release.set()  # never leave a held request behind
             self.kinds.clear()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            if victim is not None:
+                try:
+                    self._pidfd = os.pidfd_open(victim.pid)
+                except (AttributeError, OSError):  # Linux < 5.3: plain pids
+                    self._pidfd = None
             self.target, self.victim, self.action = target, victim, action
             self.killed_at = self.paused_at = self.paused_path = None
             self.paused.clear()
@@ -394,34 +405,35 @@ class KillingProxy(S3Proxy):
     def resume(self) -> None:
         """Forward the held request (if any), then SIGCONT the victim."""
         with self._kill_lock:
-            release, victim, held = self._release, self.victim, self._holding
+            release, held = self._release, self._holding
         release.set()
         if held:
             time.sleep(0.3)  # let the held request land and its answer wait in the socket
-        if victim is not None and victim.poll() is None:
-            try:
-                os.kill(victim.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        with self._kill_lock:
+            self._signal(signal.SIGCONT)
 
-    def _kill(self, why: str) -> bool:
+    def _signal(self, sig: int) -> bool:
+        """Send `sig` to the victim if it still runs (never to a process reusing its pid)."""
         victim = self.victim
-        if victim is None or self.killed_at is not None or victim.poll() is not None:
+        if victim is None or victim.poll() is not None:
             return False
         try:
-            os.kill(victim.pid, signal.SIGKILL)
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(victim.pid, sig)
         except ProcessLookupError:
+            return False
+        return True
+
+    def _kill(self, why: str) -> bool:
+        if self.killed_at is not None or not self._signal(signal.SIGKILL):
             return False
         self.killed_at = why
         return True
 
     def _pause(self, why: str) -> bool:
-        victim = self.victim
-        if victim is None or self.paused_at is not None or victim.poll() is not None:
-            return False
-        try:
-            os.kill(victim.pid, signal.SIGSTOP)
-        except ProcessLookupError:
+        if self.paused_at is not None or not self._signal(signal.SIGSTOP):
             return False
         self.paused_at = why
         self.paused.set()

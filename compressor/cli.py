@@ -15,7 +15,6 @@ import signal
 import stat
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,32 +23,28 @@ from typing import Any, NoReturn
 
 from dotenv import dotenv_values
 
-from compressor import __version__
-from compressor.clock import StoreClock
+from compressor import __version__, runner
 from compressor.discovery import Filters
-from compressor.job import Job, RunReport
-from compressor.layout import PROBE_PREFIX, format_day, parse_day
-from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
+from compressor.layout import format_day, parse_day
+from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import FORMATS, setup_logging
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
-from compressor.partition.compact import CompactSettings, clean_stale_tmp
+from compressor.partition.compact import CompactSettings
 from compressor.planning import (
     DEFAULT_EMPTY_DAY_GRACE,
     DEFAULT_LOOKBACK_DAYS,
     Mode,
-    Plan,
     PlanOptions,
-    build_plan,
     check_dates,
 )
 from compressor.quality.html import render_html
-from compressor.quality.labels import Label
 from compressor.quality.report import DEFAULT_DAYS as REPORT_DAYS
 from compressor.quality.report import MAX_DAYS as MAX_REPORT_DAYS
 from compressor.quality.report import gather, render_json, render_text, report_days
-from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
+from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE
+from compressor.runner import RunConfig, TmpDirError
 from compressor.state import StateCorruptError, StateStore
-from compressor.storage import Store, StoreConfigError, StoreError, open_store
+from compressor.storage import Store, StoreError, open_store
 from compressor.text import one_line
 
 log = logging.getLogger("compressor.cli")
@@ -251,14 +246,6 @@ def lease_ttl(env: Mapping[str, str]) -> float:
     return value
 
 
-def lease_skew(ttl_s: float) -> float:
-    """The leases' clock allowance: DEFAULT_SKEW_S, or a quarter of a shortened TTL.
-
-    Every run judges leases on the store's clock (README "Two runs at once"), right
-    within a second or two, so a shortened TTL can use a small allowance."""
-    return min(DEFAULT_SKEW_S, ttl_s / 4)
-
-
 def open_stores(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Store, Store]:
     raw_uri = args.raw or f"s3://{env.get('S3_BUCKET') or DEFAULT_RAW_BUCKET}"
     compact_uri = args.compact or f"s3://{env.get('S3_COMPACT_BUCKET') or DEFAULT_COMPACT_BUCKET}"
@@ -328,94 +315,33 @@ def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
     )
 
 
-def execute(
-    plan: Plan, raw: Store, compact: Store, state: StateStore, settings: CompactSettings,
-    stop: StopFlag, clock: StoreClock, ttl_s: float,
-    labels: Callable[[str], Label] = lambda day: Label.UNKNOWN,
-) -> RunReport:
-    run_id = uuid.uuid4().hex[:12]
-    log.info("run %s: %s, %d of %d partitions to compact", run_id, plan.mode.value,
-             len(plan.to_compact), len(plan.partitions))
-    owner = LeaseOwner.current(run_id)
-    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=ttl_s,
-                      skew_s=lease_skew(ttl_s)) as leases:
-        clean_dead_runs_leftovers(compact, leases)
-        job = Job(plan, raw, compact, state, settings, leases=leases, should_stop=stop,
-                  clock=clock, labels=labels)
-        return job.run()
-
-
-def clean_dead_runs_leftovers(compact: Store, leases: LeaseManager) -> None:
-    """Leases and incomplete uploads left in the compact store by runs killed outright.
-
-    Best effort: a store error here only delays the cleanup to the next run. Aborting
-    uploads needs a permission nothing else in the job uses (s3:ListBucketMultipartUploads),
-    so any error there, AccessDenied included, is a warning and the run goes on.
-    """
-    try:
-        leases.reap_stale()
-    except StoreConfigError:
-        raise  # the leases need the same access: the run could not work anyway
-    except StoreError as exc:
-        log.warning("could not remove leases left by runs that are gone: %s",
-                    one_line(str(exc)))
-    try:
-        aborted = compact.remove_stale_partials()
-    except StoreError as exc:
-        log.warning("could not abort incomplete uploads left by runs that are gone: %s",
-                    one_line(str(exc)))
-        return
-    if aborted:
-        log.info("aborted %d incomplete uploads left by runs that are gone", aborted)
-
-
-def check_tmp_dir(path: Path) -> None:
-    """--tmp-dir must be (or become) a directory this run can write in; exit 2 otherwise."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UsageError(f"--tmp-dir {path}: not a writable directory ({reason})") from None
-
-
-def run_once(
-    args: argparse.Namespace, env: Mapping[str, str], raw: Store, compact: Store, stop: StopFlag
-) -> int:
+def run_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
+    """The RunConfig that argv and the environment ask for; UsageError otherwise."""
     today = _today(args)
-    options = plan_options(args, today)
-    settings = CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args, env),
-                               skip_corrupt=args.skip_corrupt)
-    ttl_s = lease_ttl(env)
-    raw.check()
-    compact.check()
-    # Leases and the state's "newer attempt wins" compare times written by hosts whose
-    # clocks differ: all of them are taken on the compact store's clock.
-    clock = StoreClock.measure(compact)
-    if not args.today:  # "today" is the store's date too: a host a few minutes fast at
-        # 23:55 must not compact the day still being written
-        options = plan_options(args, datetime.fromtimestamp(clock(), UTC).date())
-    state = StateStore(compact, clock=clock)
-    state.load()
-    plan = build_plan(raw, compact, state, options)
-    if args.dry_run:
-        print(plan.render())
+    return RunConfig(
+        options=plan_options(args, today),
+        settings=CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args, env),
+                                 skip_corrupt=args.skip_corrupt),
+        today_given=bool(args.today),
+        dry_run=args.dry_run,
+        lease_ttl_s=lease_ttl(env),
+        primary_exchange=args.primary_exchange.lower(),
+    )
+
+
+def run_once(config: RunConfig, raw: Store, compact: Store, stop: StopFlag) -> int:
+    """Run, print the plan (dry run) or the report, and map the outcome to an exit code."""
+    try:
+        result = runner.run(config, raw, compact, stop)
+    except (TmpDirError, ValueError) as exc:  # e.g. a backfill range past the store's today
+        raise UsageError(str(exc)) from None
+    if result.report is None:
+        print(result.plan.render())
         return EXIT_OK
-    compact.check_conditional_writes(PROBE_PREFIX)  # leases, state CAS; it writes: not in --dry-run
-    check_tmp_dir(args.tmp_dir)
-    for path in clean_stale_tmp(args.tmp_dir, pid_alive):
-        log.info("removed %s, left by a run that is gone", path)
-    verdicts = DayVerdicts(raw, compact, primary_exchange=args.primary_exchange.lower(),
-                           clock=clock)
-    report = execute(plan, raw, compact, state, settings, stop, clock, ttl_s, verdicts.label)
-    print(report.render())
+    print(result.report.render())
     if stop.exit_code is not None:
-        # a download still in flight when the partition gave up may have written after
-        # its temp dir was removed: remove this run's temp dirs once more before exiting
-        clean_stale_tmp(args.tmp_dir, lambda pid: pid != os.getpid())
         return stop.exit_code
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return EXIT_OK if result.report.ok else EXIT_FAILED
 
 
 def quality_report(args: argparse.Namespace, raw: Store, compact: Store) -> int:
@@ -475,19 +401,18 @@ def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
         raise UsageError(f"--demo {root}: cannot write the demo lake there ({reason})") from None
     log.info("demo: wrote %d raw partitions for %s into %s", len(written), ", ".join(days),
              root / "raw")
-    base = ["--raw", str(root / "raw"), "--compact", str(root / "compact"),
-            "--today", format_day(today), "--tmp-dir", str(args.tmp_dir),
-            "--log-format", args.log_format]
-    runs = [["--mode", "backfill", "--date-from", days[0], "--date-to", days[-1]],
-            ["--mode", "catch-up"]]
+    raw = open_store(str(root / "raw"), {}, role="raw")
+    compact = open_store(str(root / "compact"), {}, role="compact")
+    settings = CompactSettings(tmp_root=args.tmp_dir)
+    first, last = parse_day(days[0]), parse_day(days[-1])
+    runs = [PlanOptions(mode=Mode.BACKFILL, today=today, backfill=(first, last)),
+            PlanOptions(mode=Mode.CATCH_UP, today=today)]
     code = EXIT_OK
-    for extra in runs:
-        sub = build_parser().parse_args(base + extra)
-        raw, compact = open_stores(sub, {})
-        code = max(code, run_once(sub, os.environ, raw, compact, stop))
+    for options in runs:
+        config = RunConfig(options, settings, primary_exchange=args.primary_exchange.lower())
+        code = max(code, run_once(config, raw, compact, stop))
         if stop.exit_code is not None:
             return stop.exit_code
-    raw, compact = open_stores(build_parser().parse_args(base), {})
     report = gather(raw, compact, report_days(today, DEMO_DAYS, None, None),
                     today=format_day(today), primary_exchange=args.primary_exchange.lower())
     print()
@@ -520,7 +445,7 @@ def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
         return quality_report(args, raw, compact)
     if args.repair_state:
         return repair_state(compact)
-    return run_once(args, env, raw, compact, stop)
+    return run_once(run_config(args, env), raw, compact, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

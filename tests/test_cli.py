@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from compressor import cli
-from compressor.clock import StoreClock
+from compressor import runner
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
 from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import CompactSettings
-from compressor.planning import Mode, PlanOptions, build_plan
+from compressor.planning import Mode, PlanOptions
+from compressor.runner import RunConfig
 from compressor.state import StateStore
 from compressor.storage import (
     LocalStore,
@@ -583,11 +583,10 @@ def test_an_unwritable_demo_dir_exits_2_naming_it(tmp_path: Path, world: World) 
 def _local_daily(tmp_path: Path, compact: LocalStore) -> tuple[RunReport, LocalStore]:
     raw = LocalStore(tmp_path / "raw")
     put_partition(raw, PartitionSpec(date="20261124", files=3, rows_per_file=30), tmp_path)
-    state = StateStore(compact)
-    plan = build_plan(raw, compact, state, PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)))
-    settings = CompactSettings(tmp_root=tmp_path / "work")
-    report = cli.execute(plan, raw, compact, state, settings, cli.StopFlag(),
-                         StoreClock.fixed(), cli.DEFAULT_TTL_S)
+    config = RunConfig(PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)),
+                       CompactSettings(tmp_root=tmp_path / "work"))
+    report = runner.run(config, raw, compact, lambda: False).report
+    assert report is not None
     return report, raw
 
 
@@ -603,10 +602,10 @@ def test_cleanup_of_dead_runs_uploads_is_best_effort(
         (tmp_path / name).mkdir()
     compact = FlakyLocalStore(tmp_path / "compact")
     compact.fail("remove_stale_partials", error=error)
-    with caplog.at_level(logging.WARNING, logger="compressor.cli"):
+    with caplog.at_level(logging.WARNING, logger="compressor.runner"):
         report, _ = _local_daily(tmp_path, compact)
     assert report.ok and report.count(Status.SUCCESS) == 1
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.cli"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.runner"]
     assert warning.startswith("could not abort incomplete uploads") and str(error) in warning
 
 
@@ -620,8 +619,8 @@ def test_a_lease_cleanup_error_still_aborts_stale_uploads(
     stale.write_bytes(b"partial")
     os.utime(stale, (time.time() - 2 * 86400,) * 2)
     compact.fail("list_objects", LOCKS_PREFIX, times=1)  # reap_stale's listing
-    with caplog.at_level(logging.WARNING, logger="compressor.cli"):
+    with caplog.at_level(logging.WARNING, logger="compressor.runner"):
         report, _ = _local_daily(tmp_path, compact)
     assert report.ok and not stale.exists()
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.cli"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.runner"]
     assert warning.startswith("could not remove leases left by runs that are gone")

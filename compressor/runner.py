@@ -1,0 +1,158 @@
+"""One run of the job: a RunConfig -> plan -> execute -> a RunResult.
+
+The shape of delta-rs's optimize: `plan` builds the printable Plan and touches
+nothing (what --dry-run shows), `execute` runs it under leases and returns the
+RunReport. `cli.py` only parses argv into a RunConfig and turns the result into
+output and an exit code; the demo builds RunConfigs itself. Signals are the
+CLI's: the runner only polls `should_stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from compressor.clock import StoreClock
+from compressor.job import Job, RunReport
+from compressor.layout import PROBE_PREFIX
+from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
+from compressor.partition.compact import CompactSettings, clean_stale_tmp
+from compressor.planning import Plan, PlanOptions, build_plan
+from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
+from compressor.state import StateStore
+from compressor.storage import Store, StoreConfigError, StoreError
+from compressor.text import one_line
+
+log = logging.getLogger(__name__)
+
+
+class TmpDirError(ValueError):
+    """--tmp-dir is not a directory this run can write in (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs besides its two stores."""
+
+    options: PlanOptions
+    settings: CompactSettings
+    #: False: `options.today` is a placeholder and the store's date is used (README
+    #: "Guarantees under failure": a host a few minutes fast must not compact the day
+    #: still being written).
+    today_given: bool = True
+    dry_run: bool = False
+    lease_ttl_s: float = DEFAULT_TTL_S
+    primary_exchange: str = DEFAULT_PRIMARY_EXCHANGE
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.settings.tmp_root
+
+    @property
+    def lease_skew_s(self) -> float:
+        """The leases' clock allowance: DEFAULT_SKEW_S, or a quarter of a shortened TTL.
+
+        Every run judges leases on the store's clock, right within a second or two,
+        so a shortened TTL (tests, the chaos bench) can use a small allowance."""
+        return min(DEFAULT_SKEW_S, self.lease_ttl_s / 4)
+
+
+@dataclass
+class RunResult:
+    """What a run did: its plan, and the report (None for a dry run)."""
+
+    plan: Plan
+    report: RunReport | None = None
+
+
+def plan(config: RunConfig, raw: Store, compact: Store) -> tuple[Plan, StateStore, StoreClock]:
+    """Check the stores, measure the store clock, load the state, build the plan. No writes."""
+    raw.check()
+    compact.check()
+    # Leases and the state's "newer attempt wins" compare times written by hosts whose
+    # clocks differ: all of them are taken on the compact store's clock.
+    clock = StoreClock.measure(compact)
+    options = config.options
+    if not config.today_given:
+        options = replace(options, today=datetime.fromtimestamp(clock(), UTC).date())
+    state = StateStore(compact, clock=clock)
+    state.load()
+    return build_plan(raw, compact, state, options), state, clock
+
+
+def run(
+    config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool]
+) -> RunResult:
+    """Plan, then (unless a dry run) execute; StoreError/StateCorruptError/TmpDirError
+    when the run cannot start at all."""
+    the_plan, state, clock = plan(config, raw, compact)
+    if config.dry_run:
+        return RunResult(the_plan)
+    compact.check_conditional_writes(PROBE_PREFIX)  # it writes: never in a dry run
+    check_tmp_dir(config.tmp_dir)
+    for path in clean_stale_tmp(config.tmp_dir, pid_alive):
+        log.info("removed %s, left by a run that is gone", path)
+    verdicts = DayVerdicts(raw, compact, primary_exchange=config.primary_exchange, clock=clock)
+    report = execute(config, the_plan, raw, compact, state, clock, verdicts, should_stop)
+    if should_stop():
+        # a download still in flight when the partition gave up may have written after
+        # its temp dir was removed: remove this run's temp dirs once more
+        clean_stale_tmp(config.tmp_dir, lambda pid: pid != os.getpid())
+    return RunResult(the_plan, report)
+
+
+def execute(
+    config: RunConfig, the_plan: Plan, raw: Store, compact: Store, state: StateStore,
+    clock: StoreClock, verdicts: DayVerdicts, should_stop: Callable[[], bool],
+) -> RunReport:
+    log.info("run %s: %s, %d of %d partitions to compact", config.run_id,
+             the_plan.mode.value, len(the_plan.to_compact), len(the_plan.partitions))
+    owner = LeaseOwner.current(config.run_id)
+    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=config.lease_ttl_s,
+                      skew_s=config.lease_skew_s) as leases:
+        clean_dead_runs_leftovers(compact, leases)
+        job = Job(the_plan, raw, compact, state, config.settings, leases=leases,
+                  should_stop=should_stop, clock=clock, labels=verdicts.label)
+        return job.run()
+
+
+def clean_dead_runs_leftovers(compact: Store, leases: LeaseManager) -> None:
+    """Leases and incomplete uploads left in the compact store by runs killed outright.
+
+    Best effort: a store error here only delays the cleanup to the next run. Aborting
+    uploads needs a permission nothing else in the job uses (s3:ListBucketMultipartUploads),
+    so any error there, AccessDenied included, is a warning and the run goes on.
+    """
+    try:
+        leases.reap_stale()
+    except StoreConfigError:
+        raise  # the leases need the same access: the run could not work anyway
+    except StoreError as exc:
+        log.warning("could not remove leases left by runs that are gone: %s",
+                    one_line(str(exc)))
+    try:
+        aborted = compact.remove_stale_partials()
+    except StoreError as exc:
+        log.warning("could not abort incomplete uploads left by runs that are gone: %s",
+                    one_line(str(exc)))
+        return
+    if aborted:
+        log.info("aborted %d incomplete uploads left by runs that are gone", aborted)
+
+
+def check_tmp_dir(path: Path) -> None:
+    """--tmp-dir must be (or become) a directory this run can write in."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TmpDirError(f"--tmp-dir {path}: not a writable directory ({reason})") from None
