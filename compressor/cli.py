@@ -154,14 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--tmp-dir", metavar="DIR", type=Path, default=DEFAULT_TMP,
                        help=f"local scratch space (default {DEFAULT_TMP})")
     where.add_argument("--memory-budget", metavar="SIZE", default=None,
-                       help="memory the merge may use for buffered rows, e.g. 512M or 2G "
+                       help="memory the whole run may use for buffered rows, shared by the "
+                       "workers, e.g. 512M or 2G "
                        f"(default {DEFAULT_MEMORY_BUDGET >> 20}M)")
+    where.add_argument("--workers", metavar="N", type=_positive("--workers"), default=None,
+                       help="partitions compacted at once (default: the cores, while each "
+                       "gets at least 192M of --memory-budget; the choice is logged)")
     where.add_argument("--log-format", choices=FORMATS, default="human",
                        help="human (default) or json lines, on stderr")
     return p
 
 
 # --------------------------------------------------------------------------- parsing helpers
+
+
+def _positive(flag: str) -> Callable[[str], int]:
+    """argparse type: a whole number from 1 to 64, the error naming `flag`."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+            raise UsageError(f"{flag}: expected a whole number from 1 to 64, got {text!r}")
+        return int(text)
+
+    return parse
 
 
 def _count(flag: str) -> Callable[[str], int]:
@@ -326,6 +341,7 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         dry_run=args.dry_run,
         lease_ttl_s=lease_ttl(env),
         primary_exchange=args.primary_exchange.lower(),
+        workers=args.workers,
     )
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from compressor.discovery import list_partition
@@ -195,6 +197,7 @@ class Job:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         labels: Callable[[str], Label] = _no_label,
+        workers: int = 1,
     ) -> None:
         self.plan = plan
         self.raw = raw
@@ -208,17 +211,25 @@ class Job:
         self.sleep = sleep
         self.clock = clock
         self.labels = labels
+        self.workers = max(1, workers)
+        self._abort = threading.Event()
         self.report = RunReport(plan)
         self.recorder = StateRecorder(state)
         self.watermark = Watermark(plan, compact, self.recorder)
 
     def run(self) -> RunReport:
+        """Every partition on `workers` threads, in plan order (days ascending); each
+        day's outcomes are settled, recorded and confirmed in order as its last
+        partition finishes, while the workers go on with the next days' partitions."""
         started = time.monotonic()
         report = self.report
         report.last_compacted_before = self.plan.last_compacted_date
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="partition")
         try:
+            pending = {day: [pool.submit(self._work, p) for p in self.plan.for_day(day)]
+                       for day in self.plan.days}
             for day in self.plan.days:
-                outcomes = [self._run_one(p) for p in self.plan.for_day(day)]
+                outcomes = [future.result() for future in pending[day]]
                 if day in self.plan.ready_days:
                     outcomes = self._settle_busy(outcomes)
                 report.outcomes.extend(outcomes)
@@ -227,6 +238,8 @@ class Job:
             if not report.stopped:
                 self.watermark.advance()  # empty days after the last day run
         finally:  # whatever ended the run (an unusable store, too): keep what it did
+            self._abort.set()  # partitions not started yet return `not run` at once
+            pool.shutdown(wait=True, cancel_futures=True)
             self.recorder.flush_quietly()
             report.state_error = self.recorder.error
             report.last_compacted_after = self.watermark.value
@@ -236,11 +249,20 @@ class Job:
     def _record(self, pid: PartitionId, entry: PartitionState) -> None:
         self.recorder.record(pid, entry)
 
+    def _work(self, planned: PlannedPartition) -> PartitionOutcome:
+        """One worker's partition. Anything that ends the run (an unusable store, an
+        interrupt) stops the other workers from starting another partition at once."""
+        try:
+            return self._run_one(planned)
+        except BaseException:
+            self._abort.set()
+            raise
+
     # -- one partition -------------------------------------------------------------
 
     def _run_one(self, planned: PlannedPartition, *, quiet_busy: bool = False) -> PartitionOutcome:
         pid = planned.pid
-        if self.report.stopped or self.should_stop():
+        if self._abort.is_set() or self.report.stopped or self.should_stop():
             self.report.stopped = True
             return PartitionOutcome(pid, Status.NOT_RUN)
         if planned.action is Action.FAIL:

@@ -27,7 +27,7 @@ from compressor.planning import Plan, PlanOptions, build_plan
 from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
 from compressor.state import StateStore
 from compressor.storage import Store, StoreConfigError, StoreError
-from compressor.text import one_line
+from compressor.text import human_size, one_line
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class RunConfig:
     dry_run: bool = False
     lease_ttl_s: float = DEFAULT_TTL_S
     primary_exchange: str = DEFAULT_PRIMARY_EXCHANGE
+    #: Partitions compacted at once; None: `default_workers` of the cores and budget.
+    workers: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -62,6 +64,26 @@ class RunConfig:
         Every run judges leases on the store's clock, right within a second or two,
         so a shortened TTL (tests, the chaos bench) can use a small allowance."""
         return min(DEFAULT_SKEW_S, self.lease_ttl_s / 4)
+
+
+#: The least memory budget one worker's merge gets; fewer workers rather than less.
+MIN_WORKER_BUDGET = 192 * 1024 * 1024
+
+
+def default_workers(memory_budget: int, cores: int | None = None) -> int:
+    """As many workers as cores, while each keeps at least MIN_WORKER_BUDGET."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, memory_budget // MIN_WORKER_BUDGET))
+
+
+def split_budget(config: RunConfig) -> tuple[int, CompactSettings]:
+    """(workers, each worker's settings): --memory-budget is the whole process's, so
+    every worker's merge gets an equal share of it (README "Configuration")."""
+    total = config.settings.merge.memory_budget
+    workers = config.workers or default_workers(total)
+    share = max(1, total // workers)
+    merge = replace(config.settings.merge, memory_budget=share)
+    return workers, replace(config.settings, merge=merge)
 
 
 @dataclass
@@ -112,14 +134,20 @@ def execute(
     config: RunConfig, the_plan: Plan, raw: Store, compact: Store, state: StateStore,
     clock: StoreClock, verdicts: DayVerdicts, should_stop: Callable[[], bool],
 ) -> RunReport:
-    log.info("run %s: %s, %d of %d partitions to compact", config.run_id,
-             the_plan.mode.value, len(the_plan.to_compact), len(the_plan.partitions))
+    workers, settings = split_budget(config)
+    log.info("run %s: %s, %d of %d partitions to compact; %d worker%s (%s cores, memory "
+             "budget %s: %s each%s)", config.run_id, the_plan.mode.value,
+             len(the_plan.to_compact), len(the_plan.partitions), workers,
+             "" if workers == 1 else "s", os.cpu_count() or "?",
+             human_size(config.settings.merge.memory_budget),
+             human_size(settings.merge.memory_budget),
+             "" if config.workers else ", chosen from the cores and the budget")
     owner = LeaseOwner.current(config.run_id)
     with LeaseManager(compact, owner=owner, clock=clock, ttl_s=config.lease_ttl_s,
                       skew_s=config.lease_skew_s) as leases:
         clean_dead_runs_leftovers(compact, leases)
-        job = Job(the_plan, raw, compact, state, config.settings, leases=leases,
-                  should_stop=should_stop, clock=clock, labels=verdicts.label)
+        job = Job(the_plan, raw, compact, state, settings, leases=leases,
+                  should_stop=should_stop, clock=clock, labels=verdicts.label, workers=workers)
         return job.run()
 
 

@@ -147,8 +147,11 @@ def test_n_runs_at_once_compact_each_partition_once_identically(
     env = cli_environment(proxy.endpoint, lake.raw_bucket, compact_bucket)
     modes = {"backfill": [BACKFILL] * n, "catch-up": [CATCH_UP] * n,
              "mixed": [BACKFILL, CATCH_UP] * (n // 2)}[mix]
-    # one shared tmp root, as on the VM: runs must not clean each other's work dirs
-    commands = [[*m, "--today", TODAY, "--tmp-dir", str(tmp_path / "tmp")] for m in modes]
+    # one shared tmp root, as on the VM: runs must not clean each other's work dirs;
+    # four runs each run four partitions at once (--workers), two runs one at a time
+    workers = "4" if n == 4 else "1"
+    commands = [[*m, "--today", TODAY, "--tmp-dir", str(tmp_path / "tmp"), "--workers", workers]
+                for m in modes]
     proxy.reset_counts()
 
     results = _start_together(commands, env, tmp_path)

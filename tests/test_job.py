@@ -166,11 +166,15 @@ def test_a_stop_request_and_a_bad_output_fail_for_a_retry(lake: Lake, tmp_path: 
 # --------------------------------------------------------------------------- readiness + report
 
 
-def test_a_failed_day_in_the_middle_holds_readiness_and_later_days_still_run(lake: Lake) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_failed_day_in_the_middle_holds_readiness_and_later_days_still_run(
+    lake: Lake, workers: int
+) -> None:
     bad = lake.pids[DAYS[1]][0]
     lake.raw.fail("get_file", bad.prefix)  # retries ran out on one raw object
 
-    report = lake.job().run()
+    report = lake.job(workers=workers).run()
+    assert [o.pid for o in report.outcomes] == [p for d in DAYS for p in lake.pids[d]]
 
     by_pid = {o.pid: o.status for o in report.outcomes}
     assert by_pid.pop(bad) is Status.FAILED
@@ -186,7 +190,7 @@ def test_a_failed_day_in_the_middle_holds_readiness_and_later_days_still_run(lak
         bad.state_key}
 
     lake.raw.clear()
-    again = lake.job().run()
+    again = lake.job(workers=workers).run()
 
     assert again.plan.days == list(DAYS)  # the ready day DAYS[0] again: the lookback
     assert [o.status for o in again.outcomes if o.pid == bad] == [Status.SUCCESS]
@@ -292,3 +296,17 @@ def test_a_run_that_ends_early_still_saves_what_it_did(lake: Lake, error: BaseEx
     assert statuses == {first.state_key: "success", second.state_key: "in_progress"}
     assert lake.state_doc()["last_compacted_date"] == BEFORE
     assert list(lake.compact.list_objects(LOCKS_PREFIX)) == []
+
+
+def test_workers_give_the_same_bytes_as_one_worker(lake: Lake, tmp_path: Path) -> None:
+    one = lake.job(workers=1).run()
+    first = {key: lake.compact.get_bytes(f"{PartitionId(*key.split('/')).data_key}")[0]
+             for key in lake.statuses()}
+    for pids in lake.pids.values():
+        for pid in pids:
+            lake.compact.delete(pid.meta_key)
+    many = lake.job(workers=4).run()
+    assert one.ok and many.ok and many.count(Status.SUCCESS) == 6
+    again = {key: lake.compact.get_bytes(f"{PartitionId(*key.split('/')).data_key}")[0]
+             for key in lake.statuses()}
+    assert again == first
