@@ -35,6 +35,7 @@ from compressor.planning import (
     DEFAULT_LOOKBACK_DAYS,
     Mode,
     PlanOptions,
+    Shard,
     check_dates,
 )
 from compressor.quality.html import render_html
@@ -109,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exchanges", metavar="LIST", help="comma list, e.g. binance,okx")
     run.add_argument("--streams", metavar="LIST", help="comma list, e.g. trade,bbo")
     run.add_argument("--symbols", metavar="LIST", help="comma list, e.g. btcusdt")
+    run.add_argument("--symbols-file", metavar="PATH", type=Path,
+                     help="one symbol per line (# comments, blank lines ignored), joined "
+                     "with --symbols")
+    run.add_argument("--max-days", metavar="N", type=_positive("--max-days", 100_000),
+                     help="a backfill without --date-from: at most N days, newest first")
+    run.add_argument("--max-partitions", metavar="N", type=_positive("--max-partitions",
+                                                                     10_000_000),
+                     help="compact at most N partitions in this run (the rest wait)")
+    run.add_argument("--shard", metavar="K/N",
+                     help="only the partitions of shard K of N (a stable hash of the key); "
+                     "auto/N reads JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX. "
+                     "Never moves last_compacted_date")
+    run.add_argument("--apply", action="store_true",
+                     help="--mode cleanup: really remove (without it: list what would go)")
+    run.add_argument("--deep", action="store_true",
+                     help="--mode verify: also download each output and check its sha256, "
+                     "rows, order and seq")
     run.add_argument("--overwrite", action="store_true",
                      help="recompact partitions even when they are up to date")
     run.add_argument("--retry-quarantine", action="store_true",
@@ -168,12 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _positive(flag: str) -> Callable[[str], int]:
-    """argparse type: a whole number from 1 to 64, the error naming `flag`."""
+def _positive(flag: str, most: int = 64) -> Callable[[str], int]:
+    """argparse type: a whole number from 1 to `most`, the error naming `flag`."""
 
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or not 1 <= int(text) <= 64:
-            raise UsageError(f"{flag}: expected a whole number from 1 to 64, got {text!r}")
+        if not text.strip().isdigit() or not 1 <= int(text) <= most:
+            raise UsageError(f"{flag}: expected a whole number from 1 to {most}, got {text!r}")
         return int(text)
 
     return parse
@@ -313,20 +331,47 @@ class StopFlag:
 # --------------------------------------------------------------------------- actions
 
 
-def plan_options(args: argparse.Namespace, today: date) -> PlanOptions:
+def _symbols(args: argparse.Namespace) -> str | None:
+    """--symbols joined with the lines of --symbols-file (None: no symbol filter)."""
+    names = [args.symbols] if args.symbols else []
+    if args.symbols_file is not None:
+        try:
+            text = args.symbols_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise UsageError(f"--symbols-file {args.symbols_file}: cannot read it "
+                             f"({reason})") from None
+        lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        listed = [line for line in lines if line]
+        if not listed:
+            raise UsageError(f"--symbols-file {args.symbols_file}: no symbol in it")
+        names.extend(listed)
+    return ",".join(names) if names else None
+
+
+def plan_options(args: argparse.Namespace, today: date,
+                 env: Mapping[str, str] | None = None) -> PlanOptions:
     try:
-        filters = Filters.parse(args.exchanges, args.streams, args.symbols)
+        filters = Filters.parse(args.exchanges, args.streams, _symbols(args))
     except ValueError as exc:
         raise UsageError(f"--exchanges/--streams/--symbols: {exc}") from None
     mode = Mode(args.mode)
     try:
         backfill = check_dates(mode, today, args.date_from, args.date_to)
+        shard = Shard.parse(args.shard, env or os.environ) if args.shard else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.max_days is not None and not (mode is Mode.BACKFILL and backfill is None):
+        raise UsageError("--max-days applies to a backfill without --date-from only")
+    if args.apply and mode is not Mode.CLEANUP:
+        raise UsageError("--apply applies to --mode cleanup only")
+    if args.deep and mode is not Mode.VERIFY:
+        raise UsageError("--deep applies to --mode verify only")
     return PlanOptions(
         mode=mode, today=today, backfill=backfill,
         filters=filters, overwrite=args.overwrite, retry_quarantine=args.retry_quarantine,
         lookback_days=args.lookback_days, empty_day_grace=args.empty_day_grace,
+        shard=shard, max_days=args.max_days, max_partitions=args.max_partitions,
     )
 
 
@@ -334,7 +379,7 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     """The RunConfig that argv and the environment ask for; UsageError otherwise."""
     today = _today(args)
     return RunConfig(
-        options=plan_options(args, today),
+        options=plan_options(args, today, env),
         settings=CompactSettings(tmp_root=args.tmp_dir, merge=merge_settings(args, env),
                                  skip_corrupt=args.skip_corrupt),
         today_given=bool(args.today),
@@ -461,7 +506,37 @@ def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
         return quality_report(args, raw, compact)
     if args.repair_state:
         return repair_state(compact)
-    return run_once(run_config(args, env), raw, compact, stop)
+    config = run_config(args, env)
+    if config.options.mode is Mode.CLEANUP:
+        return cleanup(config, compact, args.apply)
+    if config.options.mode is Mode.VERIFY:
+        return verify(config, compact, args.deep)
+    return run_once(config, raw, compact, stop)
+
+
+def cleanup(config: RunConfig, compact: Store, apply: bool) -> int:
+    """--mode cleanup: prints what goes (or went); exit 1 when some partition stayed."""
+    the_plan, result = runner.cleanup(config, compact, apply)
+    print(the_plan.render(applied=result is not None))
+    if result is None:
+        return EXIT_OK
+    for pid, problem in result.problems:
+        print(f"  not removed: {pid.state_key}: {problem}")
+    return EXIT_FAILED if result.problems else EXIT_OK
+
+
+def verify(config: RunConfig, compact: Store, deep: bool) -> int:
+    """--mode verify: one line per problem; exit 1 when there is any."""
+    try:
+        result = runner.verify(config, compact, deep)
+    except TmpDirError as exc:
+        raise UsageError(str(exc)) from None
+    for finding in result.findings:
+        print(finding.line)
+    kind = "deep" if deep else "cheap"
+    print(f"verify ({kind}): {result.checked} partitions checked, "
+          f"{len(result.findings)} problems")
+    return EXIT_FAILED if result.findings else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -396,6 +396,9 @@ class Job:
                 error=entry.error if entry else planned.detail,
                 failed_key=entry.failed_key if entry else None,
             )
+        if planned.reason is Reason.CAPPED:
+            log.info("%s: not run: %s", pid.state_key, planned.describe)
+            return PartitionOutcome(pid, Status.NOT_RUN)
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
             log.info("%s: skipped: %s", pid.state_key, planned.describe)

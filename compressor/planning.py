@@ -11,7 +11,8 @@ readiness back until their grace period has passed and a later day has raw data.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -36,6 +37,14 @@ class Mode(enum.StrEnum):
     DAILY = "daily"
     CATCH_UP = "catch-up"
     BACKFILL = "backfill"
+    #: Remove compacted outputs and state entries of a range (compressor/cleanup.py).
+    CLEANUP = "cleanup"
+    #: Audit what is published, read-only (compressor/audit.py).
+    VERIFY = "verify"
+
+
+#: Modes that take --date-from/--date-to.
+RANGE_MODES = frozenset({Mode.BACKFILL, Mode.CLEANUP, Mode.VERIFY})
 
 
 class Action(enum.StrEnum):
@@ -58,6 +67,7 @@ class Reason(enum.StrEnum):
     NO_DATA = "no raw data files"
     QUARANTINED = "quarantined"
     UNREADABLE = "could not list or read it"
+    CAPPED = "beyond --max-partitions"
 
 
 #: Skips that leave a partition done (it counts for last_compacted_date and exit 0).
@@ -147,13 +157,21 @@ class Plan:
 def check_dates(
     mode: Mode, today: date, date_from: str | None, date_to: str | None
 ) -> tuple[date, date] | None:
-    """Validate the date flags; the backfill range or None. ValueError names the flag."""
-    if mode is not Mode.BACKFILL:
+    """Validate the date flags; the range or None. ValueError names the flag.
+
+    A backfill without --date-from covers every raw day not yet compacted (newest
+    first, --max-days); cleanup and verify always need a range."""
+    if mode not in RANGE_MODES:
         if date_from or date_to:
-            raise ValueError("--date-from/--date-to apply to --mode backfill only")
+            raise ValueError("--date-from/--date-to apply to --mode backfill, cleanup and "
+                             "verify only")
         return None
     if not date_from:
-        raise ValueError("--mode backfill needs --date-from YYYYMMDD")
+        if date_to:
+            raise ValueError("--date-to needs --date-from")
+        if mode is Mode.BACKFILL:
+            return None
+        raise ValueError(f"--mode {mode.value} needs --date-from YYYYMMDD")
     first = _flag_day("--date-from", date_from)
     last = _flag_day("--date-to", date_to) if date_to else first
     if last < first:
@@ -251,6 +269,44 @@ def plan_days(
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This run's share of the partitions: those whose stable hash falls on `index`.
+
+    The hash is of the partition's state key (sha256, not Python's salted hash), so
+    every process, host and re-run agrees on which shard owns a partition (README
+    "Backfilling a month on Kubernetes or AWS Batch")."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"--shard {self.index}/{self.count}: K must be in 0..N-1")
+
+    def owns(self, pid: PartitionId) -> bool:
+        digest = hashlib.sha256(pid.state_key.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    @classmethod
+    def parse(cls, text: str, env: Mapping[str, str]) -> Shard:
+        """'K/N', or 'auto/N' with K from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)
+        or AWS_BATCH_JOB_ARRAY_INDEX (an AWS Batch array job); ValueError naming it."""
+        index, sep, count = text.partition("/")
+        if not sep or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"--shard: expected K/N or auto/N, got {text!r}")
+        if index.strip() == "auto":
+            names = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")
+            found = [env[name] for name in names if env.get(name)]
+            if not found:
+                raise ValueError("--shard auto/N: neither JOB_COMPLETION_INDEX nor "
+                                 "AWS_BATCH_JOB_ARRAY_INDEX is set")
+            index = found[0]
+        if not index.strip().isdigit():
+            raise ValueError(f"--shard: shard index is not a whole number: {index!r}")
+        return cls(int(index), int(count))
+
+
+@dataclass(frozen=True)
 class PlanOptions:
     mode: Mode = Mode.CATCH_UP
     today: date = field(default_factory=date.today)
@@ -261,11 +317,18 @@ class PlanOptions:
     retry_quarantine: bool = False
     lookback_days: int = DEFAULT_LOOKBACK_DAYS
     empty_day_grace: int = DEFAULT_EMPTY_DAY_GRACE
+    shard: Shard | None = None
+    #: A backfill without a range: at most this many days, newest first (None: all).
+    max_days: int | None = None
+    #: At most this many partitions compacted; the rest are planned `skip` (capped).
+    max_partitions: int | None = None
 
     @property
     def filtered(self) -> bool:
+        """A run that covers only part of a day never vouches for the day."""
         f = self.filters
-        return f.exchanges is not None or f.streams is not None or f.symbols is not None
+        return (f.exchanges is not None or f.streams is not None or f.symbols is not None
+                or self.shard is not None or self.max_partitions is not None)
 
 
 def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOptions) -> Plan:
@@ -275,11 +338,19 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     the next run); only a store that is unusable as a whole (StoreConfigError) stops.
     """
     inventory: Inventory = walk(raw, options.filters)
+    if options.shard is not None:
+        shard = options.shard
+        inventory = Inventory({day: kept for day, pids in inventory.by_day.items()
+                               if (kept := [p for p in pids if shard.owns(p)])})
     last = state.last_compacted_date
-    retry = state.days_not_success(last) if last and options.mode is Mode.CATCH_UP else set()
-    days = plan_days(options.mode, options.today, last, inventory.dates, options.backfill,
-                     lookback_days=options.lookback_days,
-                     empty_day_grace=options.empty_day_grace, retry_days=sorted(retry))
+    if options.mode is Mode.BACKFILL and options.backfill is None:
+        days = Days(open_backfill_days(inventory, state, options.today, options.max_days), [], {})
+    else:
+        retry = (state.days_not_success(last) if last and options.mode is Mode.CATCH_UP
+                 else set())
+        days = plan_days(options.mode, options.today, last, inventory.dates, options.backfill,
+                         lookback_days=options.lookback_days,
+                         empty_day_grace=options.empty_day_grace, retry_days=sorted(retry))
     ready, empty = days.ready, days.empty
     if options.filtered:
         ready, empty = [], {}  # a narrowed run never vouches for a whole day
@@ -296,8 +367,42 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
                                     one_line(str(exc), 300))
         return decide(partition, published, state.get(pid), options)
 
-    planned = _parallel_map(decide_one, pids)
+    planned = _cap(_parallel_map(decide_one, pids), options.max_partitions)
     return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty)
+
+
+def open_backfill_days(
+    inventory: Inventory, state: StateView, today: date, max_days: int | None
+) -> list[str]:
+    """A backfill without a range: every raw day before today with a partition whose
+    state entry is not `success`, newest first, at most `max_days` of them."""
+    end = format_day(today)
+    days = []
+    for day in sorted(inventory.dates, reverse=True):
+        if day >= end:
+            continue
+        entries = (state.get(pid) for pid in inventory.partitions(day))
+        if any(entry is None or entry.status != "success" for entry in entries):
+            days.append(day)
+        if max_days is not None and len(days) >= max_days:
+            break
+    return days
+
+
+def _cap(planned: list[PlannedPartition], limit: int | None) -> list[PlannedPartition]:
+    """At most `limit` partitions to compact, in plan order; the rest wait (capped)."""
+    if limit is None:
+        return planned
+    out, taken = [], 0
+    for p in planned:
+        if p.action is Action.COMPACT:
+            if taken >= limit:
+                p = PlannedPartition(p.partition, Action.SKIP, Reason.CAPPED, "",
+                                     p.published)
+            else:
+                taken += 1
+        out.append(p)
+    return out
 
 
 def _parallel_map(

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from compressor.audit import AuditResult, audit, days_of, partitions_in_range
+from compressor.cleanup import CleanupPlan, CleanupResult
+from compressor.cleanup import execute as execute_cleanup
 from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
-from compressor.layout import PROBE_PREFIX
+from compressor.layout import PROBE_PREFIX, PartitionId
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
 from compressor.partition.compact import CompactSettings, clean_stale_tmp
 from compressor.planning import Plan, PlanOptions, build_plan
@@ -184,3 +187,42 @@ def check_tmp_dir(path: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TmpDirError(f"--tmp-dir {path}: not a writable directory ({reason})") from None
+
+
+def _range_pids(config: RunConfig, compact: Store, state: StateStore) -> list[PartitionId]:
+    options = config.options
+    assert options.backfill is not None  # cleanup and verify always have a range
+    pids = partitions_in_range(compact, state.snapshot(), days_of(*options.backfill),
+                               options.filters)
+    shard = options.shard
+    return [p for p in pids if shard is None or shard.owns(p)]
+
+
+def cleanup(config: RunConfig, compact: Store, apply: bool
+            ) -> tuple[CleanupPlan, CleanupResult | None]:
+    """--mode cleanup: the plan (dry run) or the plan and what --apply removed.
+
+    Only the compact store is given: the raw store cannot be touched."""
+    compact.check()
+    clock = StoreClock.measure(compact)
+    state = StateStore(compact, clock=clock)
+    state.load()
+    the_plan = CleanupPlan(_range_pids(config, compact, state), state.last_compacted_date)
+    if not apply:
+        return the_plan, None
+    compact.check_conditional_writes(PROBE_PREFIX)
+    owner = LeaseOwner.current(config.run_id)
+    with LeaseManager(compact, owner=owner, clock=clock, ttl_s=config.lease_ttl_s,
+                      skew_s=config.lease_skew_s) as leases:
+        return the_plan, execute_cleanup(the_plan, compact, state, leases)
+
+
+def verify(config: RunConfig, compact: Store, deep: bool) -> AuditResult:
+    """--mode verify: audit what is published in the range, read-only."""
+    compact.check()
+    state = StateStore(compact)
+    state.load()
+    pids = _range_pids(config, compact, state)
+    if deep:
+        check_tmp_dir(config.tmp_dir)
+    return audit(compact, state.snapshot(), pids, deep=deep, tmp_root=config.tmp_dir)

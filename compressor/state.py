@@ -60,10 +60,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from compressor.layout import STATE_KEY, PartitionId, parse_day
+from compressor.layout import STATE_KEY, PartitionId, format_day, parse_day
 from compressor.quality.labels import LABELS, Label
 from compressor.storage.base import (
     NotFound,
@@ -698,6 +698,47 @@ class StateStore:
         if moved is not None:
             out["last_compacted_moved_at"] = moved
         return out
+
+    # -- cleanup -------------------------------------------------------------------
+
+    def forget(self, keys: Iterable[str], first_day: str) -> str | None:
+        """Remove entries and hold readiness back before `first_day` (--mode cleanup).
+
+        The one write that is not a merge: a compare-and-swap rewrite of the latest
+        document without those entries, with last_compacted_date moved back to the day
+        before `first_day` when it had reached it (never forward). Queued updates are
+        flushed first. Returns the last_compacted_date written.
+        """
+        self.flush()
+        gone = set(keys)
+        before = format_day(parse_day(first_day) - timedelta(days=1))
+        for attempt in range(self.max_attempts):
+            doc, etag = self._fetch()
+            lcd = doc["last_compacted_date"]
+            new_lcd = before if lcd is not None and lcd >= first_day else lcd
+            new_doc = {
+                "schema_version": SCHEMA_VERSION,
+                "last_compacted_date": new_lcd,
+                "updated_at": utc_iso(self.clock()),
+                "partitions": {k: v for k, v in doc["partitions"].items() if k not in gone},
+            }
+            if new_lcd != lcd:
+                new_doc["last_compacted_moved_at"] = new_doc["updated_at"]
+            elif doc.get("last_compacted_moved_at") is not None:
+                new_doc["last_compacted_moved_at"] = doc["last_compacted_moved_at"]
+            try:
+                new_etag = self.store.put_bytes(self.key, serialize_document(new_doc),
+                                                if_match=etag, if_none_match=etag is None)
+            except (PreconditionFailed, NotFound):
+                with self._lock:
+                    self._doc, self._etag = None, None
+                self.sleep(self._backoff(attempt))
+                continue
+            with self._lock:
+                self._doc, self._etag = new_doc, new_etag
+            return new_lcd
+        raise StateConflictError(f"{self.key}: compare-and-swap lost {self.max_attempts} "
+                                 "times in a row; nothing removed")
 
     # -- repair --------------------------------------------------------------------
 

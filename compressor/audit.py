@@ -1,0 +1,141 @@
+"""`--mode verify`: the fsck of the compact bucket, read-only.
+
+For every partition of the range found in the compact store or the state, it
+checks that meta.json parses and names the data.parquet beside it (size and
+ETag: the pair check readers do, README "Checking a pair"), and that the state
+entry agrees (status success, same rows). `deep` also downloads each output and
+checks its sha256, size, row count, ts_event order and seq. It finds bit rot,
+hand edits and the mismatched pairs a paused writer could leave (README
+"Guarantees under failure"). It writes nothing and takes no lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from compressor.discovery import Filters, walk
+from compressor.layout import PartitionId, format_day
+from compressor.meta import Meta, check_data_file, read_published
+from compressor.partition.verify import VerificationError, verify_output
+from compressor.state import PartitionState, StateSnapshot
+from compressor.storage.base import Store, StoreConfigError, StoreError
+from compressor.text import one_line
+
+log = logging.getLogger(__name__)
+
+#: Partitions checked at once.
+AUDIT_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of one partition; `line` is what the audit prints."""
+
+    partition: str
+    problem: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.partition}: {self.problem}"
+
+
+@dataclass
+class AuditResult:
+    checked: int
+    findings: list[Finding]
+
+
+def days_of(first: date, last: date) -> set[str]:
+    return {format_day(first + timedelta(days=n)) for n in range((last - first).days + 1)}
+
+
+def partitions_in_range(
+    compact: Store, snapshot: StateSnapshot, days: set[str], filters: Filters
+) -> list[PartitionId]:
+    """Every partition of `days` with an output in the compact store or a state entry."""
+    found = {pid for day, pids in walk(compact, filters).by_day.items() if day in days
+             for pid in pids}
+    for key in snapshot.partitions:
+        ex, stream, symbol, day = key.split("/")
+        pid = PartitionId(ex, stream, symbol, day)
+        if day in days and _passes(filters, pid):
+            found.add(pid)
+    return sorted(found, key=lambda p: (p.date, p))
+
+
+def _passes(filters: Filters, pid: PartitionId) -> bool:
+    return all(allowed is None or value in allowed for allowed, value in (
+        (filters.exchanges, pid.exchange), (filters.streams, pid.stream),
+        (filters.symbols, pid.symbol)))
+
+
+def audit(
+    compact: Store, snapshot: StateSnapshot, pids: list[PartitionId], *, deep: bool = False,
+    tmp_root: Path | None = None,
+) -> AuditResult:
+    """Check each partition (in parallel); findings in partition order."""
+
+    def check(pid: PartitionId) -> list[Finding]:
+        try:
+            return [Finding(pid.state_key, problem) for problem in _problems(
+                compact, pid, snapshot.partitions.get(pid.state_key), deep, tmp_root)]
+        except StoreConfigError:
+            raise
+        except StoreError as exc:
+            return [Finding(pid.state_key, f"could not be read: {one_line(str(exc), 300)}")]
+
+    with ThreadPoolExecutor(AUDIT_WORKERS, thread_name_prefix="audit") as pool:
+        found = [f for findings in pool.map(check, pids) for f in findings]
+    return AuditResult(len(pids), found)
+
+
+def _problems(compact: Store, pid: PartitionId, entry: PartitionState | None, deep: bool,
+              tmp_root: Path | None) -> list[str]:
+    now = read_published(compact, pid)
+    problems = []
+    if now.meta is None and now.problem is None:
+        if now.data is not None:
+            problems.append("data.parquet without meta.json (an unfinished publish)")
+        if entry is not None and entry.status == "success":
+            problems.append("the state says success but no meta.json is published")
+        return problems
+    mismatch = now.mismatch()
+    if mismatch is not None:
+        return [mismatch]
+    assert now.meta is not None
+    if entry is None:
+        problems.append("published, but the state has no entry")
+    elif entry.status != "success":
+        problems.append(f"published, but the state says {entry.status}")
+    elif entry.rows != now.meta.rows or entry.total_size_bytes != now.meta.size_bytes:
+        problems.append(f"the state says {entry.rows} rows / {entry.total_size_bytes} bytes, "
+                        f"meta.json {now.meta.rows} / {now.meta.size_bytes}")
+    if deep:
+        problems.extend(_deep(compact, pid, now.meta, tmp_root))
+    return problems
+
+
+def _deep(compact: Store, pid: PartitionId, meta: Meta, tmp_root: Path | None) -> list[str]:
+    """Download the output and check its bytes, rows, order and seq."""
+    work = Path(tempfile.mkdtemp(prefix="qlc-audit-", dir=tmp_root))
+    try:
+        path = work / "data.parquet"
+        got = compact.get_file(pid.data_key, path)
+        if got.etag != meta.data_etag:
+            return ["data.parquet changed while it was being checked; run the audit again"]
+        problems = check_data_file(meta, path)
+        try:
+            verify_output(path, meta.rows)
+        except VerificationError as exc:
+            problems.append(str(exc))
+        except Exception as exc:  # any unreadable file is a finding, not a crash
+            problems.append(f"data.parquet unreadable ({type(exc).__name__})")
+        return problems
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
