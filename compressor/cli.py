@@ -180,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "gets at least 192M of --memory-budget; the choice is logged)")
     where.add_argument("--log-format", choices=FORMATS, default="human",
                        help="human (default) or json lines, on stderr")
+    watch = p.add_argument_group("observe")
+    watch.add_argument("--metrics-file", metavar="PATH", type=Path,
+                       help="write the run's Prometheus metrics to PATH at its end, atomically "
+                       "(for node_exporter's textfile collector: name it *.prom)")
+    watch.add_argument("--summary-json", metavar="PATH", type=Path,
+                       help="write the run's figures (files, bytes, partitions, step times) "
+                       "to PATH as one JSON document at its end, atomically")
+    watch.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                       help="the live progress line on stderr: auto (default) = when stderr "
+                       "is a terminal")
     return p
 
 
@@ -387,6 +397,9 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         lease_ttl_s=lease_ttl(env),
         primary_exchange=args.primary_exchange.lower(),
         workers=args.workers,
+        metrics_file=args.metrics_file,
+        summary_json=args.summary_json,
+        progress={"on": True, "off": False}.get(args.progress),
     )
 
 

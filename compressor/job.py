@@ -13,13 +13,15 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from compressor.discovery import list_partition
 from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseLost, LeaseManager
+from compressor.logs import STRUCTURED_ONLY
 from compressor.merge_errors import MergeAborted
 from compressor.meta import Meta, Published, read_published
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
@@ -79,6 +81,15 @@ class PartitionOutcome:
     failed_key: str | None = None
     #: The raw listing the outcome was judged on (None: no raw data files).
     fingerprint: str | None = None
+    #: Of a compaction that published: raw files and bytes merged, output row groups,
+    #: corrupt raw files left out (--skip-corrupt).
+    files_in: int = 0
+    bytes_in: int = 0
+    row_groups: int = 0
+    corrupt_skipped: int = 0
+    #: Seconds per step this attempt reached: list (the re-check under the lease), fetch,
+    #: merge, verify, upload (README "Observability").
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def done(self) -> bool:
@@ -175,6 +186,41 @@ class StateNotSaved(TransientStoreError):
     """The state could not record an attempt before a publish that needs it recorded."""
 
 
+class JobObserver(Protocol):
+    """What the run's observer (compressor.observe) hears while the job runs."""
+
+    def fetched(self, nbytes: int) -> None: ...
+
+    def partition_done(self, outcome: PartitionOutcome) -> None: ...
+
+
+class _Unobserved:
+    def fetched(self, nbytes: int) -> None:
+        return None
+
+    def partition_done(self, outcome: PartitionOutcome) -> None:
+        return None
+
+
+class _Steps(dict[str, float]):
+    """compact_partition's `timings`: tells the observer as soon as the fetch has ended."""
+
+    def __init__(self, on_fetched: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_fetched = on_fetched
+
+    def __setitem__(self, step: str, seconds: float) -> None:
+        super().__setitem__(step, seconds)
+        if step == "fetch":
+            self._on_fetched()
+
+
+#: Events that end a partition's story in a run (each partition gets one in the JSON log).
+_FINAL_EVENTS = frozenset({"published", "skipped", "failed", "quarantined"})
+_EVENT_OF = {Status.SUCCESS: "published", Status.FAILED: "failed",
+             Status.QUARANTINED: "quarantined"}
+
+
 class Job:
     """Runs one Plan against the stores; build it, then call `run()` once.
 
@@ -198,6 +244,8 @@ class Job:
         clock: Callable[[], float] = time.time,
         labels: Callable[[str], Label] = _no_label,
         workers: int = 1,
+        run_id: str = "",
+        observer: JobObserver | None = None,
     ) -> None:
         self.plan = plan
         self.raw = raw
@@ -212,6 +260,10 @@ class Job:
         self.clock = clock
         self.labels = labels
         self.workers = max(1, workers)
+        self.run_id = run_id
+        self.observer: JobObserver = observer or _Unobserved()
+        #: Partitions whose attempt has logged its final event (the rest get one at the end).
+        self._ended: set[PartitionId] = set()
         self._abort = threading.Event()
         self.report = RunReport(plan)
         self.recorder = StateRecorder(state)
@@ -224,6 +276,11 @@ class Job:
         started = time.monotonic()
         report = self.report
         report.last_compacted_before = self.plan.last_compacted_date
+        for p in self.plan.partitions:  # JSON lines only: the human log has the plan line
+            log.info("%s: planned: %s, %s", p.pid.state_key, p.action.value, p.describe,
+                     extra={**self._fields(p.pid, "planned", files=p.partition.file_count,
+                                           bytes_in=p.partition.total_bytes,
+                                           reason=p.describe), STRUCTURED_ONLY: True})
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="partition")
         try:
             pending = {day: [pool.submit(self._work, p) for p in self.plan.for_day(day)]
@@ -249,19 +306,42 @@ class Job:
     def _record(self, pid: PartitionId, entry: PartitionState) -> None:
         self.recorder.record(pid, entry)
 
+    def _fields(self, pid: PartitionId, event: str | None = None, **figures: Any
+                ) -> dict[str, Any]:
+        """`extra=` of a partition's log line: what its JSON line carries (logs.FIELDS)."""
+        if event in _FINAL_EVENTS:
+            self._ended.add(pid)
+        return {"run_id": self.run_id, "partition": pid.state_key, "event": event, **figures}
+
+    def _finished(self, outcome: PartitionOutcome) -> None:
+        """Tell the observer; give an attempt that logged no final event one (JSON only)."""
+        pid = outcome.pid
+        if pid not in self._ended:
+            event = _EVENT_OF.get(outcome.status, "skipped")
+            log.info("%s: %s", pid.state_key, outcome.status.value, extra={
+                **self._fields(pid, event, rows=outcome.rows or None,
+                               bytes_out=outcome.size_bytes or None,
+                               reason=None if event != "skipped" else outcome.status.value,
+                               error=outcome.error),
+                STRUCTURED_ONLY: True})
+        self.observer.partition_done(outcome)
+
     def _work(self, planned: PlannedPartition) -> PartitionOutcome:
         """One worker's partition. Anything that ends the run (an unusable store, an
         interrupt) stops the other workers from starting another partition at once."""
         try:
-            return self._run_one(planned)
+            outcome = self._run_one(planned)
         except BaseException:
             self._abort.set()
             raise
+        self._finished(outcome)
+        return outcome
 
     # -- one partition -------------------------------------------------------------
 
     def _run_one(self, planned: PlannedPartition, *, quiet_busy: bool = False) -> PartitionOutcome:
         pid = planned.pid
+        self._ended.discard(pid)
         if self._abort.is_set() or self.report.stopped or self.should_stop():
             self.report.stopped = True
             return PartitionOutcome(pid, Status.NOT_RUN)
@@ -289,21 +369,32 @@ class Job:
             raise
         except StoreError as exc:  # not recorded: another run may hold the partition
             error = one_line(f"could not take the partition lease: {exc}")
-            log.error("%s: failed: %s", pid.state_key, error)
+            log.error("%s: failed: %s", pid.state_key, error,
+                      extra=self._fields(pid, "failed", error=error))
             return PartitionOutcome(pid, Status.FAILED, error=error)
         if lease is None:
             if not quiet:
-                log.info("%s: skipped: another run holds its lease", pid.state_key)
+                log.info("%s: skipped: another run holds its lease", pid.state_key,
+                         extra=self._fields(pid, "skipped", reason=Status.BUSY.value))
             return PartitionOutcome(pid, Status.BUSY)
         return lease
 
     def _run_leased(self, planned: PlannedPartition, lease: Lease) -> PartitionOutcome:
         """Re-check, then compact, a partition whose lease we hold."""
+        clock = time.monotonic()
+        recheck = self._recheck(planned)
+        listed = time.monotonic() - clock
+        outcome = self._act(planned, lease, recheck)
+        return replace(outcome, timings={"list": listed, **outcome.timings})
+
+    def _act(self, planned: PlannedPartition, lease: Lease, recheck: Recheck
+             ) -> PartitionOutcome:
         pid = planned.pid
-        match self._recheck(planned):
+        match recheck:
             case PublishedMeanwhile(published, fingerprint):
                 log.info("%s: skipped: compacted by another run since this run planned",
-                         pid.state_key)
+                         pid.state_key, extra=self._fields(
+                             pid, "skipped", reason="compacted by another run meanwhile"))
                 return self._up_to_date(pid, published, fingerprint)
             case RecheckFailed(error):
                 started_at, attempts = self._next_attempt(pid)
@@ -346,7 +437,8 @@ class Job:
         if now.current_for(fresh.fingerprint):
             return PublishedMeanwhile(now, fresh.fingerprint)
         log.info("%s: another run published another raw listing meanwhile; listed again "
-                 "(%d files)", pid.state_key, fresh.file_count)
+                 "(%d files)", pid.state_key, fresh.file_count,
+                 extra=self._fields(pid, files=fresh.file_count))
         return ToCompact(replace(planned, partition=fresh), now)
 
     def _settle_busy(self, outcomes: list[PartitionOutcome]) -> list[PartitionOutcome]:
@@ -380,6 +472,8 @@ class Job:
                     waited = True
                 self.sleep(random.uniform(0.5, 1.0) * self.busy_poll_s)
                 outcome = self._run_one(planned[outcome.pid], quiet_busy=True)
+            if waited:
+                self._finished(outcome)
             settled.append(outcome)
         return settled
 
@@ -389,7 +483,8 @@ class Job:
         run (an --overwrite backfill) may have removed or replaced it since."""
         pid = planned.pid
         if planned.reason is Reason.QUARANTINED:
-            log.info("%s: skipped: %s", pid.state_key, planned.describe)
+            log.info("%s: skipped: %s", pid.state_key, planned.describe,
+                     extra=self._fields(pid, "skipped", reason=planned.describe))
             entry = self.state.get(pid)
             return PartitionOutcome(
                 pid, Status.STILL_QUARANTINED,
@@ -401,7 +496,8 @@ class Job:
             return PartitionOutcome(pid, Status.NOT_RUN)
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
-            log.info("%s: skipped: %s", pid.state_key, planned.describe)
+            log.info("%s: skipped: %s", pid.state_key, planned.describe,
+                     extra=self._fields(pid, "skipped", reason=planned.describe))
             return PartitionOutcome(pid, Status.NO_DATA)
         fingerprint = planned.partition.fingerprint
         try:
@@ -412,7 +508,7 @@ class Job:
             return None  # the leased path re-checks, or fails the partition, properly
         if not now.current_for(fingerprint):
             log.info("%s: its output changed since this run planned; re-checking it",
-                     pid.state_key)
+                     pid.state_key, extra=self._fields(pid))
             return None
         if _label_of(now) is not self.labels(pid.date):
             return None  # up to date, but the day's label changed: relabel under the lease
@@ -420,7 +516,8 @@ class Job:
             # Only a lease holder writes an entry: a run without it could stamp a
             # "success" newer than the attempt another run is making right now.
             return None
-        log.info("%s: skipped: %s", pid.state_key, planned.describe)
+        log.info("%s: skipped: %s", pid.state_key, planned.describe,
+                 extra=self._fields(pid, "skipped", reason=planned.describe))
         return self._up_to_date(pid, now, fingerprint)
 
     def _needs_sync(self, pid: PartitionId, published: Published) -> bool:
@@ -445,7 +542,9 @@ class Job:
             status, _, error = classify(exc)
             return self._record_failure(pid, status, error, started_at, attempts)
         log.info("%s: up to date; day label %s -> %s", pid.state_key,
-                 _label_of(base).value, label.value)
+                 _label_of(base).value, label.value,
+                 extra=self._fields(pid, "skipped", reason=f"up to date; day label "
+                                    f"{_label_of(base).value} -> {label.value}"))
         return self._up_to_date(pid, replace(base, meta=meta), fingerprint)
 
     def _up_to_date(self, pid: PartitionId, published: Published, fingerprint: str
@@ -454,7 +553,8 @@ class Job:
         entry = self.state.get(pid)
         synced = _success_from_meta(published.meta, entry, utc_iso(self.clock()))
         if synced is None:
-            log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key)
+            log.warning("%s: meta.json lacks valid rows/size; state not updated", pid.state_key,
+                        extra=self._fields(pid))
         elif self._needs_sync(pid, published):
             self._record(pid, synced)  # meta.json is the truth; the state lost track
         rows = synced.rows if synced else 0
@@ -468,22 +568,31 @@ class Job:
         started_at, attempts = self._next_attempt(pid)
         self._record(pid, PartitionState.in_progress(started_at=started_at, attempts=attempts))
         log.info("%s: compacting %d files, %s (%s)", pid.state_key, part.file_count,
-                 human_size(part.total_bytes), planned.describe)
+                 human_size(part.total_bytes), planned.describe,
+                 extra=self._fields(pid, "started", files=part.file_count,
+                                    bytes_in=part.total_bytes, reason=planned.describe))
         clock = time.monotonic()
+        steps = _Steps(lambda: self.observer.fetched(part.total_bytes))
         try:
             result = compact_partition(part, self.raw, self.compact, self.settings,
                                        should_stop=self.should_stop, fence=fence, base=base,
                                        label=self.labels(pid.date),
-                                       before_publish=self._before_publish(pid, base))
+                                       before_publish=self._before_publish(pid, base),
+                                       timings=steps)
         except StoreConfigError:
             raise  # the store itself is unusable: the run stops (exit 2)
         except PublishConflict as exc:
             if exc.published.current_for(part.fingerprint):
-                log.info("%s: another run published the same listing meanwhile", pid.state_key)
-                return self._up_to_date(pid, exc.published, part.fingerprint)
-            return self._failed(pid, exc, started_at, attempts, time.monotonic() - clock)
+                log.info("%s: another run published the same listing meanwhile", pid.state_key,
+                         extra=self._fields(pid, "skipped", reason="compacted by another run "
+                                            "meanwhile"))
+                return replace(self._up_to_date(pid, exc.published, part.fingerprint),
+                               timings=dict(steps))
+            return replace(self._failed(pid, exc, started_at, attempts,
+                                        time.monotonic() - clock), timings=dict(steps))
         except Exception as exc:
-            return self._failed(pid, exc, started_at, attempts, time.monotonic() - clock)
+            return replace(self._failed(pid, exc, started_at, attempts,
+                                        time.monotonic() - clock), timings=dict(steps))
         seconds = time.monotonic() - clock
         self._record(pid, PartitionState.success(
             rows=result.rows, total_size_bytes=result.size_bytes, started_at=started_at,
@@ -492,12 +601,18 @@ class Job:
             source_fingerprint=part.fingerprint, skipped_files=result.skipped_files or None,
             updated_at=utc_iso(self.clock()),
         ))
+        merged = result.merge
         log.info("%s: published %d rows, %s in %.1fs%s", pid.state_key, result.rows,
                  human_size(result.size_bytes), seconds,
                  f", {len(result.skipped_files)} corrupt files skipped"
-                 if result.skipped_files else "")
+                 if result.skipped_files else "",
+                 extra=self._fields(pid, "published", rows=result.rows,
+                                    files=merged.input_files, bytes_in=merged.bytes_in,
+                                    bytes_out=result.size_bytes, seconds=seconds))
         return PartitionOutcome(pid, Status.SUCCESS, result.rows, result.size_bytes, seconds,
-                                fingerprint=part.fingerprint)
+                                fingerprint=part.fingerprint, files_in=merged.input_files,
+                                bytes_in=merged.bytes_in, row_groups=merged.row_groups,
+                                corrupt_skipped=len(result.skipped_files), timings=dict(steps))
 
     def _before_publish(self, pid: PartitionId, base: Published) -> Callable[[], None]:
         """Save the `in_progress` entry before a publish that could leave a ready day
@@ -528,7 +643,7 @@ class Job:
         if status is Status.FAILED and isinstance(exc, MergeAborted):
             self.report.stopped = True
         if status is Status.FAILED and not isinstance(exc, _EXPECTED):
-            log.exception("%s: unexpected error", pid.state_key)
+            log.exception("%s: unexpected error", pid.state_key, extra=self._fields(pid))
         return self._record_failure(pid, status, error, started_at, attempts,
                                     failed_key=failed_key, seconds=seconds)
 
@@ -536,7 +651,9 @@ class Job:
         self, pid: PartitionId, status: Status, error: str, started_at: str, attempts: int,
         *, failed_key: str | None = None, seconds: float = 0.0,
     ) -> PartitionOutcome:
-        log.error("%s: %s: %s", pid.state_key, status.value, error)
+        log.error("%s: %s: %s", pid.state_key, status.value, error,
+                  extra=self._fields(pid, _EVENT_OF.get(status, "failed"), error=error,
+                                     seconds=seconds))
         self._record(pid, PartitionState.failure(
             status=status.value, error=error, started_at=started_at,
             failed_key=failed_key, attempts=attempts, updated_at=utc_iso(self.clock()),

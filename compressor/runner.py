@@ -25,6 +25,7 @@ from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, PartitionId
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
+from compressor.observe import RunObserver
 from compressor.partition.compact import CompactSettings, clean_stale_tmp
 from compressor.planning import Plan, PlanOptions, build_plan
 from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
@@ -55,6 +56,11 @@ class RunConfig:
     #: Partitions compacted at once; None: `default_workers` of the cores and budget.
     workers: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: README "Observability": the Prometheus text file and the summary JSON written at
+    #: the end of the run, and the live progress line (None: when stderr is a terminal).
+    metrics_file: Path | None = None
+    summary_json: Path | None = None
+    progress: bool | None = None
 
     @property
     def tmp_dir(self) -> Path:
@@ -116,16 +122,33 @@ def run(
     config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool]
 ) -> RunResult:
     """Plan, then (unless a dry run) execute; StoreError/StateCorruptError/TmpDirError
-    when the run cannot start at all."""
+    when the run cannot start at all (ObserveError: a metrics or summary file that cannot
+    be written). The observer's files are written at the end, whatever ended the run."""
+    observer = RunObserver(config.run_id, metrics_file=config.metrics_file,
+                           summary_json=config.summary_json, progress=config.progress,
+                           enabled=not config.dry_run)
+    try:
+        result = _run(config, raw, compact, should_stop, observer)
+    except BaseException as exc:
+        observer.finish(None, exc)
+        raise
+    observer.finish(result.report)
+    return result
+
+
+def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool],
+         observer: RunObserver) -> RunResult:
     the_plan, state, clock = plan(config, raw, compact)
     if config.dry_run:
         return RunResult(the_plan)
+    observer.planned(the_plan)
     compact.check_conditional_writes(PROBE_PREFIX)  # it writes: never in a dry run
     check_tmp_dir(config.tmp_dir)
     for path in clean_stale_tmp(config.tmp_dir, pid_alive):
         log.info("removed %s, left by a run that is gone", path)
     verdicts = DayVerdicts(raw, compact, primary_exchange=config.primary_exchange, clock=clock)
-    report = execute(config, the_plan, raw, compact, state, clock, verdicts, should_stop)
+    report = execute(config, the_plan, raw, compact, state, clock, verdicts, should_stop,
+                     observer)
     if should_stop():
         # a download still in flight when the partition gave up may have written after
         # its temp dir was removed: remove this run's temp dirs once more
@@ -136,6 +159,7 @@ def run(
 def execute(
     config: RunConfig, the_plan: Plan, raw: Store, compact: Store, state: StateStore,
     clock: StoreClock, verdicts: DayVerdicts, should_stop: Callable[[], bool],
+    observer: RunObserver | None = None,
 ) -> RunReport:
     workers, settings = split_budget(config)
     log.info("run %s: %s, %d of %d partitions to compact; %d worker%s (%s cores, memory "
@@ -144,13 +168,16 @@ def execute(
              "" if workers == 1 else "s", os.cpu_count() or "?",
              human_size(config.settings.merge.memory_budget),
              human_size(settings.merge.memory_budget),
-             "" if config.workers else ", chosen from the cores and the budget")
+             "" if config.workers else ", chosen from the cores and the budget",
+             extra={"run_id": config.run_id})
+    labels = observer.recording(verdicts.label) if observer is not None else verdicts.label
     owner = LeaseOwner.current(config.run_id)
     with LeaseManager(compact, owner=owner, clock=clock, ttl_s=config.lease_ttl_s,
                       skew_s=config.lease_skew_s) as leases:
         clean_dead_runs_leftovers(compact, leases)
         job = Job(the_plan, raw, compact, state, settings, leases=leases,
-                  should_stop=should_stop, clock=clock, labels=verdicts.label, workers=workers)
+                  should_stop=should_stop, clock=clock, labels=labels, workers=workers,
+                  run_id=config.run_id, observer=observer)
         return job.run()
 
 

@@ -100,6 +100,7 @@ def compact_partition(
     base: Published | None = None,
     label: Label = Label.UNKNOWN,
     before_publish: Callable[[], None] = no_fence,
+    timings: dict[str, float] | None = None,
 ) -> CompactResult:
     """Compact and publish one partition; its temp dir is removed whatever happens.
 
@@ -107,6 +108,7 @@ def compact_partition(
     the publish replaces exactly them (see `publish`).
     Raises BadInputError (quarantine), MergeAborted (stop asked), VerificationError,
     PublishConflict, and StoreError/OSError from the stores and the disk.
+    `timings`, when given, gets each step's seconds as it ends: fetch, merge, verify, upload.
     """
     if base is None:
         base = read_published(compact, partition.pid)
@@ -114,14 +116,17 @@ def compact_partition(
     check_room(partition, settings.tmp_root)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
     try:
-        started = time.monotonic()
+        started = lap = time.monotonic()
         try:
             inputs = download(partition, raw, work / "in", settings.download_workers,
                               should_stop)
+            lap = _lap(timings, "fetch", lap)
             output = work / "data.parquet"
             merged, quality, skipped = _merge(partition, inputs, output, work, settings,
                                               should_stop)
+            lap = _lap(timings, "merge", lap)
             verified = verify_output(output, merged.input_rows, should_stop)
+            lap = _lap(timings, "verify", lap)
         except (OSError, StoreError) as exc:
             if no_space(exc):
                 raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
@@ -133,11 +138,20 @@ def compact_partition(
             raise MergeAborted("interrupted before publishing")
         before_publish()
         final = publish(compact, partition, output, meta, base, fence)
+        _lap(timings, "upload", lap)
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
                              merged, final, skipped_keys)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+def _lap(timings: dict[str, float] | None, step: str, since: float) -> float:
+    """Record the seconds since `since` as `step` (when timings are asked for); now."""
+    now = time.monotonic()
+    if timings is not None:
+        timings[step] = now - since
+    return now
 
 
 def clean_stale_tmp(tmp_root: Path, is_alive: Callable[[int], bool]) -> list[Path]:
