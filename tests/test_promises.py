@@ -482,3 +482,20 @@ def test_a_run_without_the_lease_never_stamps_success_over_a_live_attempt(
     assert [o.status for o in report.outcomes] == [Status.BUSY]
     entry = StateStore(store).get(part.pid)
     assert entry is not None and entry.status == "failed"
+
+
+def test_a_late_delete_of_the_same_meta_json_by_a_run_that_lost_its_lease_is_harmless(
+    raw: LocalStore, store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    """A's If-Match delete of meta.json is held in flight past its lease; B takes over
+    and reads the same pair; A's delete lands; B's own delete then finds meta.json gone
+    with data.parquet unchanged: B goes on and publishes (bench/chaos.py trial)."""
+    put_partition(raw, _spec(), tmp_path)
+    part = list_partition(raw, _spec().partition)
+    compact_partition(part, raw, store, settings)
+    newer = _add_late_file(raw, part)
+    base = read_published(store, part.pid)
+    assert base.meta_etag is not None
+    store.delete(part.pid.meta_key, if_match=base.meta_etag)  # A's late delete lands
+    compact_partition(newer, raw, store, settings, base=base)  # B, with what it read
+    _whole_pair_of(store, newer)

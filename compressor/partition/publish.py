@@ -91,7 +91,7 @@ def publish(
     try:
         if base.meta_etag is not None:
             fence()
-            compact.delete(pid.meta_key, if_match=base.meta_etag)
+            _delete_meta(compact, pid, base)
         fence()
         if base.data is not None:
             uploaded = compact.put_file(pid.data_key, data_path, if_match=base.data.etag)
@@ -110,6 +110,21 @@ def publish(
     except PreconditionFailed:
         _settle_meta_race(compact, pid, final, fence)
     return final
+
+
+def _delete_meta(compact: Store, pid: PartitionId, base: Published) -> None:
+    """Delete the meta.json `base` saw. Already gone while data.parquet is still the one
+    `base` saw is the state we want: a writer that lost its lease had its own delete of
+    the same meta.json land late (a request held in flight past the takeover). Anything
+    else that changed is another writer's work: PreconditionFailed."""
+    try:
+        compact.delete(pid.meta_key, if_match=base.meta_etag)
+    except PreconditionFailed:
+        now = read_published(compact, pid)
+        if now.meta_etag is not None or now.problem is not None or now.data != base.data:
+            raise
+        log.info("%s: meta.json already deleted (a late delete of a run that lost its "
+                 "lease); going on", pid.state_key)
 
 
 def _settle_meta_race(compact: Store, pid: PartitionId, final: Meta, fence: Callable[[], None]
