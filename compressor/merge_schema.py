@@ -40,16 +40,42 @@ _NO_VALUE = object()
 
 
 @dataclass(frozen=True)
+class MemoryInput:
+    """One input's bytes in memory; errors name it `name` (the fetch gives its raw key)."""
+
+    name: str
+    data: pa.Buffer
+
+
+#: One input of the merge: a local Parquet file, or a file's bytes in memory. Both are
+#: read alike (the same reader, the same reads), so the output bytes never depend on it.
+Source = Path | MemoryInput
+
+
+def source_name(source: Source) -> str:
+    """How errors name an input: a file by its path, bytes by their name."""
+    return source.name if isinstance(source, MemoryInput) else str(source)
+
+
+def source_size(source: Source) -> int:
+    return source.data.size if isinstance(source, MemoryInput) else source.stat().st_size
+
+
+@dataclass(frozen=True)
 class FileInfo:
     """One input as its footer describes it."""
 
-    path: Path
+    source: Source
     index: int
     rows: int
     size: int
     ts_min: int | None
     ts_max: int | None
     columns: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return source_name(self.source)
 
 
 @dataclass(frozen=True)
@@ -70,23 +96,24 @@ class InputSchema:
         return pa.schema([self.schema.field(name) for name in self.varying])
 
 
-def scan_inputs(paths: Sequence[Path]) -> tuple[list[FileInfo], InputSchema]:
+def scan_inputs(sources: Sequence[Source]) -> tuple[list[FileInfo], InputSchema]:
     """Read every footer once; raise the typed error naming the first bad file."""
     infos: list[FileInfo] = []
     column_sets: dict[tuple[str, ...], frozenset[str]] = {}
     unifier = _SchemaUnifier()
     constants = _ConstantTracker()
-    for index, path in enumerate(paths):
-        size = path.stat().st_size
-        metadata = _read_footer(path, size)
+    for index, source in enumerate(sources):
+        path = source_name(source)
+        size = source_size(source)
+        metadata = _read_footer(source, size)
         schema = _arrow_schema(path, metadata)
         _check_ts_type(path, schema)
         unifier.add(path, schema)
-        ts_min, ts_max = _ts_range(path, metadata, schema)
+        ts_min, ts_max = _ts_range(source, metadata, schema)
         constants.add(metadata, schema)
         names = tuple(schema.names)
         columns = column_sets.setdefault(names, frozenset(names))
-        infos.append(FileInfo(path, index, metadata.num_rows, size, ts_min, ts_max, columns))
+        infos.append(FileInfo(source, index, metadata.num_rows, size, ts_min, ts_max, columns))
     unified = unifier.result()
     consts = {name: value for name, value in constants.result().items() if name != TS}
     varying = [name for name in unified.names if name not in consts]
@@ -134,32 +161,43 @@ def _is_decode_failure(exc: BaseException) -> bool:
     return isinstance(exc, _DECODE_TYPES)
 
 
-def _read_failed(path: Path, what: str, exc: BaseException) -> NoReturn:
+def _read_failed(path: Path | str, what: str, exc: BaseException) -> NoReturn:
     """Raise CorruptFileError if `exc` is the bytes failing to decode, else MergeResourceError."""
     if _is_decode_failure(exc):
         raise CorruptFileError(path, f"unreadable {what} ({_first_line(exc)})") from None
     raise MergeResourceError(path, f"reading {what}", exc) from exc
 
 
-def _open(path: Path, what: str) -> pa.OSFile:
+def _open(source: Source, what: str) -> pa.NativeFile:
     """Open one input. Failing to open (EMFILE, EACCES, a directory) never blames its bytes."""
+    if isinstance(source, MemoryInput):
+        return pa.BufferReader(source.data)
     try:
-        return pa.OSFile(str(path))
+        return pa.OSFile(str(source))
     except (OSError, pa.ArrowException) as exc:
-        raise MergeResourceError(path, f"opening the input for its {what}", exc) from exc
+        raise MergeResourceError(source, f"opening the input for its {what}", exc) from exc
 
 
-def _read_footer(path: Path, size: int) -> pq.FileMetaData:
-    with _open(path, "Parquet footer") as source:
+def _read_footer(source: Source, size: int) -> pq.FileMetaData:
+    path = source_name(source)
+    with _open(source, "Parquet footer") as reader:
         try:
-            metadata = pq.read_metadata(source)
+            metadata = pq.read_metadata(reader)
         except _READ_ERRORS as exc:
             _read_failed(path, "Parquet footer", exc)
-    _check_not_concatenated(path, metadata, size)
+    _check_not_concatenated(source, metadata, size)
     return metadata
 
 
-def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) -> None:
+def _read_at(source: Source, offset: int, length: int) -> bytes:
+    if isinstance(source, MemoryInput):
+        return source.data.slice(offset, length).to_pybytes()
+    with open(source, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
+def _check_not_concatenated(source: Source, metadata: pq.FileMetaData, size: int) -> None:
     """Reject two Parquet files concatenated into one object.
 
     Such an object keeps the second file's footer, whose offsets count from the
@@ -170,6 +208,7 @@ def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) ->
     also sit between data and footer at offsets pyarrow does not expose, so files
     with them are left to the data checks.
     """
+    path = source_name(source)
     footer_start = size - 8 - metadata.serialized_size
     data_end = 4
     for rg in range(metadata.num_row_groups):
@@ -185,9 +224,7 @@ def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) ->
         raise CorruptFileError(path, "footer describes data beyond the object (truncated?)")
     if first_length >= 8:
         try:
-            with open(path, "rb") as source:
-                source.seek(first_length - 4)
-                joint = source.read(8)
+            joint = _read_at(source, first_length - 4, 8)
         except OSError as exc:
             raise MergeResourceError(path, "reading the layout check", exc) from exc
         if joint == b"PAR1PAR1":
@@ -196,14 +233,14 @@ def _check_not_concatenated(path: Path, metadata: pq.FileMetaData, size: int) ->
             )
 
 
-def _arrow_schema(path: Path, metadata: pq.FileMetaData) -> pa.Schema:
+def _arrow_schema(path: Path | str, metadata: pq.FileMetaData) -> pa.Schema:
     try:
         return metadata.schema.to_arrow_schema()
     except _READ_ERRORS as exc:
         _read_failed(path, "schema", exc)
 
 
-def _check_ts_type(path: Path, schema: pa.Schema) -> None:
+def _check_ts_type(path: Path | str, schema: pa.Schema) -> None:
     if TS not in schema.names:
         raise MissingTsEventError(path, "no ts_event column", TS)
     ts_type = _value_type(schema.field(TS).type)
@@ -212,7 +249,7 @@ def _check_ts_type(path: Path, schema: pa.Schema) -> None:
 
 
 def _ts_range(
-    path: Path, metadata: pq.FileMetaData, schema: pa.Schema
+    source: Source, metadata: pq.FileMetaData, schema: pa.Schema
 ) -> tuple[int | None, int | None]:
     """(min, max) of ts_event in ms from statistics; read the column if they are missing."""
     if metadata.num_rows == 0:
@@ -222,17 +259,18 @@ def _ts_range(
     for rg in range(metadata.num_row_groups):
         stats = metadata.row_group(rg).column(column).statistics
         if stats is None or not stats.has_min_max or not stats.has_null_count:
-            return _ts_range_from_data(path)
+            return _ts_range_from_data(source)
         lows.append(stats.min)
         highs.append(stats.max)
         nulls += stats.null_count
     if nulls:
-        raise NullTsEventError(path, f"ts_event has {nulls} null values", TS)
+        raise NullTsEventError(source_name(source), f"ts_event has {nulls} null values", TS)
     return _to_ms(min(lows)), _to_ms(max(highs))
 
 
-def _ts_range_from_data(path: Path) -> tuple[int, int]:
-    column = read_columns(path, [TS]).column(TS)
+def _ts_range_from_data(source: Source) -> tuple[int, int]:
+    path = source_name(source)
+    column = read_columns(source, [TS]).column(TS)
     if column.null_count:
         raise NullTsEventError(path, f"ts_event has {column.null_count} null values", TS)
     ts = to_ms_array(path, column)
@@ -247,7 +285,7 @@ def _to_ms(value: Any) -> int:
 
 
 def to_ms_array(
-    path: Path, column: pa.ChunkedArray | pa.Array, name: str = TS
+    path: Path | str, column: pa.ChunkedArray | pa.Array, name: str = TS
 ) -> pa.ChunkedArray | pa.Array:
     """A time column as int64 milliseconds, whatever integer or timestamp type it has.
 
@@ -267,22 +305,22 @@ def to_ms_array(
         ) from None
 
 
-def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
-    """Read some columns of one file.
+def read_columns(source: Source, columns: Sequence[str]) -> pa.Table:
+    """Read some columns of one file (on disk or in memory).
 
     The bytes failing to decode is a CorruptFileError; anything else (open files,
     memory, permissions, I/O) is a MergeResourceError, see `_is_decode_failure`.
     """
-    with _open(path, "Parquet data") as source:
+    with _open(source, "Parquet data") as handle:
         try:
             # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
-            reader = pq.ParquetFile(source, pre_buffer=False)
+            reader = pq.ParquetFile(handle, pre_buffer=False)
             return reader.read(columns=list(columns), use_threads=False)
         except _READ_ERRORS as exc:
-            _read_failed(path, "Parquet data", exc)
+            _read_failed(source_name(source), "Parquet data", exc)
 
 
-def conform(path: Path, table: pa.Table, target: pa.Schema) -> pa.Table:
+def conform(path: Path | str, table: pa.Table, target: pa.Schema) -> pa.Table:
     """Cast one file's table to `target`: widen, decode dictionaries, fill missing columns."""
     if table.schema.remove_metadata().equals(target):
         return table
@@ -309,7 +347,7 @@ class _SchemaUnifier:
     def __init__(self) -> None:
         self._types: dict[str, pa.DataType] = {}
 
-    def add(self, path: Path, schema: pa.Schema) -> None:
+    def add(self, path: Path | str, schema: pa.Schema) -> None:
         for field in schema:
             if field.name == SEQ:
                 raise SchemaConflictError(path, "raw file already has a seq column", SEQ)
@@ -328,7 +366,7 @@ def _value_type(type_: pa.DataType) -> pa.DataType:
     return type_.value_type if pa.types.is_dictionary(type_) else type_
 
 
-def _widen(path: Path, name: str, old: pa.DataType, new: pa.DataType) -> pa.DataType:
+def _widen(path: Path | str, name: str, old: pa.DataType, new: pa.DataType) -> pa.DataType:
     """The narrowest type both `old` and `new` values fit in without loss."""
     if old == new or pa.types.is_null(new):
         return old

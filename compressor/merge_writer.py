@@ -50,6 +50,8 @@ from compressor.merge_schema import (
     TS,
     FileInfo,
     InputSchema,
+    MemoryInput,
+    Source,
     conform,
     read_columns,
     scan_inputs,
@@ -165,7 +167,7 @@ class RunPlan:
 
 
 def merge_files(
-    inputs: Sequence[Path],
+    inputs: Sequence[Path | MemoryInput | pa.Buffer],
     output: Path,
     *,
     tmp_dir: Path,
@@ -175,6 +177,10 @@ def merge_files(
 ) -> MergeResult:
     """Merge `inputs` (in raw key order) into one sorted Parquet file at `output`.
 
+    An input is a local file, or a file's bytes in memory: a MemoryInput, whose
+    name errors give, or a bare pa.Buffer (named "<input N>", N from 0). Both are
+    read the same way: the output bytes depend on the inputs' bytes only.
+
     Rows are ordered by ts_event; equal ts_event keep input order, then row order.
     A `seq` int64 column (0..N-1) follows ts_event. `on_batch` sees every output
     row group, in order (the quality pass hooks in here). `should_stop` is polled;
@@ -183,8 +189,7 @@ def merge_files(
     The output appears at `output` only when complete (written aside, renamed).
     """
     settings = settings or MergeSettings()
-    paths = [Path(p) for p in inputs]
-    infos, input_schema = scan_inputs(paths)
+    infos, input_schema = scan_inputs([_source(item, n) for n, item in enumerate(inputs)])
     plan = plan_runs(infos, _row_budget(infos, input_schema, settings))
     result = MergeResult(
         input_files=len(infos),
@@ -210,6 +215,14 @@ def merge_files(
 
 def _never() -> bool:
     return False
+
+
+def _source(item: Path | MemoryInput | pa.Buffer, index: int) -> Source:
+    if isinstance(item, MemoryInput):
+        return item
+    if isinstance(item, pa.Buffer):
+        return MemoryInput(f"<input {index}>", item)
+    return Path(item)
 
 
 def plan_runs(infos: Sequence[FileInfo], row_budget: int) -> RunPlan:
@@ -263,11 +276,11 @@ def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeS
 
 def _load(info: FileInfo, schema: InputSchema) -> pa.Table:
     """One raw file's varying columns, conformed to the partition schema."""
-    table = read_columns(info.path, _present_columns(info, schema))
-    table = conform(info.path, table, schema.varying_schema)
+    table = read_columns(info.source, _present_columns(info, schema))
+    table = conform(info.name, table, schema.varying_schema)
     if table.num_rows != info.rows:
         message = f"footer says {info.rows} rows, data has {table.num_rows}"
-        raise CorruptFileError(info.path, message)
+        raise CorruptFileError(info.name, message)
     return table
 
 
@@ -400,7 +413,7 @@ def _load_checked(info: FileInfo, schema: InputSchema) -> tuple[pa.Table, int]:
     actual_min = int(np.min(ts))
     if info.ts_min is None or actual_min < info.ts_min:
         raise CorruptFileError(
-            info.path, f"ts_event statistics say min {info.ts_min}, data holds {actual_min}", TS
+            info.name, f"ts_event statistics say min {info.ts_min}, data holds {actual_min}", TS
         )
     return table, int(np.count_nonzero(ts[1:] < ts[:-1]))
 

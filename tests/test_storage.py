@@ -1262,3 +1262,114 @@ def test_open_store_rejects_half_a_credential_pair(s3_env: dict[str, str]) -> No
     assert "pa55word" not in f"{with_userinfo!r} {with_userinfo.uri}"
     with pytest.raises(StoreConfigError, match="S3_MAX_ATTEMPTS"):
         open_store("s3://b", {**s3_env, "S3_MAX_ATTEMPTS": "many"}, role="raw")
+
+
+# =============================================================================
+# The data path (compressor/storage/data.py): Store.data_reader(), what the fetch
+# reads raw objects through. LocalStore: the files in place; S3Store: obstore.
+# =============================================================================
+
+
+def test_data_reader_reads_what_get_bytes_reads(store: Store, tmp_path: Path) -> None:
+    reader = store.data_reader()
+    assert reader is store.data_reader() or isinstance(store, LocalStore)
+    blobs = {f"raw/d=1/part-{n}.parquet": os.urandom(1000 * n + 1) for n in range(5)}
+    for key, data in blobs.items():
+        store.put_bytes(key, data)
+    for n, (key, data) in enumerate(blobs.items()):
+        got = reader.read(key)
+        assert got.data.to_pybytes() == data and got.info == store.head(key)
+        dest = tmp_path / "dl" / f"{n}.bin"
+        dest.parent.mkdir(exist_ok=True)
+        assert reader.read_to_file(key, dest) == store.head(key)
+        assert dest.read_bytes() == data
+    with pytest.raises(NotFound):
+        reader.read("raw/d=1/missing.parquet")
+    with pytest.raises(NotFound):
+        reader.read_to_file("raw/d=1/missing.parquet", tmp_path / "dl" / "missing")
+    assert not (tmp_path / "dl" / "missing").exists()
+    assert [p.name for p in (tmp_path / "dl").iterdir() if p.name.startswith(TMP_MARK)] == []
+
+
+def test_local_data_reader_locates_files_in_place_and_sees_changes(local: LocalStore) -> None:
+    from compressor.storage.data import InPlaceReader
+
+    reader = local.data_reader()
+    assert isinstance(reader, InPlaceReader)
+    local.put_bytes("raw/a.parquet", b"a" * 100)
+    local.put_bytes("raw/b.parquet", b"b" * 100)
+    local.put_bytes("raw/c.parquet", b"c" * 100)
+    found = {key: reader.locate(key) for key in ("raw/a.parquet", "raw/b.parquet",
+                                                 "raw/c.parquet")}
+    root = os.path.realpath(local.root)
+    for key, obj in found.items():
+        assert str(obj.path) == os.path.join(root, *key.split("/"))
+        assert obj.info == local.head(key) and not reader.changed(obj)
+    time.sleep(0.01)
+    local.put_bytes("raw/a.parquet", b"A" * 100)  # replaced: same size, new file
+    with open(found["raw/b.parquet"].path, "r+b") as fh:  # rewritten in place
+        fh.write(b"B")
+    local.delete("raw/c.parquet")
+    assert all(reader.changed(obj) for obj in found.values())
+    with pytest.raises(NotFound):
+        reader.locate("raw/c.parquet")
+    with pytest.raises(StoreError):
+        reader.locate("raw/../escape.parquet")
+
+
+def test_a_local_store_whose_reads_are_overridden_keeps_them(local: LocalStore) -> None:
+    from compressor.storage.data import InPlaceReader, StoreReader
+
+    class Wrapped(LocalStore):
+        def get_file(self, key: str, path: Path) -> ObjectInfo:
+            return super().get_file(key, path)
+
+    reader = Wrapped(local.root).data_reader()
+    assert isinstance(reader, StoreReader) and not isinstance(reader, InPlaceReader)
+    assert not reader.in_memory
+
+
+def test_s3_data_reader_survives_transient_faults(
+    proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
+) -> None:
+    store = proxied(max_attempts=8)
+    reader = store.data_reader()
+    assert type(reader).__name__ == "ObstoreReader"
+    blobs = {f"raw/part-{n:03d}.parquet": os.urandom(3000 + n) for n in range(20)}
+    for key, data in blobs.items():
+        store.put_bytes(key, data)
+    s3proxy.set_faults(0.4, ["slowdown", "internal", "reset"], ops=["GET"], seed=3)
+    for key, data in blobs.items():
+        assert reader.read(key).data.to_pybytes() == data
+    assert sum(s3proxy.fault_counts.values()) > 0
+
+
+def test_s3_data_reader_uses_the_endpoint_without_its_userinfo(
+    moto_server: str, s3_bucket: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(moto_server)
+    url = f"{parts.scheme}://someone:pa55word@{parts.netloc}"
+    store = S3Store(s3_bucket, endpoint_url=url, access_key=TEST_ACCESS_KEY,
+                    secret_key=TEST_SECRET_KEY, region="us-east-1")
+    store.put_bytes("k", b"payload")
+    reader = store.data_reader()
+    assert reader.read("k").data.to_pybytes() == b"payload"
+    assert "pa55word" not in f"{reader!r} {vars(reader)!r}"
+
+
+def test_s3_data_reader_falls_back_to_boto3_when_obstore_cannot_be_set_up(
+    moto_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compressor.storage.s3data as s3data
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no obstore here")
+
+    monkeypatch.setattr(s3data, "ObstoreReader", broken)
+    store = make_s3_store(moto_server, s3_bucket)
+    store.put_bytes("k", b"payload")
+    reader = store.data_reader()
+    assert type(reader).__name__ == "Boto3Reader" and reader.in_memory
+    assert reader.read("k").data.to_pybytes() == b"payload"

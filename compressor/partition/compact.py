@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,10 +22,12 @@ from compressor.merge_writer import MergeResult, MergeSettings, merge_files
 from compressor.meta import Meta, Published, read_published
 from compressor.partition import never
 from compressor.partition.fetch import (
+    DEFAULT_FETCH_BUDGET,
     DOWNLOAD_WORKERS,
+    Fetched,
     TempSpaceError,
     check_room,
-    download,
+    fetch,
     no_space,
 )
 from compressor.partition.publish import no_fence, publish
@@ -48,7 +50,7 @@ TMP_PREFIX = "qlc-part-"
 class BadInputError(Exception):
     """A raw object the merge cannot use; the partition is quarantined.
 
-    The message names the raw `key` (never the local download path); `cause` is the
+    The message names the raw `key` (never a local path); `cause` is the
     merge's own error (column, corrupt or not).
     """
 
@@ -66,6 +68,8 @@ class CompactSettings:
     merge: MergeSettings = field(default_factory=MergeSettings)
     download_workers: int = DOWNLOAD_WORKERS
     skip_corrupt: bool = False
+    #: Raw bytes of one partition held in memory; the rest are fetched to temp files.
+    fetch_budget_bytes: int = DEFAULT_FETCH_BUDGET
 
 
 
@@ -118,12 +122,19 @@ def compact_partition(
     try:
         started = lap = time.monotonic()
         try:
-            inputs = download(partition, raw, work / "in", settings.download_workers,
-                              should_stop)
+            fetched = fetch(partition, raw, work / "in", workers=settings.download_workers,
+                            fetch_budget_bytes=settings.fetch_budget_bytes,
+                            should_stop=should_stop)
             lap = _lap(timings, "fetch", lap)
             output = work / "data.parquet"
-            merged, quality, skipped = _merge(partition, inputs, output, work, settings,
-                                              should_stop)
+            try:
+                merged, quality, skipped_keys = _merge(partition, fetched, output, work,
+                                                       settings, should_stop)
+            except BaseException:
+                fetched.check_unchanged()  # a raw file changing under the merge is the story
+                raise
+            fetched.check_unchanged()
+            fetched.release()  # the raw bytes held in memory are not needed past the merge
             lap = _lap(timings, "merge", lap)
             verified = verify_output(output, merged.input_rows, should_stop)
             lap = _lap(timings, "verify", lap)
@@ -131,7 +142,6 @@ def compact_partition(
             if no_space(exc):
                 raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
             raise
-        skipped_keys = [key for path, key in inputs if path in skipped]
         meta = build_meta(partition, verified, quality, merged, skipped_keys,
                           time.monotonic() - started, label)
         if should_stop():  # last moment to give up cheaply: nothing published yet
@@ -169,34 +179,38 @@ def clean_stale_tmp(tmp_root: Path, is_alive: Callable[[int], bool]) -> list[Pat
 
 def _merge(
     partition: Partition,
-    inputs: Sequence[tuple[Path, str]],
+    fetched: Fetched,
     output: Path,
     work: Path,
     settings: CompactSettings,
     should_stop: Callable[[], bool],
-) -> tuple[MergeResult, DayQuality, set[Path]]:
-    """merge_files, again without each corrupt object when --skip-corrupt asks for it."""
-    keys = {path: key for path, key in inputs}
-    skipped: set[Path] = set()
+) -> tuple[MergeResult, DayQuality, list[str]]:
+    """merge_files, again without each corrupt object when --skip-corrupt asks for it.
+
+    Returns the keys skipped, in key order. Errors name the raw key, whatever form
+    the input had (bytes, temp file, raw file in place)."""
+    skipped: set[str] = set()
     spill = work / "spill"
     spill.mkdir(exist_ok=True)
     quality = QualityAccumulator(partition.pid.date, output, partition.pid.stream)
     while True:
         quality.reset()
-        paths = [path for path, _ in inputs if path not in skipped]
+        sources = [item.source for item in fetched.inputs if item.key not in skipped]
         try:
-            result = merge_files(paths, output, tmp_dir=spill, settings=settings.merge,
+            result = merge_files(sources, output, tmp_dir=spill, settings=settings.merge,
                                  on_batch=quality, should_stop=should_stop)
-            return result, quality.result(result), skipped
+            skipped_keys = [item.key for item in fetched.inputs if item.key in skipped]
+            return result, quality.result(result), skipped_keys
         except MergeResourceError as exc:  # the machine's fault, not the object's
-            key = keys.get(Path(exc.path), exc.path)
-            raise MergeResourceError(key, "reading it", exc) from None
+            key = fetched.key_of(exc.path) or exc.path
+            raise MergeResourceError(key, exc.action, exc.cause) from None
         except MergeInputError as exc:
-            key = keys.get(Path(exc.path), exc.path)
-            if not (settings.skip_corrupt and exc.corrupt and Path(exc.path) in keys):
+            found = fetched.key_of(exc.path)
+            key = found or exc.path
+            if not (settings.skip_corrupt and exc.corrupt and found is not None):
                 raise BadInputError(key, exc) from exc
             log.warning("%s: corrupt, skipped (--skip-corrupt): %s", key, exc.reason)
-            skipped.add(Path(exc.path))
+            skipped.add(key)
             output.unlink(missing_ok=True)
 
 

@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from .data import DataReader
 
 #: Names of the stores' temp files (downloads, local writes) start with this.
 TMP_MARK = ".qlc-tmp-"
@@ -175,6 +178,15 @@ class Store(ABC):
         not); PreconditionFailed when it differs or when the object is gone. This
         is how a lease is released without ever deleting the next holder's lock.
         """
+
+    def data_reader(self) -> DataReader:
+        """How the fetch reads this store's raw objects (see compressor/storage/data.py).
+
+        This default goes through `get_file`; LocalStore and S3Store have cheaper ones.
+        """
+        from .data import StoreReader
+
+        return StoreReader(self)
 
     def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
         """Seconds to add to `host_clock()` to get the store's time (see compressor/clock.py).

@@ -28,11 +28,14 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+import pyarrow as pa
 
 from .base import (
     CHUNK,
@@ -48,6 +51,7 @@ from .base import (
     normalize_etag,
     temp_name,
 )
+from .data import DataReader, InPlaceReader, LocalObject, ObjectData
 
 _XATTR = "user.qlc.md5"
 #: How often a write is retried when a concurrent delete removed its directory.
@@ -161,6 +165,18 @@ class LocalStore(Store):
         with self._open_object(key, src_path) as src:
             size, etag = _atomic_copy(src, Path(path))
         return ObjectInfo(key, size, etag)
+
+    def data_reader(self) -> DataReader:
+        """In place (LocalReader): the merge reads the raw files where they lie.
+
+        A subclass that overrides get_file or get_bytes (a wrapper, a test double
+        injecting faults) changes how objects are read: it keeps that, through the
+        default reader.
+        """
+        cls = type(self)
+        if cls.get_file is not LocalStore.get_file or cls.get_bytes is not LocalStore.get_bytes:
+            return super().data_reader()
+        return LocalReader(self)
 
     @contextmanager
     def _open_object(self, key: str, path: str) -> Iterator[BinaryIO]:
@@ -346,6 +362,74 @@ class LocalStore(Store):
             except OSError:
                 return
             directory = os.path.dirname(directory)
+
+
+class LocalReader(InPlaceReader):
+    """LocalStore's data path: the files themselves (see compressor/storage/data.py).
+
+    `locate` hands out the real path of a key's file: under the store's real root,
+    no symlink in it, the file itself a regular file opened without following a
+    symlink. Its size and ETag (md5, from the xattr cache while the file's size and
+    mtime are those it was computed for) are what a listing would say. `changed`
+    compares the file's (device, inode, size, mtime) with those seen by `locate`:
+    a file replaced (LocalStore writes replace), rewritten in place or removed
+    since has changed. A directory swapped for a symlink after `locate` makes the
+    path reach another file, which has changed too.
+    """
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def read(self, key: str) -> ObjectData:
+        data, etag = self.store.get_bytes(key)
+        return ObjectData(pa.py_buffer(data), ObjectInfo(key, len(data), etag))
+
+    def read_to_file(self, key: str, path: Path) -> ObjectInfo:
+        return self.store.get_file(key, path)
+
+    def locate(self, key: str) -> LocalObject:
+        path = self.store._path(key)
+        root = self.store._real_root()
+        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if not real.startswith(root + os.sep):
+            raise StoreError(f"key {key!r} resolves outside the store root")
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"key {key!r} not found in {self.store.uri}") from None
+        except PermissionError as exc:
+            raise _unreadable(key, exc) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(
+                    f"key {key!r} is a symlink; the local store does not follow them"
+                ) from None
+            raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(f"key {key!r} not found in {self.store.uri} (not a file)")
+            etag = _cached_etag(fd, st)
+            if etag is None:
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    etag = md5_file(fh).hex()
+                _remember_etag(fd, etag, st)
+        except OSError as exc:
+            raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return LocalObject(Path(real), ObjectInfo(key, st.st_size, etag), _stamp(st))
+
+    def changed(self, obj: LocalObject) -> bool:
+        try:
+            st = os.lstat(obj.path)
+        except OSError:
+            return True
+        return not stat.S_ISREG(st.st_mode) or _stamp(st) != obj.stamp
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # --------------------------------------------------------------------- helpers

@@ -8,7 +8,8 @@ TransientStoreError. A GET or HEAD of one object refused for that object alone
 StoreConfigError. Errors are built from the error code, HTTP status and the
 bucket/key/endpoint only, never from server text or the exception's own string,
 so no credential can leak into a message. Credentials are handed to the boto3
-session and not kept on the store object.
+session (and, on the first `data_reader()`, to obstore: compressor/storage/s3data.py)
+and not kept as attributes of the store object.
 
 ETags are returned normalized (without the surrounding quotes S3 puts on them),
 as the local store does; `if_match` accepts either form.
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -58,6 +59,9 @@ from .base import (
     normalize_etag,
     temp_name,
 )
+
+if TYPE_CHECKING:
+    from .data import DataReader
 
 MiB = 1 << 20
 #: The job refuses to run when its clock and the S3 server's differ by more than this.
@@ -151,9 +155,41 @@ class S3Store(Store):
                 f"cannot set up S3 client for bucket {bucket!r} at {self.endpoint}: "
                 f"{type(exc).__name__} (check the endpoint URL, the region and the credentials)"
             ) from None
+        self._reader: DataReader | None = None
+        self._reader_lock = threading.Lock()
+
+        def make_reader() -> DataReader:
+            from .s3data import new_reader
+
+            return new_reader(
+                self,
+                endpoint_url=endpoint_url,
+                access_key=access_key,
+                secret_key=secret_key,
+                region=region,
+                max_attempts=self._max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                pool_size=_MAX_POOL_CONNECTIONS,
+            )
+
+        self._make_reader = make_reader
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
+
+    def data_reader(self) -> DataReader:
+        """GETs through obstore (compressor/storage/s3data.py), set up on first use.
+
+        A subclass that overrides get_file or get_bytes keeps them (the default reader).
+        """
+        cls = type(self)
+        if cls.get_file is not S3Store.get_file or cls.get_bytes is not S3Store.get_bytes:
+            return super().data_reader()
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._make_reader()
+            return self._reader
 
     @property
     def location(self) -> str:
@@ -623,9 +659,15 @@ def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
     ~0.2 s); credentials are per client. Sessions are not thread-safe, hence the lock.
     """
     with _SESSION_LOCK:
-        if not _SESSION:
-            _SESSION.append(boto3.session.Session())
-        return _SESSION[0].client("s3", config=config, **kwargs)
+        return _shared_session().client("s3", config=config, **kwargs)
+
+
+def _shared_session() -> boto3.session.Session:
+    """The one boto3 session (created on first use); call it under _SESSION_LOCK when
+    using the session for more than reading credentials."""
+    if not _SESSION:
+        _SESSION.append(boto3.session.Session())
+    return _SESSION[0]
 
 
 def _code(exc: ClientError | BotoCoreError) -> str | None:
