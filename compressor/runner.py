@@ -75,6 +75,8 @@ class RunConfig:
         return min(DEFAULT_SKEW_S, self.lease_ttl_s / 4)
 
 
+#: One worker's share of the budget goes 1/FETCH_SHARE to fetched raw bytes.
+FETCH_SHARE = 4
 #: The least memory budget one worker's merge gets; fewer workers rather than less.
 MIN_WORKER_BUDGET = 192 * 1024 * 1024
 
@@ -90,9 +92,12 @@ def split_budget(config: RunConfig) -> tuple[int, CompactSettings]:
     every worker's merge gets an equal share of it (README "Configuration")."""
     total = config.settings.merge.memory_budget
     workers = config.workers or default_workers(total)
-    share = max(1, total // workers)
-    merge = replace(config.settings.merge, memory_budget=share)
-    return workers, replace(config.settings, merge=merge)
+    share = max(2, total // workers)
+    # a quarter of a worker's share holds fetched, not yet merged raw bytes (the rest
+    # go to its temp dir); the merge's buffers get the other three quarters
+    fetch = max(1, share // FETCH_SHARE)
+    merge = replace(config.settings.merge, memory_budget=max(1, share - fetch))
+    return workers, replace(config.settings, merge=merge, fetch_budget_bytes=fetch)
 
 
 @dataclass

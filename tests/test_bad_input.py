@@ -211,9 +211,10 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_temp_disk_full_fails_the_partition_with_one_clear_line(
     jw: JobWorld, tiny_disk: Path, tmp_path: Path, phase: str
 ) -> None:
-    # raw-too-big: the raw files alone overflow 1 MiB; merge: they fit, the spills don't
+    # raw-too-big: the raw files alone overflow 1 MiB; merge: they fit (merged in place,
+    # not copied), the spills do not
     big = spec("btcusdt", stream="bbo", files=12, rows_per_file=3000 if phase == "raw-too-big"
-               else 1500, layout="spans_day")
+               else 2100, layout="spans_day")
     small = spec("ethusdt", files=2, rows_per_file=20)
     raw = tmp_path / "raw"
     write_partition(big, raw)

@@ -57,8 +57,10 @@ def test_signal_during_download_stops_cleanly(jw: JobWorld, name: str) -> None:
         env = jw.env_with(S3_ENDPOINT=with_userinfo(proxy.endpoint),
                           S3_COMPACT_ENDPOINT=with_userinfo(jw.moto),
                           S3_READ_TIMEOUT="0.5", S3_MAX_ATTEMPTS="20")
+        # one worker: exactly one partition is running when the signal arrives
         proc = jw.popen("--mode", "backfill", "--date-from", "20261123", "--date-to", DAY,
-                        "--today", TODAY, "--tmp-dir", str(tmp_dir), env=env)
+                        "--today", TODAY, "--tmp-dir", str(tmp_dir), "--workers", "1",
+                        env=env)
         wait_for(lambda: proxy.counts().get("GET", 0) > 0, 30, "the first download", proc)
         proc.send_signal(SIGNALS[name])
         result = jw.finish(proc, timeout=30)
@@ -83,7 +85,8 @@ def _slow_merge_run(jw: JobWorld, *extra: str) -> tuple[object, Path]:
     tmp_dir = jw.tmp / "scratch"
     env = jw.env_with(**SLOW_MERGE)
     proc = jw.popen("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
-                    "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", *extra, env=env)
+                    "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", "--workers", "1",
+                    *extra, env=env)
     return proc, tmp_dir
 
 
