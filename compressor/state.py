@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from compressor.layout import STATE_KEY, PartitionId, format_day, parse_day
 from compressor.quality.labels import LABELS, Label
@@ -648,13 +648,21 @@ class StateStore:
                 self._pending_since = self.clock()
 
     def _write(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
+        self._compare_and_swap(lambda doc: self._apply(doc, updates, lcd),
+                               "updates kept for the next flush")
+
+    def _compare_and_swap(
+        self, change: Callable[[dict[str, Any]], dict[str, Any]], on_give_up: str
+    ) -> dict[str, Any]:
+        """Write change(latest document) with If-Match on its ETag, again with jittered
+        backoff whenever another writer got in first; the document written."""
         for attempt in range(self.max_attempts):
             doc, etag = self._fetch()
-            new_doc = self._apply(doc, updates, lcd)
-            data = serialize_document(new_doc)
+            new_doc = change(doc)
             try:
                 new_etag = self.store.put_bytes(
-                    self.key, data, if_match=etag, if_none_match=etag is None
+                    self.key, serialize_document(new_doc), if_match=etag,
+                    if_none_match=etag is None,
                 )
             except (PreconditionFailed, NotFound):
                 with self._lock:
@@ -663,10 +671,9 @@ class StateStore:
                 continue
             with self._lock:
                 self._doc, self._etag = new_doc, new_etag
-            return
+            return new_doc
         raise StateConflictError(
-            f"{self.key}: compare-and-swap lost {self.max_attempts} times in a row; "
-            "updates kept for the next flush"
+            f"{self.key}: compare-and-swap lost {self.max_attempts} times in a row; {on_give_up}"
         )
 
     def _backoff(self, attempt: int) -> float:
@@ -712,8 +719,8 @@ class StateStore:
         self.flush()
         gone = set(keys)
         before = format_day(parse_day(first_day) - timedelta(days=1))
-        for attempt in range(self.max_attempts):
-            doc, etag = self._fetch()
+
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
             lcd = doc["last_compacted_date"]
             new_lcd = before if lcd is not None and lcd >= first_day else lcd
             new_doc = {
@@ -722,23 +729,14 @@ class StateStore:
                 "updated_at": utc_iso(self.clock()),
                 "partitions": {k: v for k, v in doc["partitions"].items() if k not in gone},
             }
-            if new_lcd != lcd:
-                new_doc["last_compacted_moved_at"] = new_doc["updated_at"]
-            elif doc.get("last_compacted_moved_at") is not None:
-                new_doc["last_compacted_moved_at"] = doc["last_compacted_moved_at"]
-            try:
-                new_etag = self.store.put_bytes(self.key, serialize_document(new_doc),
-                                                if_match=etag, if_none_match=etag is None)
-            except (PreconditionFailed, NotFound):
-                with self._lock:
-                    self._doc, self._etag = None, None
-                self.sleep(self._backoff(attempt))
-                continue
-            with self._lock:
-                self._doc, self._etag = new_doc, new_etag
-            return new_lcd
-        raise StateConflictError(f"{self.key}: compare-and-swap lost {self.max_attempts} "
-                                 "times in a row; nothing removed")
+            moved = new_doc["updated_at"] if new_lcd != lcd else doc.get(
+                "last_compacted_moved_at")
+            if moved is not None:
+                new_doc["last_compacted_moved_at"] = moved
+            return new_doc
+
+        written = self._compare_and_swap(change, "nothing removed")
+        return cast(str | None, written["last_compacted_date"])
 
     # -- repair --------------------------------------------------------------------
 

@@ -240,9 +240,8 @@ def test_a_day_is_not_ready_while_a_newer_attempt_says_failed(
         "last_compacted_date"] == "20261122"
 
 
-def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
-    raw: LocalStore, tmp_path: Path, settings: CompactSettings
-) -> None:
+def _gap_lake(raw: LocalStore, tmp_path: Path) -> tuple[LocalStore, StateStore]:
+    """Raw data for 1102 and 1104 only (1103 missing), ready up to 1101."""
     (tmp_path / "compact").mkdir()
     compact = LocalStore(tmp_path / "compact")
     for day in ("20261102", "20261104"):
@@ -250,6 +249,13 @@ def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
     state = StateStore(compact)
     state.advance_last_compacted("20261101")
     state.flush()
+    return compact, state
+
+
+def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
+    raw: LocalStore, tmp_path: Path, settings: CompactSettings
+) -> None:
+    compact, state = _gap_lake(raw, tmp_path)
     first = _catch_up(raw, compact, state, settings, today=date(2026, 11, 5)).run()
     assert first.plan.days == ["20261102", "20261104"]
     assert first.last_compacted_after == "20261102"  # 1103 is empty and within its grace
@@ -262,13 +268,7 @@ def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
 def test_an_empty_day_counts_once_its_grace_has_passed(
     raw: LocalStore, tmp_path: Path, settings: CompactSettings
 ) -> None:
-    (tmp_path / "compact").mkdir()
-    compact = LocalStore(tmp_path / "compact")
-    for day in ("20261102", "20261104"):
-        put_partition(raw, _spec(date=day), tmp_path)
-    state = StateStore(compact)
-    state.advance_last_compacted("20261101")
-    state.flush()
+    compact, state = _gap_lake(raw, tmp_path)
     report = _catch_up(raw, compact, state, settings, today=date(2026, 11, 7)).run()
     assert report.plan.empty_days == {"20261103": True, "20261105": False, "20261106": False}
     assert report.last_compacted_after == "20261104"
