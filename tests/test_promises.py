@@ -499,3 +499,22 @@ def test_a_late_delete_of_the_same_meta_json_by_a_run_that_lost_its_lease_is_har
     store.delete(part.pid.meta_key, if_match=base.meta_etag)  # A's late delete lands
     compact_partition(newer, raw, store, settings, base=base)  # B, with what it read
     _whole_pair_of(store, newer)
+
+
+def test_a_clock_offset_within_the_measurement_noise_is_taken_as_none(tmp_path: Path) -> None:
+    """Two runs on one host must stamp on the same clock: a Date header measured to
+    within a second is noise, not skew (bench/chaos.py: a dead run's in_progress stamp
+    outranked its successor's success by a measurement error)."""
+    from compressor.clock import StoreClock
+
+    class Offset(LocalStore):
+        def __init__(self, root: Path, offset: float) -> None:
+            super().__init__(root)
+            self.offset = offset
+
+        def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
+            return self.offset
+
+    assert StoreClock.measure(Offset(tmp_path, 0.9)).offset == 0.0
+    assert StoreClock.measure(Offset(tmp_path, -1.5)).offset == 0.0
+    assert StoreClock.measure(Offset(tmp_path, 300.4)).offset == 300.4
