@@ -351,7 +351,7 @@ def _tomorrow() -> str:
         (["--compact", "ftp://x"], "ftp"),
         (["--dry-run", "--repair-state"], "cannot be combined"),
         (["--mode", "backfill", "--date-from", "20261120", "--date-to", "20261118"], "before"),
-        (["--mode", "daily", "--date-from", "20261120"], "backfill only"),
+        (["--mode", "daily", "--date-from", "20261120"], "cleanup and verify only"),
         (["--streams", ","], "--streams"),
     ],
 )
@@ -528,7 +528,7 @@ def test_sigterm_stops_cleanly_with_143(world: World, moto_server: str) -> None:
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "run.py"), "--mode", "backfill", "--date-from",
              "20261123", "--date-to", "20261124", "--today", TODAY,
-             "--tmp-dir", str(world.cwd / "tmp")],
+             "--tmp-dir", str(world.cwd / "tmp"), "--workers", "1"],
             env=env, cwd=world.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 30

@@ -96,14 +96,15 @@ def test_backfill_is_the_inclusive_range_and_never_moves_readiness() -> None:
 @pytest.mark.parametrize(
     ("mode", "date_from", "date_to", "needle"),
     [
-        (Mode.BACKFILL, None, None, "--date-from"),
+        (Mode.CLEANUP, None, None, "--date-from"),
+        (Mode.BACKFILL, None, "20261120", "--date-to needs --date-from"),
         (Mode.BACKFILL, "2026-11-20", None, "--date-from"),
         (Mode.BACKFILL, "20261120", "20261340", "--date-to"),
         (Mode.BACKFILL, "20261122", "20261120", "before"),
         (Mode.BACKFILL, "20261125", None, "today or in the future"),
         (Mode.BACKFILL, "20261120", "20261126", "today or in the future"),
-        (Mode.DAILY, "20261120", None, "backfill only"),
-        (Mode.CATCH_UP, None, "20261120", "backfill only"),
+        (Mode.DAILY, "20261120", None, "cleanup and verify only"),
+        (Mode.CATCH_UP, None, "20261120", "cleanup and verify only"),
     ],
 )
 def test_bad_date_flags_are_rejected_naming_the_flag(
