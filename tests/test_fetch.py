@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -408,21 +407,6 @@ def test_errors_name_the_raw_key_never_a_local_path(
 
 
 # --------------------------------------------------------------------------- temp disk
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (tmpfs) for the temp dir; needs root (CI runs as root)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MiB tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_temp_disk_is_temp_space_error_and_memory_needs_no_disk(
