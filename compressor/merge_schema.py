@@ -99,25 +99,70 @@ class InputSchema:
 def scan_inputs(sources: Sequence[Source]) -> tuple[list[FileInfo], InputSchema]:
     """Read every footer once; raise the typed error naming the first bad file."""
     infos: list[FileInfo] = []
-    column_sets: dict[tuple[str, ...], frozenset[str]] = {}
     unifier = _SchemaUnifier()
     constants = _ConstantTracker()
+    seen = _SeenSchemas()
     for index, source in enumerate(sources):
         path = source_name(source)
         size = source_size(source)
         metadata = _read_footer(source, size)
-        schema = _arrow_schema(path, metadata)
-        _check_ts_type(path, schema)
-        unifier.add(path, schema)
-        ts_min, ts_max = _ts_range(source, metadata, schema)
-        constants.add(metadata, schema)
-        names = tuple(schema.names)
-        columns = column_sets.setdefault(names, frozenset(names))
-        infos.append(FileInfo(source, index, metadata.num_rows, size, ts_min, ts_max, columns))
+        known = seen.get(metadata)
+        if known is None:
+            schema = _arrow_schema(path, metadata)
+            _check_ts_type(path, schema)
+            unifier.add(path, schema)
+            known = seen.add(metadata, schema)
+        ts_min, ts_max = _ts_range(source, metadata, known.schema)
+        constants.add(metadata, known.schema)
+        infos.append(
+            FileInfo(source, index, metadata.num_rows, size, ts_min, ts_max, known.columns)
+        )
     unified = unifier.result()
     consts = {name: value for name, value in constants.result().items() if name != TS}
     varying = [name for name in unified.names if name not in consts]
     return infos, InputSchema(unified, consts, varying)
+
+
+@dataclass(frozen=True)
+class _KnownSchema:
+    schema: pa.Schema
+    columns: frozenset[str]
+
+
+class _SeenSchemas:
+    """The Arrow schemas already derived from footers, by what they are derived from.
+
+    A day's files almost all share one footer schema: converting and checking it
+    once, not once per file, is most of what the footer scan spends beyond
+    parsing. What we use of the Arrow schema (names and types) is a function of
+    the Parquet schema and the footer's ARROW:schema entry, so both must match for
+    a reuse (other key-value metadata, such as pandas', differs file to file).
+    """
+
+    def __init__(self) -> None:
+        self._known: list[tuple[pq.ParquetSchema, bytes | None, _KnownSchema]] = []
+
+    def get(self, metadata: pq.FileMetaData) -> _KnownSchema | None:
+        if not self._known:
+            return None
+        parquet_schema, arrow_entry = metadata.schema, _arrow_entry(metadata)
+        for n, (known_schema, known_entry, known) in enumerate(self._known):
+            if known_entry == arrow_entry and parquet_schema.equals(known_schema):
+                if n:
+                    self._known.insert(0, self._known.pop(n))
+                return known
+        return None
+
+    def add(self, metadata: pq.FileMetaData, schema: pa.Schema) -> _KnownSchema:
+        known = _KnownSchema(schema, frozenset(schema.names))
+        self._known.insert(0, (metadata.schema, _arrow_entry(metadata), known))
+        del self._known[8:]  # a handful of layouts at most; never a file's worth each
+        return known
+
+
+def _arrow_entry(metadata: pq.FileMetaData) -> bytes | None:
+    key_values = metadata.metadata
+    return key_values.get(b"ARROW:schema") if key_values else None
 
 
 #: What reading an open input may raise; `_is_decode_failure` sorts it into bytes/resources.
@@ -400,18 +445,26 @@ class _ConstantTracker:
         if metadata.num_rows == 0:
             return
         self._files += 1
-        names = set(schema.names)
-        for name in list(self._values):
-            if name not in names:
-                self._varying.add(name)
-        for index, field in enumerate(schema):
-            if field.name in self._varying:
+        if self._files == 1:
+            for index, field in enumerate(schema):
+                value = _single_value(metadata, index) if _constant_type(field.type) else _NO_VALUE
+                if value is _NO_VALUE:
+                    self._varying.add(field.name)
+                else:
+                    self._values[field.name] = value
+            return
+        # Past the first file only its constants can stay constant: a column first
+        # seen later is varying (absent from earlier files), and varying stays so.
+        for name, value in self._values.items():
+            if name in self._varying:
                 continue
-            value = _single_value(metadata, index) if _constant_type(field.type) else _NO_VALUE
-            if value is _NO_VALUE or (self._files > 1 and field.name not in self._values):
-                self._varying.add(field.name)
-            elif self._values.setdefault(field.name, value) != value:
-                self._varying.add(field.name)
+            index = schema.get_field_index(name)
+            if (
+                index < 0
+                or not _constant_type(schema.field(index).type)
+                or _single_value(metadata, index) != value
+            ):
+                self._varying.add(name)
 
     def result(self) -> dict[str, Any]:
         return {k: v for k, v in self._values.items() if k not in self._varying}

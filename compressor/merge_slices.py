@@ -1,0 +1,188 @@
+"""Slice processes: one merge's inputs, cut into contiguous slices, each read and
+sorted by a process of its own (README "Throughput").
+
+Why processes: reading a tiny raw Parquet file costs pyarrow about half a
+millisecond of CPU, most of it holding the GIL, so threads cannot spread a
+partition of thousands of files over the cores; processes can. Each slice
+process (compressor.slice_worker) scans its slice's footers, then streams its
+rows sorted, exactly as a one-process merge streams a run, as an Arrow IPC
+stream: slice 0 through a pipe that the parent merges as it arrives, the later
+slices into files in the merge's work dir, read when the merge reaches their
+first ts_event. The parent merges the slices k ways, ties to the earlier slice
+(an earlier slice holds earlier inputs), so the output is the one-process
+merge's, byte for byte.
+
+This module is the parent's side of the conversation: start a slice process,
+send its job, receive its messages, stop it. Messages are pickles framed by a
+length, on the process's stdout; only this package's own child writes them.
+A failure in the child comes back as the same typed error a one-process merge
+raises (naming the same file and column), see `describe_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from compressor import merge_errors
+from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+
+#: The child's module, run with `python -m`.
+WORKER_MODULE = "compressor.slice_worker"
+#: How often a parent waiting for a slice polls its stop request, seconds.
+POLL_S = 0.2
+_FRAME = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """What one slice process is asked to do (sent as JSON on its stdin)."""
+
+    paths: list[str]
+    #: Where the sorted rows go: a path, or "fd:N" for a pipe the child inherits.
+    target: str
+    compress: bool
+    work_dir: str
+    settings: dict[str, int]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SliceJob:
+        return cls(**json.loads(data))
+
+
+def send(stream: BinaryIO, message: tuple[str, Any]) -> None:
+    """One message: its pickle's length, then the pickle."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(body)) + body)
+    stream.flush()
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    """A child's failure as plain data, from which `rebuild_error` makes it again."""
+    if isinstance(exc, MergeInputError):
+        return {"kind": "input", "class": type(exc).__name__, "path": exc.path,
+                "reason": exc.reason, "column": exc.column}
+    if isinstance(exc, MergeResourceError):
+        return {"kind": "resource", "path": exc.path, "action": exc.action,
+                "errno": exc.errno, "message": exc.message}
+    text = str(exc).strip().splitlines()
+    return {"kind": "other", "type": type(exc).__name__, "text": text[0] if text else ""}
+
+
+class SliceFailed(RuntimeError):
+    """A slice process failed in a way a one-process merge has no typed error for."""
+
+
+def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
+    """The typed error a child described (the class and words it had)."""
+    kind = described["kind"]
+    if kind == "input":
+        cls = getattr(merge_errors, described["class"], None)
+        if isinstance(cls, type) and issubclass(cls, MergeInputError):
+            return cls(described["path"], described["reason"], described["column"])
+    if kind == "resource":
+        code = described["errno"]
+        cause = OSError(code, os.strerror(code)) if code else MemoryError(described["message"])
+        error = MergeResourceError(described["path"], described["action"], cause)
+        error.message = described["message"]
+        return error
+    return SliceFailed(f"{slice_name}: {described.get('type')}: {described.get('text')}")
+
+
+class SliceProcess:
+    """One running slice process: its job went in on stdin, messages come on stdout."""
+
+    def __init__(self, name: str, job: SliceJob, first_path: str,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        self.name = name
+        self.first_path = first_path
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=pass_fds,
+            env=_child_env(), close_fds=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._out = self._proc.stdout
+        try:
+            self._proc.stdin.write(job.to_json())
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once: receive() reports how
+
+    def receive(self, should_stop: Callable[[], bool]) -> tuple[str, Any]:
+        """The next message; MergeAborted on a stop request; an error naming the
+        slice's first input if the process ended without saying why."""
+        while True:
+            ready, _, _ = select.select([self._out], [], [], POLL_S)
+            if ready:
+                break
+            if should_stop():
+                raise MergeAborted("merge interrupted")
+        header = self._out.read(_FRAME.size)
+        if len(header) < _FRAME.size:
+            raise self._died()
+        (length,) = _FRAME.unpack(header)
+        body = self._out.read(length)
+        if len(body) < length:
+            raise self._died()
+        kind, payload = pickle.loads(body)
+        if kind == "error":
+            raise rebuild_error(payload, self.name)
+        return kind, payload
+
+    def _died(self) -> MergeResourceError:
+        status = self._proc.wait()
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        return MergeResourceError(self.first_path, f"sorting {self.name} in its own process",
+                                  ChildProcessError(f"the process ended ({how})"))
+
+    def finish(self) -> None:
+        """Reap a process that has said its last word."""
+        self._out.close()
+        self._proc.wait()
+
+    def kill(self) -> None:
+        """Stop it now, whatever it is doing (safe to call more than once)."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:
+                pass
+        self._proc.wait()
+        self._out.close()
+
+
+def _child_env() -> dict[str, str]:
+    """The parent's environment, with this package importable however it was found."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = root if not paths else f"{root}{os.pathsep}{paths}"
+    return env
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a kill -9 of the job leaves
+    no slice process running on). Best effort: elsewhere a closed pipe ends it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        pass

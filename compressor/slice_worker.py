@@ -1,0 +1,46 @@
+"""The child side of a slice process (compressor.merge_slices): `python -m compressor.slice_worker`.
+
+Reads its SliceJob (JSON) on stdin, then: scans its slice's footers and sends
+("scanned", SliceScan); streams the slice sorted to the job's target as an Arrow
+IPC stream; sends ("done", figures). Any failure is sent as ("error", described)
+and ends the process with status 1, so the parent raises what a one-process
+merge would have raised.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from compressor.merge_slices import SliceJob, describe_error, die_with_parent, send
+from compressor.merge_writer import MergeSettings, scan_slice, sort_slice
+
+
+def main() -> int:
+    die_with_parent()
+    out = sys.stdout.buffer
+    job = SliceJob.from_json(sys.stdin.buffer.read())
+    try:
+        scanned = scan_slice([Path(p) for p in job.paths])
+        send(out, ("scanned", scanned.summary()))
+        figures = sort_slice(scanned, MergeSettings(**job.settings), _target(job.target),
+                             compress=job.compress, work_dir=Path(job.work_dir))
+    except BaseException as exc:  # everything goes to the parent, which decides
+        send(out, ("error", describe_error(exc)))
+        return 1
+    send(out, ("done", figures))
+    return 0
+
+
+def _target(target: str) -> str:
+    """A pipe the parent handed down ("fd:N") is opened by its /dev/fd path."""
+    if target.startswith("fd:"):
+        return f"/dev/fd/{int(target[3:])}"
+    return target
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter teardown: the parent is waiting on this status
