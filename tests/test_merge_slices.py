@@ -1,0 +1,228 @@
+"""Slice processes (compressor/merge_slices.py): the same bytes, the same errors, no orphans.
+
+A merge with `processes` > 1 reads and sorts contiguous slices of its inputs in
+processes of its own (README "Throughput"). Whatever it does, the output must be
+byte-identical to the one-process merge, a bad input must be named exactly as the
+one-process merge names it, and no slice process may outlive its merge: not on a
+stop request, not when one dies, not when the job itself is killed with -9.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compressor.generator import LAYOUTS, PartitionSpec, write_partition
+from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+from compressor.merge_slices import WORKER_MODULE
+from compressor.merge_writer import MergeSettings, merge_files
+
+SMALL_GROUPS = 97
+
+
+def run(paths: list[Path], out: Path, tmp: Path, **overrides: int):
+    config = {"output_buffer_size": SMALL_GROUPS, "parallel_min_files": 2, **overrides}
+    result = merge_files(paths, out, tmp_dir=tmp, settings=MergeSettings(**config))
+    return out.read_bytes(), result
+
+
+def slice_workers(marker: str | None = None) -> list[int]:
+    """Process ids of running slice processes (with `marker` in their environment)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes() if marker else b""
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if WORKER_MODULE.encode() in cmdline and state != "Z":
+            if marker is None or marker.encode() in environ:
+                found.append(int(entry))
+    return found
+
+
+def my_slice_workers() -> list[int]:
+    mine = []
+    for pid in slice_workers():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid():
+            mine.append(pid)
+    return mine
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> PartitionSpec:
+    files = draw(st.integers(2, 30))
+    return PartitionSpec(
+        files=files,
+        rows_per_file=draw(st.integers(0, 150)),
+        seed=draw(st.integers(0, 2**16)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        schema_drift=draw(st.booleans()),
+        empty=draw(st.integers(0, min(3, files))),
+        tie_fraction=draw(st.sampled_from([0.0, 0.9])),
+        restarts=draw(st.integers(0, 2)),
+    )
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=specs(), processes=st.sampled_from([2, 3, 5]), small_budget=st.booleans())
+def test_slices_give_the_bytes_and_figures_of_one_process(
+    spec: PartitionSpec, processes: int, small_budget: bool, tmp_path_factory
+):
+    tmp = tmp_path_factory.mktemp("slices")
+    paths = write_partition(spec, tmp / "raw")
+    one, one_result = run(paths, tmp / "one.parquet", tmp)
+    budget = {"memory_budget": 1, "max_open_files": 2, "batch_size": 7} if small_budget else {}
+    sliced, result = run(paths, tmp / "sliced.parquet", tmp, processes=processes, **budget)
+    assert sliced == one
+    for figure in ("rows", "input_rows", "input_files", "empty_files", "bytes_in",
+                   "unsorted_rows_in_files", "ts_event_min", "ts_event_max", "row_groups"):
+        assert getattr(result, figure) == getattr(one_result, figure), figure
+    assert list(tmp.glob("merge-*")) == []
+    assert my_slice_workers() == []
+
+
+def test_ties_across_the_cut_go_to_the_earlier_slice(tmp_path):
+    spec = PartitionSpec(files=40, rows_per_file=200, tie_fraction=0.9, layout="spans_day",
+                         seed=11)
+    paths = write_partition(spec, tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=4)
+    assert sliced == one
+    assert result.passes >= 2 and result.spill_runs >= 4  # it really ran in slices
+
+
+def test_slices_that_disagree_on_the_schema_fall_back_to_one_process(tmp_path, caplog):
+    spec = PartitionSpec(files=30, rows_per_file=100, schema_drift=True, seed=9)
+    paths = write_partition(spec, tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    with caplog.at_level(logging.INFO, logger="compressor.merge_writer"):
+        sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
+    assert sliced == one
+    assert "schemas differ: merging in one process" in caplog.text
+    assert result.spill_runs == 0  # the one-process merge's figures
+    assert my_slice_workers() == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_a_bad_file_in_any_slice_is_named_as_one_process_names_it(tmp_path, seed):
+    spec = PartitionSpec(files=24, rows_per_file=80, corrupt=2, seed=seed)
+    paths = write_partition(spec, tmp_path / "raw")
+    with pytest.raises(MergeInputError) as one:
+        run(paths, tmp_path / "one.parquet", tmp_path)
+    with pytest.raises(MergeInputError) as sliced:
+        run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
+    assert type(sliced.value) is type(one.value)
+    assert (sliced.value.path, sliced.value.column, sliced.value.reason) == (
+        one.value.path, one.value.column, one.value.reason)
+    assert not (tmp_path / "sliced.parquet").exists()
+    assert list(tmp_path.glob("merge-*")) == []
+    assert my_slice_workers() == []
+
+
+def test_an_input_that_cannot_be_opened_is_a_resource_error_naming_it(tmp_path):
+    paths = write_partition(PartitionSpec(files=12, rows_per_file=50), tmp_path / "raw")
+    paths[10].unlink()
+    paths[10].mkdir()  # a directory where a file was listed: opening it fails, not its bytes
+    with pytest.raises(MergeResourceError) as one:
+        run(paths, tmp_path / "one.parquet", tmp_path)
+    with pytest.raises(MergeResourceError) as sliced:
+        run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
+    assert str(sliced.value) == str(one.value)
+    assert sliced.value.path == str(paths[10]) and sliced.value.errno == one.value.errno
+
+
+def test_a_stop_request_ends_the_slice_processes(tmp_path):
+    paths = write_partition(PartitionSpec(files=60, rows_per_file=400), tmp_path / "raw")
+    polls = iter(range(10**6))
+    with pytest.raises(MergeAborted):
+        merge_files(paths, tmp_path / "out.parquet", tmp_dir=tmp_path,
+                    settings=MergeSettings(output_buffer_size=SMALL_GROUPS, processes=3,
+                                           parallel_min_files=2),
+                    should_stop=lambda: next(polls) > 5)
+    assert not (tmp_path / "out.parquet").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert my_slice_workers() == []
+
+
+def test_a_slice_process_that_dies_fails_the_merge_as_a_resource_error(tmp_path):
+    paths = write_partition(PartitionSpec(files=900, rows_per_file=300, seed=2),
+                            tmp_path / "raw", workers=4)
+    killed: list[int] = []
+
+    def kill_the_slices(table) -> None:
+        if not killed:
+            killed.extend(my_slice_workers())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(MergeResourceError) as failed:
+        merge_files(paths, tmp_path / "out.parquet", tmp_dir=tmp_path,
+                    settings=MergeSettings(output_buffer_size=SMALL_GROUPS, processes=3,
+                                           parallel_min_files=2),
+                    on_batch=kill_the_slices)
+    assert killed, "no slice process was running"
+    assert "killed by signal 9" in str(failed.value)
+    assert failed.value.path in set(map(str, paths))  # names a slice's first input
+    assert not (tmp_path / "out.parquet").exists()
+    assert my_slice_workers() == []
+
+
+def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
+    write_partition(PartitionSpec(files=900, rows_per_file=300, seed=4),
+                    tmp_path / "raw", workers=4)
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from compressor.merge_writer import MergeSettings, merge_files; "
+        "paths = sorted(Path(sys.argv[1]).rglob('*.parquet')); "
+        "merge_files(paths, Path(sys.argv[2]), tmp_dir=Path(sys.argv[3]), "
+        "settings=MergeSettings(processes=3, parallel_min_files=2, memory_budget=1))"
+    )
+    env = {**os.environ, marker: "1"}
+    job = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "raw"),
+                            str(tmp_path / "out.parquet"), str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(slice_workers(marker)) < 3 and job.poll() is None:
+            assert time.monotonic() < deadline, "the slice processes never started"
+            time.sleep(0.02)
+        assert job.poll() is None, "the merge ended before it could be killed"
+        job.kill()
+        job.wait()
+        deadline = time.monotonic() + 10
+        while slice_workers(marker):
+            assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
+            time.sleep(0.05)
+    finally:
+        job.kill()
+        for pid in slice_workers(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_inputs_in_memory_stay_in_this_process(tmp_path):
+    paths = write_partition(PartitionSpec(files=10, rows_per_file=50), tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    memory = [pa.py_buffer(p.read_bytes()) for p in paths]
+    sliced, result = run(memory, tmp_path / "mem.parquet", tmp_path, processes=3)
+    assert sliced == one
+    assert result.passes == 1 and result.spill_runs == 0  # no slices: one process
