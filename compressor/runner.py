@@ -87,16 +87,26 @@ def default_workers(memory_budget: int, cores: int | None = None) -> int:
     return max(1, min(cores, memory_budget // MIN_WORKER_BUDGET))
 
 
-def split_budget(config: RunConfig) -> tuple[int, CompactSettings]:
+def split_budget(config: RunConfig, partitions: int | None = None,
+                 cores: int | None = None) -> tuple[int, CompactSettings]:
     """(workers, each worker's settings): --memory-budget is the whole process's, so
-    every worker's merge gets an equal share of it (README "Configuration")."""
+    every worker's merge gets an equal share of it (README "Configuration").
+
+    No more workers than `partitions` to compact: a run of one big partition gives
+    it the whole budget. The cores the workers leave go to each merge's slice
+    processes (README "Throughput"): one worker on two cores merges in two slices.
+    """
     total = config.settings.merge.memory_budget
-    workers = config.workers or default_workers(total)
+    workers = config.workers or default_workers(total, cores)
+    if partitions is not None:
+        workers = max(1, min(workers, partitions))
     share = max(2, total // workers)
     # a quarter of a worker's share holds fetched, not yet merged raw bytes (the rest
     # go to its temp dir); the merge's buffers get the other three quarters
     fetch = max(1, share // FETCH_SHARE)
-    merge = replace(config.settings.merge, memory_budget=max(1, share - fetch))
+    processes = max(1, (cores or os.cpu_count() or 1) // workers)
+    merge = replace(config.settings.merge, memory_budget=max(1, share - fetch),
+                    processes=processes)
     return workers, replace(config.settings, merge=merge, fetch_budget_bytes=fetch)
 
 
@@ -166,14 +176,17 @@ def execute(
     clock: StoreClock, verdicts: DayVerdicts, should_stop: Callable[[], bool],
     observer: RunObserver | None = None,
 ) -> RunReport:
-    workers, settings = split_budget(config)
+    workers, settings = split_budget(config, len(the_plan.to_compact))
+    merge = settings.merge
+    slices = (f"; a merge of {merge.parallel_min_files}+ local files runs in "
+              f"{merge.processes} slice processes" if merge.processes > 1 else "")
     log.info("run %s: %s, %d of %d partitions to compact; %d worker%s (%s cores, memory "
-             "budget %s: %s each%s)", config.run_id, the_plan.mode.value,
+             "budget %s: %s each%s%s)", config.run_id, the_plan.mode.value,
              len(the_plan.to_compact), len(the_plan.partitions), workers,
              "" if workers == 1 else "s", os.cpu_count() or "?",
              human_size(config.settings.merge.memory_budget),
-             human_size(settings.merge.memory_budget),
-             "" if config.workers else ", chosen from the cores and the budget",
+             human_size(merge.memory_budget),
+             "" if config.workers else ", chosen from the cores and the budget", slices,
              extra={"run_id": config.run_id})
     labels = observer.recording(verdicts.label) if observer is not None else verdicts.label
     owner = LeaseOwner.current(config.run_id)

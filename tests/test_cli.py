@@ -24,6 +24,7 @@ from compressor import runner
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
+from compressor.merge_writer import MergeSettings
 from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions
@@ -624,3 +625,26 @@ def test_a_lease_cleanup_error_still_aborts_stale_uploads(
     assert report.ok and not stale.exists()
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "compressor.runner"]
     assert warning.startswith("could not remove leases left by runs that are gone")
+
+
+# ------------------------------------------------------------------- workers and slices
+
+
+@pytest.mark.parametrize(("workers", "partitions", "cores", "want"), [
+    (None, 140, 2, (2, 1)),   # a day: two partitions at once, each merged in one process
+    (None, 1, 2, (1, 2)),     # one big partition: the whole budget, both cores as slices
+    (4, 3, 8, (3, 2)),        # never more workers than partitions; spare cores to slices
+    (1, 10, 2, (1, 2)),
+    (None, 0, 4, (1, 4)),
+])
+def test_workers_and_slice_processes_from_cores_budget_and_partitions(
+    tmp_path: Path, workers: int | None, partitions: int, cores: int, want: tuple[int, int]
+) -> None:
+    budget = 512 << 20
+    config = RunConfig(PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)),
+                       CompactSettings(tmp_root=tmp_path, merge=MergeSettings(
+                           memory_budget=budget)), workers=workers)
+    got, settings = runner.split_budget(config, partitions, cores)
+    assert (got, settings.merge.processes) == want
+    # the whole budget is shared out, never exceeded
+    assert got * (settings.merge.memory_budget + settings.fetch_budget_bytes) <= budget
