@@ -662,6 +662,7 @@ class _OutputWriter(_Sink):
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
         self._writer: pq.ParquetWriter | None = None
+        self._constants: dict[str, pa.Array] = {}
 
     def __enter__(self) -> _OutputWriter:
         ts_index = self.schema.get_field_index(TS)
@@ -740,11 +741,18 @@ class _OutputWriter(_Sink):
             if name == SEQ:
                 columns.append(pa.array(np.arange(first_seq, first_seq + rows, dtype=np.int64)))
             elif name in self._input.constants:
-                value = pa.scalar(self._input.constants[name], out_field.type)
-                columns.append(pa.repeat(value, rows))
+                columns.append(self._constant(name, out_field.type, rows))
             else:
                 columns.append(group.column(name))
         return _fixed_chunks(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def _constant(self, name: str, type_: pa.DataType, rows: int) -> pa.Array:
+        """A constant column of `rows` rows; every full row group reuses one array."""
+        cached = self._constants.get(name)
+        if cached is None or len(cached) != rows:
+            cached = pa.repeat(pa.scalar(self._input.constants[name], type_), rows)
+            self._constants[name] = cached
+        return cached
 
     def _wait_for_writer(self) -> None:
         """Block until the previous row group is written: one complete group in memory."""
@@ -916,7 +924,7 @@ def _start_slices(slices: list[list[Path]], work: Path, settings: dict[str, int]
         for n, paths in enumerate(slices):
             name = f"slice {n + 1} of {len(slices)}"
             target = f"fd:{write_fd}" if n == 0 else str(work / f"slice-{n}.arrow")
-            job = SliceJob([str(p) for p in paths], target, n > 0, str(work / f"slice-{n}"),
+            job = SliceJob([str(p) for p in paths], target, False, str(work / f"slice-{n}"),
                            settings)
             fds = (write_fd,) if n == 0 else ()
             processes.append(SliceProcess(name, job, str(paths[0]), pass_fds=fds))
