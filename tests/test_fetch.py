@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -137,6 +138,43 @@ def test_local_paths_never_leave_the_store_root(tmp_path: Path) -> None:
     bad = Partition(part.pid, (ObjectInfo(linked_dir, 1, hashlib.md5(b"x").hexdigest()),))
     with pytest.raises(StoreError, match="outside the store root"):
         fetch(bad, store, tmp_path / "in")
+
+
+def test_local_files_are_located_in_the_calling_thread_and_a_stop_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In place, no thread pool (a locate is GIL-bound work): every file is located by the
+    caller, in key order, and should_stop is asked every LOCATE_POLL_FILES files."""
+    import compressor.partition.fetch as fetch_module
+
+    store = _local(tmp_path)
+    part, keys = _put(store, _spec(files=7, rows_per_file=5), tmp_path)
+    monkeypatch.setattr(fetch_module, "LOCATE_POLL_FILES", 3)
+    reader = store.data_reader()
+    assert isinstance(reader, InPlaceReader)
+    seen: list[tuple[str, int]] = []
+    real_locate = type(reader).locate
+
+    def spy(self: InPlaceReader, key: str) -> object:
+        seen.append((key, threading.get_ident()))
+        return real_locate(self, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(reader), "locate", spy)
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(len(seen))
+        return False
+
+    fetched = fetch(part, store, tmp_path / "in", should_stop=should_stop)
+    assert [item.key for item in fetched.inputs] == keys
+    assert seen == [(key, threading.get_ident()) for key in keys]
+    assert asked == [0, 3, 6]
+
+    seen.clear()
+    with pytest.raises(MergeAborted):
+        fetch(part, store, tmp_path / "in", should_stop=lambda: len(seen) >= 3)
+    assert len(seen) == 3  # stopped at the next poll, nothing located after it
 
 
 def _rewrite_when_merging(

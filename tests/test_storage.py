@@ -1317,6 +1317,91 @@ def test_local_data_reader_locates_files_in_place_and_sees_changes(local: LocalS
         reader.locate("raw/../escape.parquet")
 
 
+def _swap_for_symlink(directory: Path, target: Path) -> None:
+    """Move `directory` aside and leave a symlink to `target` at its path."""
+    directory.rename(directory.with_name(directory.name + "-moved"))
+    directory.symlink_to(target, target_is_directory=True)
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc-fd", "no-proc"])
+def test_local_reader_caches_directories_but_never_locates_through_a_later_symlink(
+    local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: bool
+) -> None:
+    """The reader resolves a directory once; a directory swapped for a symlink after
+    that is seen at the next locate, as without the cache: out of the root it is
+    refused, inside the root the path handed out is the real one. And `changed`
+    still tells that a path located before the swap now reaches another file."""
+    import compressor.storage.local as local_module
+
+    if not proc:  # where /proc/self/fd is missing the directory is resolved per file
+        monkeypatch.setattr(local_module, "_opened_path", lambda fd: None)
+    keys = [f"raw/d=1/part-{n}.parquet" for n in range(3)]
+    for key in keys:
+        local.put_bytes(key, key.encode() * 10)
+    reader = local.data_reader()
+    assert isinstance(reader, local_module.LocalReader)
+    first = reader.locate(keys[0])  # resolves (and caches) raw/d=1
+    assert reader._dirs  # the cache this test is about
+    # out of the root: a copy of the same bytes (so size and ETag would pass)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for key in keys:
+        (outside / key.rsplit("/", 1)[1]).write_bytes(key.encode() * 10)
+    directory = local.root / "raw" / "d=1"
+    _swap_for_symlink(directory, outside)
+    assert reader.changed(first)  # the path now reaches the copy, another file
+    with pytest.raises(StoreError, match="outside the store root"):
+        reader.locate(keys[1])
+
+    # inside the root: a symlink to another directory of the store
+    directory.unlink()
+    local.put_bytes("raw/d=2/part-1.parquet", keys[1].encode() * 10)
+    directory.symlink_to(local.root / "raw" / "d=2", target_is_directory=True)
+    got = reader.locate(keys[1])
+    assert str(got.path) == os.path.join(os.path.realpath(local.root), "raw", "d=2",
+                                         "part-1.parquet")
+    other = local.head("raw/d=2/part-1.parquet")
+    assert other is not None and not reader.changed(got)
+    assert (got.info.key, got.info.size, got.info.etag) == (keys[1], other.size, other.etag)
+
+
+def test_local_reader_many_files_one_directory_and_a_missing_root(
+    local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many keys of one directory, each its own file, checked as before but with the
+    directory resolved once; a root that disappears mid-fetch is still StoreConfigError
+    (the run stops), not a missing key."""
+    keys = [f"raw/d=1/part-{n:04d}.parquet" for n in range(300)]
+    for n, key in enumerate(keys):
+        local.put_bytes(key, os.urandom(n + 1))
+    reader = local.data_reader()
+    root = os.path.realpath(local.root)
+    resolved: list[str] = []
+    realpath = os.path.realpath
+
+    def counting(path: str, *args: object, **kwargs: object) -> str:
+        resolved.append(path)
+        return realpath(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    located = [reader.locate(key) for key in keys]
+    monkeypatch.undo()
+    if os.path.isdir("/proc/self/fd"):
+        assert len(resolved) <= 2  # the root and raw/d=1, once each
+    for key, obj in zip(keys, located, strict=True):
+        assert str(obj.path) == os.path.join(root, *key.split("/"))
+        assert obj.info == local.head(key) and not reader.changed(obj)
+    os.symlink(tmp_path, local.root / "raw" / "d=1" / "link.parquet")
+    with pytest.raises(StoreError, match="symlink"):
+        reader.locate("raw/d=1/link.parquet")
+    (local.root / "raw" / "d=1" / "dir.parquet").mkdir()
+    with pytest.raises(NotFound):
+        reader.locate("raw/d=1/dir.parquet")
+    local.root.rename(tmp_path / "gone")
+    with pytest.raises(StoreConfigError):
+        reader.locate(keys[0])
+
+
 def test_a_local_store_whose_reads_are_overridden_keeps_them(local: LocalStore) -> None:
     from compressor.storage.data import InPlaceReader, StoreReader
 
@@ -1373,3 +1458,60 @@ def test_s3_data_reader_falls_back_to_boto3_when_obstore_cannot_be_set_up(
     reader = store.data_reader()
     assert type(reader).__name__ == "Boto3Reader" and reader.in_memory
     assert reader.read("k").data.to_pybytes() == b"payload"
+
+
+# =============================================================================
+# Start-up: a run on local stores never imports the S3 libraries.
+# =============================================================================
+
+_S3_MODULES = ("boto3", "botocore", "s3transfer", "obstore")
+
+
+def test_a_run_on_local_stores_never_imports_boto3_or_obstore(tmp_path: Path) -> None:
+    """`run.py` compacting a partition from a local raw store into a local compact store,
+    as a subprocess, with the modules loaded at its exit listed; and S3Store still
+    comes from `compressor.storage`, imported on first use."""
+    from compressor.generator import PartitionSpec
+    from tests.conftest import put_partition
+
+    repo = Path(__file__).resolve().parents[1]
+    raw = LocalStore(tmp_path / "raw")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "compact").mkdir()
+    (tmp_path / "tmp").mkdir()
+    spec = PartitionSpec(exchange="bybit", stream="trade", symbol="ethusdt", date="20261123",
+                         files=3, rows_per_file=50)
+    put_partition(raw, spec, tmp_path)
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text(
+        "import atexit, runpy, sys\n"
+        f"heavy = {_S3_MODULES!r}\n"
+        "atexit.register(lambda: print('S3 MODULES:', sorted(\n"
+        "    {m.split('.')[0] for m in sys.modules} & set(heavy)), file=sys.stderr))\n"
+        "sys.argv = ['run.py', *sys.argv[1:]]\n"
+        f"runpy.run_path({str(repo / 'run.py')!r}, run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    env["PYTHONPATH"] = str(repo)
+    proc = subprocess.run(
+        [sys.executable, str(wrapper), "--mode", "backfill", "--date-from", "20261123",
+         "--today", "20261124", "--raw", str(tmp_path / "raw"),
+         "--compact", str(tmp_path / "compact"), "--tmp-dir", str(tmp_path / "tmp"),
+         "--progress", "off"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "compact" / spec.partition.prefix / "data.parquet").is_file()
+    assert "S3 MODULES: []" in proc.stderr, proc.stderr[-2000:]
+
+    check = (
+        "import sys\n"
+        "import compressor.storage as storage\n"
+        "assert 'boto3' not in sys.modules\n"
+        "from compressor.storage import S3Store\n"
+        "from compressor.storage.s3 import S3Store as Same\n"
+        "assert S3Store is Same and 'boto3' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -1,9 +1,15 @@
-"""Storage backends behind one interface, and `open_store` to pick one from a URI."""
+"""Storage backends behind one interface, and `open_store` to pick one from a URI.
+
+S3Store (compressor/storage/s3.py) is imported on first use, not with this
+package: it brings boto3 and botocore (and, once it reads, obstore), a few
+tenths of a second of start-up that a run on local stores never needs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .base import (
@@ -17,7 +23,9 @@ from .base import (
     TransientStoreError,
 )
 from .local import LocalStore
-from .s3 import MiB, S3Store
+
+if TYPE_CHECKING:
+    from .s3 import S3Store
 
 __all__ = [
     "LocalStore",
@@ -32,6 +40,16 @@ __all__ = [
     "TransientStoreError",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`compressor.storage.S3Store`, imported when first asked for (see the docstring)."""
+    if name == "S3Store":
+        from .s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ROLES = ("raw", "compact")
 DEFAULT_REGION = "us-east-1"
@@ -60,6 +78,8 @@ def open_store(uri: str, env: Mapping[str, str], *, role: str) -> Store:
 
 
 def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
+    from .s3 import MiB, S3Store
+
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
         raise StoreConfigError(f"no bucket in store URI {uri!r}")

@@ -375,10 +375,23 @@ class LocalReader(InPlaceReader):
     a file replaced (LocalStore writes replace), rewritten in place or removed
     since has changed. A directory swapped for a symlink after `locate` makes the
     path reach another file, which has changed too.
+
+    One reader serves one partition's fetch (`LocalStore.data_reader()` makes a new
+    one each time), which locates thousands of files in one directory: the store's
+    real root and each directory's real path are resolved once for the reader's
+    lifetime instead of per file. A cached path is trusted only when the kernel
+    agrees: after the open, the path /proc/self/fd gives for the file must be the
+    path handed out (so the file opened was exactly there, under the root, when it
+    was opened). Otherwise (no /proc, or a directory moved or swapped for a
+    symlink since it was cached) the directory is resolved again for that file,
+    as it would be without the cache, and must still be under the root.
     """
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
+        self._root: str | None = None
+        #: key of a directory ('' for the root) -> its real path, under the real root
+        self._dirs: dict[str, str] = {}
 
     def read(self, key: str) -> ObjectData:
         data, etag = self.store.get_bytes(key)
@@ -387,15 +400,30 @@ class LocalReader(InPlaceReader):
     def read_to_file(self, key: str, path: Path) -> ObjectInfo:
         return self.store.get_file(key, path)
 
+    def _real_dir(self, key: str, dir_key: str) -> tuple[str, str]:
+        """(real root, real path of the directory `dir_key`), resolved once per reader.
+
+        StoreError if that directory resolves outside the root (a symlink out)."""
+        root = self._root
+        if root is None:
+            root = self._root = self.store._real_root()
+        real = self._dirs.get(dir_key)
+        if real is None:
+            real = os.path.realpath(os.path.join(root, *dir_key.split("/"))) if dir_key else root
+            if real != root and not real.startswith(root + os.sep):
+                raise StoreError(f"key {key!r} resolves outside the store root")
+            self._dirs[dir_key] = real  # a race between threads stores the same value
+        return root, real
+
     def locate(self, key: str) -> LocalObject:
-        path = self.store._path(key)
-        root = self.store._real_root()
-        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        if not real.startswith(root + os.sep):
-            raise StoreError(f"key {key!r} resolves outside the store root")
+        _validate_key(key)
+        dir_key, _, name = key.rpartition("/")
+        root, directory = self._real_dir(key, dir_key)
+        real = os.path.join(directory, name)
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
+            self.store._real_root()  # StoreConfigError if the root itself is gone
             raise NotFound(f"key {key!r} not found in {self.store.uri}") from None
         except PermissionError as exc:
             raise _unreadable(key, exc) from None
@@ -406,6 +434,11 @@ class LocalReader(InPlaceReader):
                 ) from None
             raise StoreError(f"cannot read key {key!r}: {exc.strerror}") from None
         try:
+            if _opened_path(fd) != real:  # resolved now, as without the cache (docstring)
+                root = self.store._real_root()
+                real = os.path.join(os.path.realpath(os.path.dirname(real)), name)
+                if not real.startswith(root + os.sep):
+                    raise StoreError(f"key {key!r} resolves outside the store root")
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise NotFound(f"key {key!r} not found in {self.store.uri} (not a file)")
@@ -426,6 +459,16 @@ class LocalReader(InPlaceReader):
         except OSError:
             return True
         return not stat.S_ISREG(st.st_mode) or _stamp(st) != obj.stamp
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path the kernel has for an open file (real: no symlink in it), None where
+    /proc/self/fd is not there to ask. (A file unlinked since it was opened reads
+    '<path> (deleted)'.)"""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
