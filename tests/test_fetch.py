@@ -369,11 +369,13 @@ def test_s3_reader_asks_boto3_when_obstore_fails(
 
 
 def _compact_sha(part: Partition, raw: Store, tmp_path: Path, name: str, budget: int,
-                 merge: MergeSettings) -> str:
+                 merge: MergeSettings, want_slices: bool = False) -> str:
     compact = _local(tmp_path, f"compact-{name}")
     settings = CompactSettings(tmp_root=tmp_path / f"work-{name}", merge=merge,
                                fetch_budget_bytes=budget, download_workers=4)
     result = compact_partition(part, raw, compact, settings)
+    if want_slices:  # three slices, each a sorted run merged at the end
+        assert result.merge.passes > 1 and result.merge.spill_runs >= 3
     out = tmp_path / f"{name}.parquet"
     compact.get_file(part.pid.data_key, out)
     assert _sha256(out) == result.sha256
@@ -401,6 +403,12 @@ def test_same_inputs_same_bytes_in_memory_in_temp_files_and_in_place(
         "temp-files": _compact_sha(s3_part, s3, tmp_path, "files", 0, merge),
         "half-and-half": _compact_sha(s3_part, s3, tmp_path, "half", half, merge),
     }
+    # slice processes (README "Throughput"): they read files, so S3 objects go to temp
+    # files whatever the fetch budget; the bytes are the same
+    sliced = replace(merge, processes=3, parallel_min_files=2)
+    for name, part, store in (("slices-local", local_part, local), ("slices-s3", s3_part, s3)):
+        shas[name] = _compact_sha(part, store, tmp_path, name, 1 << 30, sliced,
+                                  want_slices=True)
     assert len(set(shas.values())) == 1, shas
 
 

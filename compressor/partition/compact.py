@@ -123,7 +123,7 @@ def compact_partition(
         started = lap = time.monotonic()
         try:
             fetched = fetch(partition, raw, work / "in", workers=settings.download_workers,
-                            fetch_budget_bytes=settings.fetch_budget_bytes,
+                            fetch_budget_bytes=_fetch_budget(partition, settings),
                             should_stop=should_stop)
             lap = _lap(timings, "fetch", lap)
             output = work / "data.parquet"
@@ -154,6 +154,15 @@ def compact_partition(
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+def _fetch_budget(partition: Partition, settings: CompactSettings) -> int:
+    """Raw bytes to hold in memory: none when the merge will run in slice processes,
+    which read their inputs as files (README "Throughput"); else the settings'."""
+    merge = settings.merge
+    if merge.processes > 1 and partition.file_count >= merge.parallel_min_files:
+        return 0
+    return settings.fetch_budget_bytes
 
 
 def _lap(timings: dict[str, float] | None, step: str, since: float) -> float:
