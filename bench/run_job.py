@@ -147,6 +147,65 @@ def with_pycache(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class TreeMemory:
+    """Peak memory of a process and all its descendants together, sampled every 50 ms.
+
+    /usr/bin/time's "maximum resident set size" is that of the largest single process,
+    so a job that merges in slice processes would look smaller than it is. This sums,
+    over the tree: RSS (counts shared library pages once per process, an upper bound)
+    and PSS (shares them out: what the tree really holds).
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.rss_mb = 0.0
+        self.pss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            rss = pss = 0
+            for pid in self._tree():
+                rss += _kb(f"/proc/{pid}/smaps_rollup", "Rss:")
+                pss += _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+            self.rss_mb = max(self.rss_mb, rss / 1024)
+            self.pss_mb = max(self.pss_mb, pss / 1024)
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(
+                    int(entry))
+        tree, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+
+def _kb(path: str, field_name: str) -> int:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(field_name):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
           timeout: float) -> tuple[Sample, str, str]:
     """Run `cmd` under /usr/bin/time -v; the sample, stdout and stderr."""
@@ -173,12 +232,15 @@ def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
                threading.Thread(target=read_out, daemon=True)]
     for t in readers:
         t.start()
+    memory = TreeMemory(proc.pid)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         return Sample(name, rep, "failed", message=f"timed out after {timeout:.0f} s"), "", ""
+    finally:
+        memory.stop()
     wall = time.perf_counter() - started
     for t in readers:
         t.join()
@@ -188,6 +250,9 @@ def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
     sample = Sample(name, rep, "ok" if proc.returncode == 0 else "failed",
                     wall_s=figures.get("wall", wall), user_s=figures.get("user"),
                     sys_s=figures.get("sys"), rss_mb=figures.get("rss"))
+    # the tree less /usr/bin/time itself (a few hundred KB)
+    sample.extra["tree_rss_mb"] = round(memory.rss_mb, 1)
+    sample.extra["tree_pss_mb"] = round(memory.pss_mb, 1)
     planned = [t for t, line in stamped if "partitions to compact" in line]
     published = [t for t, line in stamped if ": published " in line]
     if planned:
@@ -453,6 +518,8 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, Any]]:
                 phases(s) for s in ok) else {},
             "walls": [s.wall_s for s in ok], "cpus": [s.cpu_s for s in ok],
             "rsss": [s.rss_mb for s in ok],
+            "tree_pss_mb": _med([s.extra.get("tree_pss_mb") for s in ok]),
+            "tree_rss_mb": _med([s.extra.get("tree_rss_mb") for s in ok]),
             "failures": [s.message for s in runs if s.status != "ok"],
         }
     return out
@@ -461,7 +528,7 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, Any]]:
 def print_table(samples: dict[str, list[Sample]]) -> None:
     print()
     print(f"{'contender':<12}{'ok':>4}  {'wall s med (min-max)':<24}{'CPU s med (min-max)':<24}"
-          f"{'RSS MB med (min-max)':<24}steps s (median)")
+          f"{'RSS MB med (min-max)':<24}{'tree PSS MB':<24}steps s (median)")
     for name, runs in samples.items():
         ok = [s for s in runs if s.status == "ok"]
         steps = ""
@@ -474,7 +541,8 @@ def print_table(samples: dict[str, list[Sample]]) -> None:
                 f"{k} {_med([phases(s).get(k) for s in ok]):.2f}" for k in PHASES)
         print(f"{name:<12}{len(ok):>2}/{len(runs):<2}{_span([s.wall_s for s in ok], '.2f'):<24}"
               f"{_span([s.cpu_s for s in ok], '.2f'):<24}"
-              f"{_span([s.rss_mb for s in ok], '.0f'):<24}{steps}")
+              f"{_span([s.rss_mb for s in ok], '.0f'):<24}"
+              f"{_span([s.extra.get('tree_pss_mb') for s in ok], '.0f'):<24}{steps}")
         for s in runs:
             if s.status != "ok":
                 print(f"    rep {s.rep}: FAILED {s.message}")
@@ -581,7 +649,9 @@ def run_reps(case: Case, contenders: list[str], reps: int, keep_for: Path | None
             cpu = "-" if s.cpu_s is None else f"{s.cpu_s:.2f}"
             op = "" if s.op_s is None else f" op {s.op_s:.2f} s"
             print(f"  rep {rep} {name:<10} {s.status:<6} wall {s.wall_s or 0:.2f} s  "
-                  f"cpu {cpu} s  rss {s.rss_mb or 0:.0f} MB{op}  {steps}  [{load_line()}] "
+                  f"cpu {cpu} s  rss {s.rss_mb or 0:.0f} MB (tree pss "
+                  f"{s.extra.get('tree_pss_mb', 0):.0f}, rss {s.extra.get('tree_rss_mb', 0):.0f})"
+                  f"{op}  {steps}  [{load_line()}] "
                   f"{s.message}", flush=True)
 
 
