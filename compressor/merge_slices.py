@@ -29,6 +29,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from compressor.merge_errors import MergeAborted, MergeInputError, MergeResource
 WORKER_MODULE = "compressor.slice_worker"
 #: How often a parent waiting for a slice polls its stop request, seconds.
 POLL_S = 0.2
+#: How long a slice ended by SIGTERM/SIGINT waits for the job's own stop request.
+STOP_GRACE_S = 1.0
 _FRAME = struct.Struct("<Q")
 
 
@@ -133,18 +136,26 @@ class SliceProcess:
                 raise MergeAborted("merge interrupted")
         header = self._out.read(_FRAME.size)
         if len(header) < _FRAME.size:
-            raise self._died()
+            raise self._died(should_stop)
         (length,) = _FRAME.unpack(header)
         body = self._out.read(length)
         if len(body) < length:
-            raise self._died()
+            raise self._died(should_stop)
         kind, payload = pickle.loads(body)
         if kind == "error":
             raise rebuild_error(payload, self.name)
         return kind, payload
 
-    def _died(self) -> MergeResourceError:
+    def _died(self, should_stop: Callable[[], bool]) -> BaseException:
+        """Why the process ended without a word: the job stopping (a signal that reached
+        every process of the job, before this one could ignore it), or a resource error."""
         status = self._proc.wait()
+        if status in (-signal.SIGTERM, -signal.SIGINT):
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline:  # the job's own handler runs in a moment
+                if should_stop():
+                    return MergeAborted("merge interrupted")
+                time.sleep(0.01)
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         return MergeResourceError(self.first_path, f"sorting {self.name} in its own process",
                                   ChildProcessError(f"the process ended ({how})"))

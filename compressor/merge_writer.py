@@ -95,9 +95,10 @@ ENVIRONMENT = {
     "MERGE_LOG_INTERVAL": ("log_interval", 1, None),
     "MAX_OPEN_FILES": ("max_open_files", 2, None),
     "MERGE_ZSTD_LEVEL": ("zstd_level", 1, 22),
+    "MERGE_PARALLEL_MIN_FILES": ("parallel_min_files", 2, None),
 }
 _LIMITS = {name: (low, high) for name, low, high in ENVIRONMENT.values()} | {
-    "memory_budget": (1, None), "processes": (1, None), "parallel_min_files": (2, None),
+    "memory_budget": (1, None), "processes": (1, None),
 }
 
 

@@ -9,12 +9,20 @@ merge would have raised.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+import signal
 
-from compressor.merge_slices import SliceJob, describe_error, die_with_parent, send
-from compressor.merge_writer import MergeSettings, scan_slice, sort_slice
+# First of all, before the imports take their quarter second: a terminal's Ctrl-C and
+# systemd's stop reach every process of the job, and the job handles them (README
+# "Failure classes"), ending its slice processes itself.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from compressor.merge_slices import SliceJob, describe_error, die_with_parent, send  # noqa: E402
+from compressor.merge_writer import MergeSettings, scan_slice, sort_slice  # noqa: E402
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import pytest
 
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
+from compressor.merge_slices import WORKER_MODULE
 from compressor.meta import Meta, check_data_file
 from compressor.storage import S3Store, Store
 from tests.conftest import make_s3_store, put_partition
@@ -285,3 +287,22 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         for bucket in ("qlc-auth-raw", "qlc-auth-compact"):
             s3.create_bucket(Bucket=bucket)
         yield {"url": url, "access": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+
+def slice_workers(marker: str | None = None) -> list[int]:
+    """Process ids of running slice processes (compressor.merge_slices), those with
+    `marker` in their environment when it is given."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes() if marker else b""
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if WORKER_MODULE.encode() in cmdline and state != "Z":
+            if marker is None or marker.encode() in environ:
+                found.append(int(entry))
+    return found

@@ -12,8 +12,10 @@ Every run uses known secret credentials and is searched for them (tests/jobworld
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +24,16 @@ import pytest
 from compressor.generator import write_partition
 from tests import jobworld
 from tests.conftest import make_s3_store
-from tests.jobworld import DAY, SIGNALS, TODAY, JobWorld, spec, wait_for, with_userinfo
+from tests.jobworld import (
+    DAY,
+    SIGNALS,
+    TODAY,
+    JobWorld,
+    slice_workers,
+    spec,
+    wait_for,
+    with_userinfo,
+)
 from tests.s3proxy import ALL_FAULT_KINDS, FAULT_KINDS, S3Proxy
 
 jw = jobworld.jw  # the fixture
@@ -250,3 +261,33 @@ def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
     with pytest.raises(MergeAborted):
         verify_output(path, n, stop_on_second_poll)
     assert len(polls) == 2
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="slice processes need two cores")
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_signal_to_every_process_during_a_sliced_merge(jw: JobWorld, name: str) -> None:
+    """Ctrl-C in a terminal and `systemctl stop` signal the job and its slice processes
+    alike: the job still stops as "interrupted", and no slice process is left."""
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    raw_dir = jw.cwd.parent / "raw"
+    write_partition(BIG, raw_dir)
+    write_partition(SMALL, raw_dir)
+    tmp_dir = jw.tmp / "scratch"
+    env = jw.env_with(**SLOW_MERGE, MERGE_PARALLEL_MIN_FILES="2", **{marker: "1"})
+    proc = jw.popen("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
+                    "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", "--workers", "1",
+                    env=env)
+    wait_for(lambda: len(slice_workers(marker)) >= 2, 30, "the slice processes", proc)
+    time.sleep(0.3)
+    for pid in [proc.pid, *slice_workers(marker)]:
+        os.kill(pid, SIGNALS[name])
+    result = jw.finish(proc, timeout=30)
+    assert result.code == 128 + SIGNALS[name], result.err
+    assert f"{BIG.partition.state_key}: failed: interrupted" in result.err
+    _assert_interrupted_cleanly(jw, BIG.partition.state_key, tmp_dir)
+    assert slice_workers(marker) == []
+
+    r = jw.run("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
+               "--tmp-dir", str(tmp_dir), env=jw.env_with(MERGE_PARALLEL_MIN_FILES="2"))
+    assert r.code == 0, r.err
+    assert set(jw.outputs_of()) == {BIG.partition.state_key, SMALL.partition.state_key}

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from compressor.generator import LAYOUTS, PartitionSpec, write_partition
 from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
-from compressor.merge_slices import WORKER_MODULE
 from compressor.merge_writer import MergeSettings, merge_files
+from tests.jobworld import slice_workers
 
 SMALL_GROUPS = 97
 
@@ -35,24 +35,6 @@ def run(paths: list[Path], out: Path, tmp: Path, **overrides: int):
     config = {"output_buffer_size": SMALL_GROUPS, "parallel_min_files": 2, **overrides}
     result = merge_files(paths, out, tmp_dir=tmp, settings=MergeSettings(**config))
     return out.read_bytes(), result
-
-
-def slice_workers(marker: str | None = None) -> list[int]:
-    """Process ids of running slice processes (with `marker` in their environment)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            environ = Path(f"/proc/{entry}/environ").read_bytes() if marker else b""
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if WORKER_MODULE.encode() in cmdline and state != "Z":
-            if marker is None or marker.encode() in environ:
-                found.append(int(entry))
-    return found
 
 
 def my_slice_workers() -> list[int]:
