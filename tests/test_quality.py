@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from compressor.generator import PartitionSpec, raw_table
 from compressor.merge_writer import MergeSettings, merge_files
+from compressor.quality import metrics
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 
 DAY = "20261124"
@@ -422,3 +424,154 @@ def test_duplicate_trade_ids_match_a_plain_count(data: st.DataObject, kinds: lis
             expected += i in seen
             seen.add(i)
     assert q.duplicate_trade_ids == expected
+
+
+# --------------------------------------------------------------------------- every figure at once
+
+_STREAM_FLOATS = {
+    "bbo": ("bid_price", "bid_qty", "ask_price", "ask_qty"),
+    "trade": ("price", "qty"),
+    "mark_price": ("mark_price", "index_price"),
+    "funding": ("funding_rate",),
+    "open_interest": ("open_interest",),
+}
+_VALUES = st.sampled_from([1.0, 1.0, 2.0, 3.5, 0.0, -0.0, -1.0, float("nan"), None])
+_TRADE_IDS = st.sampled_from(["1", "2", "07", "7", "20f43950-d8dd-5b31-9112-a178eb6023af",
+                              "x" * 70, None])
+
+
+@st.composite
+def _output_tables(draw: st.DrawFn) -> tuple[str, pa.Table, list[int]]:
+    """A stream, an output-shaped table (ts_event sorted, seq 0..N-1) and batch cuts.
+
+    Built for the corner cases: ties and runs of one ts_event longer than the run
+    comparison goes (_MAX_RUN), rows repeated (the same event received twice),
+    nulls, -0.0 and NaN, crossed and locked quotes, steps above the gap threshold,
+    rows before and after the day, negative and far (> 10 s) lags, repeated ids.
+    """
+    stream = draw(st.sampled_from(sorted(_STREAM_FLOATS)))
+    n = draw(st.integers(0, 60))
+    steps = draw(st.lists(st.sampled_from([0, 0, 0, 1, 2, 10_001, 400_000, 700_000]),
+                          min_size=n, max_size=n))
+    if n and draw(st.booleans()):  # a burst of one ts_event
+        at = draw(st.integers(0, n - 1))
+        steps[at : at + 20] = [0] * len(steps[at : at + 20])
+    start = DAY0 + draw(st.sampled_from([-3_000, 0, 86_400_000 - 2_000]))
+    ts = list(itertools.accumulate(steps, initial=start))[1:]
+    lags = draw(st.lists(st.sampled_from([3, 3, 40, 0, -2, 7_777, 10_999, -20_500, None]),
+                         min_size=n, max_size=n))
+    rows = []
+    for t, lag in zip(ts, lags, strict=True):
+        row = {"ts_event": t, "ts_recv": None if lag is None else t + lag, "venue": "x"}
+        for name in _STREAM_FLOATS[stream]:
+            row[name] = draw(_VALUES)
+        if stream == "trade":
+            row["side"] = draw(st.sampled_from([1, -1]))
+            row["trade_id"] = draw(_TRADE_IDS)
+        rows.append(row)
+    for source in draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=6)) if n else []:
+        rows.append({**rows[source], "ts_recv": rows[source]["ts_event"] + 5})
+    order = draw(st.permutations(range(len(rows))))  # ties in any order, then sorted
+    rows = sorted((rows[i] for i in order), key=lambda r: r["ts_event"])
+    columns: dict[str, pa.Array] = {
+        "ts_event": pa.array([r["ts_event"] for r in rows], pa.int64()),
+        "seq": pa.array(range(len(rows)), pa.int64()),
+        "ts_recv": pa.array([r["ts_recv"] for r in rows], pa.int64()),
+        "venue": pa.array([r["venue"] for r in rows]),
+    }
+    for name in _STREAM_FLOATS[stream]:
+        columns[name] = pa.array([r[name] for r in rows], pa.float64())
+    if stream == "bbo" and draw(st.booleans()):
+        columns["bid_qty"] = columns["bid_qty"].cast(pa.float32())
+    if stream == "trade":
+        columns["side"] = pa.array([r["side"] for r in rows], pa.int8())
+        columns["trade_id"] = pa.array([r["trade_id"] for r in rows], pa.string())
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(len(rows) - 1, 1)), max_size=4))))
+    return stream, pa.table(columns), [c for c in cuts if c < len(rows)]
+
+
+def _lag_bucket(lag: int) -> int:
+    """Exact below 10 s, else to the second toward zero (the module docstring)."""
+    if abs(lag) < 10_000:
+        return lag
+    return (1 if lag > 0 else -1) * (abs(lag) // 1000 * 1000)
+
+
+def _plain_trade_repeats(ids: list, ts: list[int], cuts: list[int]) -> int:
+    """Ids seen before in their batch, or in an earlier batch at a ts_event no more
+    than TRADE_ID_WINDOW_MS before the last ts_event (of a row with an id) of the
+    batches before."""
+    repeats = 0
+    seen: list[tuple[str, int]] = []  # (id, ts_event) of the batches before
+    last: int | None = None
+    for a, b in itertools.pairwise([0, *cuts, len(ids)]):
+        window = {i for i, t in seen if last is not None and t >= last - 600_000}
+        mine: set[str] = set()
+        for i, t in zip(ids[a:b], ts[a:b], strict=True):
+            if i is not None:
+                repeats += i in mine or i in window
+                mine.add(i)
+                seen.append((i, t))
+                last = t
+    return repeats
+
+
+def _plain_quality(stream: str, table: pa.Table, cuts: list[int]) -> DayQuality:
+    """Every figure of a sorted day computed the plain way, on the whole table."""
+    rows = table.num_rows
+    ts = table.column("ts_event").to_pylist()
+    end = DAY0 + 86_400_000
+    steps = [b - a for a, b in itertools.pairwise(ts)]
+    threshold = metrics.GAP_THRESHOLD_MS.get(stream, metrics.DEFAULT_GAP_THRESHOLD_MS)
+    recv = table.column("ts_recv").to_pylist()
+    lags = sorted(_lag_bucket(r - t) for t, r in zip(ts, recv, strict=True) if r is not None)
+
+    def rank(numerator: int) -> int | None:  # nearest rank of numerator % of the lags
+        return lags[max(1, -(-numerator * len(lags) // 100)) - 1] if lags else None
+
+    def values(name: str) -> list:
+        return table.column(name).cast(pa.float64()).to_pylist()
+
+    positive = [name for name in metrics.POSITIVE_COLUMNS if name in table.column_names]
+    quotes = "bid_price" in table.column_names
+    pairs = [(b, a) for b, a in zip(values("bid_price"), values("ask_price"), strict=True)
+             if b is not None and a is not None] if quotes else []
+    return DayQuality(
+        rows=rows,
+        out_of_day_rows=sum(t < DAY0 or t >= end for t in ts),
+        duplicate_rows=_reference_duplicates(table) if rows else 0,
+        max_gap_ms=max(steps) if steps else None,
+        lag_p50_ms=rank(50),
+        lag_p99_ms=rank(99),
+        out_of_day_before=sum(t < DAY0 for t in ts),
+        out_of_day_after=sum(t >= end for t in ts),
+        gap_threshold_ms=threshold,
+        gaps_above_threshold=sum(s > threshold for s in steps),
+        lag_max_ms=max((r - t for t, r in zip(ts, recv, strict=True) if r is not None),
+                       default=None),
+        negative_lag_rows=None if not rows else sum(
+            r is not None and r < t for t, r in zip(ts, recv, strict=True)),
+        null_counts={name: table.column(name).null_count for name in table.column_names
+                     if name != "seq" and table.column(name).null_count},
+        non_positive={name: sum(v is not None and not v > 0 for v in values(name))
+                      for name in positive} if rows else {},
+        duplicate_trade_ids=_plain_trade_repeats(table.column("trade_id").to_pylist(), ts, cuts)
+        if stream == "trade" and rows else None,
+        crossed_rows=sum(b > a for b, a in pairs) if quotes and rows else None,
+        locked_rows=sum(b == a for b, a in pairs) if quotes and rows else None,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(day=_output_tables(), piece=st.sampled_from([2, 3, 5, 65_536]))
+def test_every_figure_matches_a_plain_computation(day: tuple[str, pa.Table, list[int]],
+                                                  piece: int) -> None:
+    """The vectorised passes (pieces of a batch, runs of one ts_event, hashes, the
+    carry between batches, the trade_id window) against one straightforward count of
+    each figure, for every stream, batches cut anywhere and small pieces."""
+    stream, table, cuts = day
+    acc = QualityAccumulator(DAY, OUT, stream)
+    with mock.patch.object(metrics, "_PIECE_ROWS", piece):
+        for a, b in itertools.pairwise([0, *cuts, table.num_rows]):
+            acc(table.slice(a, b - a))
+    assert acc.result() == _plain_quality(stream, table, cuts)
