@@ -1,22 +1,21 @@
-"""Slice processes: one merge's inputs, cut into contiguous slices, each read and
-sorted by a process of its own (README "Throughput").
+"""Slice processes: one merge's inputs, cut into contiguous slices, the later ones
+read and sorted by processes of their own (README "How a run works").
 
 Why processes: reading a tiny raw Parquet file costs pyarrow about half a
 millisecond of CPU, most of it holding the GIL, so threads cannot spread a
-partition of thousands of files over the cores; processes can. Each slice
-process (compressor.slice_worker) scans its slice's footers, then streams its
-rows sorted, exactly as a one-process merge streams a run, as an Arrow IPC
-stream: slice 0 through a pipe that the parent merges as it arrives, the later
-slices into files in the merge's work dir, read when the merge reaches their
-first ts_event. The parent merges the slices k ways, ties to the earlier slice
-(an earlier slice holds earlier inputs), so the output is the one-process
-merge's, byte for byte.
+partition of thousands of files over the cores; processes can. The job merges
+the first slice itself; each later slice's process (compressor.slice_worker)
+scans its footers, then sorts its rows exactly as a one-process merge sorts a
+run, into an Arrow IPC file in the merge's work dir. The job then merges the
+slices k ways, ties to the earlier slice (an earlier slice holds earlier
+inputs), so the output is the one-process merge's, byte for byte
+(merge_writer._merge_in_slices).
 
-This module is the parent's side of the conversation: start a slice process,
-send its job, receive its messages, stop it. Messages are pickles framed by a
-length, on the process's stdout; only this package's own child writes them.
-A failure in the child comes back as the same typed error a one-process merge
-raises (naming the same file and column), see `describe_error`.
+This module is the job's side of the conversation: start a slice process, send
+its job, receive its messages, stop it. Messages are pickles framed by a length,
+on the process's stdout; only this package's own child writes them. A failure in
+the child comes back as the same typed error a one-process merge raises (naming
+the same file and column), see `describe_error`.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ class SliceJob:
     """What one slice process is asked to do (sent as JSON on its stdin)."""
 
     paths: list[str]
-    #: Where the sorted rows go: a path, or "fd:N" for a pipe the child inherits.
+    #: The file the sorted rows go to.
     target: str
     compress: bool
     work_dir: str
@@ -108,14 +107,12 @@ def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
 class SliceProcess:
     """One running slice process: its job went in on stdin, messages come on stdout."""
 
-    def __init__(self, name: str, job: SliceJob, first_path: str,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(self, name: str, job: SliceJob, first_path: str) -> None:
         self.name = name
         self.first_path = first_path
         self._proc = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=pass_fds,
-            env=_child_env(), close_fds=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._out = self._proc.stdout

@@ -26,8 +26,6 @@ fixed-size chunks, so page boundaries do not depend on the path taken.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import heapq
 import itertools
 import logging
@@ -37,7 +35,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -407,65 +405,40 @@ class _Merge:
 class _KWay:
     """Vectorised k-way merge of sorted runs that are contiguous in input order.
 
-    A run is a _RunCursor, or a _PendingRun not readable yet (a slice still being
-    sorted by its process) whose rows are known to start at or after its `lower`.
-
     Each round finds the run whose current batch ends lowest (ties: the earliest
     run), bound = that last ts. Every row ordered before (bound, that run's last
     row) is final: ts < bound in any run; ts == bound in earlier runs, whose
     batches continue past bound so hold all their ties; the whole batch of
     the bounding run. Those pieces, concatenated in run order and stably
-    sorted by ts, are the next output rows. A pending run whose `lower` is
-    above bound holds none of them; one that may is opened (waited for) first.
+    sorted by ts, are the next output rows.
     """
 
     def __init__(self, should_stop: Callable[[], bool], result: MergeResult) -> None:
         self.should_stop = should_stop
         self.result = result
 
-    def merge(self, runs: Sequence[_RunCursor | _PendingRun], sink: _Sink) -> None:
-        live: list[_RunCursor | _PendingRun] = [
-            run for run in runs if isinstance(run, _PendingRun) or run.advance()
-        ]
+    def merge(self, runs: Sequence[_RunCursor], sink: _Sink) -> None:
+        cursors = [cursor for cursor in runs if cursor.advance()]
         try:
-            while live:
+            while cursors:
                 if self.should_stop():
                     raise MergeAborted("merge interrupted")
-                if self._open_pending(live):
-                    continue
-                cursors = [run for run in live if isinstance(run, _RunCursor)]
                 self.result.peak_buffered_rows = max(
                     self.result.peak_buffered_rows, sum(c.ts.size for c in cursors)
                 )
-                sink.write(self._round(live))
-                live = [run for run in live
-                        if isinstance(run, _PendingRun) or run.ts.size or run.advance()]
+                sink.write(self._round(cursors))
+                cursors = [c for c in cursors if c.ts.size or c.advance()]
         finally:
-            for run in live:
-                if isinstance(run, _RunCursor):
-                    run.close()
+            for cursor in cursors:
+                cursor.close()
 
     @staticmethod
-    def _open_pending(live: list[_RunCursor | _PendingRun]) -> bool:
-        """Open the first pending run that may hold rows of this round; True if one was."""
-        lasts = [int(run.ts[-1]) for run in live if isinstance(run, _RunCursor)]
-        bound = min(lasts) if lasts else None
-        for i, run in enumerate(live):
-            if isinstance(run, _PendingRun) and (bound is None or run.lower <= bound):
-                cursor = run.open()
-                live[i : i + 1] = [cursor] if cursor.advance() else []
-                return True
-        return False
-
-    @staticmethod
-    def _round(live: list[_RunCursor | _PendingRun]) -> pa.Table:
-        """The next output rows (every pending run's rows come later, see the class)."""
-        cursors = [(i, run) for i, run in enumerate(live) if isinstance(run, _RunCursor)]
-        lasts = [int(cursor.ts[-1]) for _, cursor in cursors]
+    def _round(cursors: list[_RunCursor]) -> pa.Table:
+        lasts = [int(cursor.ts[-1]) for cursor in cursors]
         bound = min(lasts)
-        first = cursors[lasts.index(bound)][0]
+        first = lasts.index(bound)
         pieces = []
-        for i, cursor in cursors:
+        for i, cursor in enumerate(cursors):
             if i == first:
                 cut = cursor.ts.size
             else:
@@ -474,14 +447,6 @@ class _KWay:
             if cut:
                 pieces.append(cursor.take(cut))
         return _stable_sort(pa.Table.from_batches(pieces))
-
-
-@dataclass
-class _PendingRun:
-    """A sorted run that cannot be read yet; `open` waits for it. All its ts_event >= lower."""
-
-    lower: int
-    open: Callable[[], _RunCursor]
 
 
 def _load_checked(info: FileInfo, schema: InputSchema) -> tuple[pa.Table, int]:
@@ -564,7 +529,7 @@ class _SpillWriter(_Sink):
         self.path = Path(path)
         self._chunk = chunk
         self._result = result
-        self._file = _open_for_writing(str(path))
+        self._file = pa.OSFile(str(path), "wb")
         options = pa.ipc.IpcWriteOptions(compression="lz4" if compress else None)
         self._writer = pa.ipc.new_stream(self._file, schema, options=options)
 
@@ -582,14 +547,6 @@ class _SpillWriter(_Sink):
             self._file.close()
         if exc_type is None and self.path.is_file():
             self._result.spill_bytes += self.path.stat().st_size
-
-
-def _open_for_writing(path: str) -> pa.NativeFile:
-    """A file, or a pipe handed down by its /dev/fd path (pipes cannot seek, which
-    pa.OSFile wants: they are written through Python's own buffered file)."""
-    if path.startswith("/dev/fd/"):
-        return pa.PythonFile(open(int(path[8:]), "wb", buffering=_PIPE_BYTES), mode="w")  # noqa: SIM115
-    return pa.OSFile(path, "wb")
 
 
 class _RunCursor:
@@ -791,10 +748,8 @@ class _OutputWriter(_Sink):
 #: A slice process's figures that the parent adds into its MergeResult.
 _SLICE_FIGURES = ("unsorted_rows_in_files", "passes", "spill_runs", "spill_bytes",
                   "peak_buffered_rows")
-#: `lower` of a slice with no rows at all: opened last.
+#: `lower` of later slices that hold no rows at all.
 _NO_ROWS = 2**63 - 1
-#: Bytes a pipe from a slice process buffers (Linux lets anyone ask for up to 1 MiB).
-_PIPE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -811,7 +766,7 @@ class SliceSummary:
 
 @dataclass
 class ScannedSlice:
-    """A slice's footers, as its process scanned them (scan_inputs on the slice)."""
+    """A slice's footers, as scanned (scan_inputs on the slice)."""
 
     infos: list[FileInfo]
     schema: InputSchema
@@ -824,14 +779,14 @@ class ScannedSlice:
 
 
 def scan_slice(paths: Sequence[Path]) -> ScannedSlice:
-    """The slice process's first step: its inputs' footers (errors as scan_inputs)."""
+    """A slice process's first step: its inputs' footers (errors as scan_inputs)."""
     infos, schema = scan_inputs(list(paths))
     return ScannedSlice(infos, schema)
 
 
 def sort_slice(scanned: ScannedSlice, settings: MergeSettings, target: str, *,
                compress: bool, work_dir: Path) -> dict[str, int]:
-    """The slice process's second step: its rows, sorted as a one-process merge sorts
+    """A slice process's second step: its rows, sorted as a one-process merge sorts
     them, as an Arrow IPC stream at `target`; returns the figures the parent adds up."""
     work_dir.mkdir(parents=True, exist_ok=True)
     infos, schema = scanned.infos, scanned.schema
@@ -866,75 +821,102 @@ def _merge_in_slices(
     sources: list[Source], partial: Path, work: Path, settings: MergeSettings,
     on_batch: Callable[[pa.Table], None] | None, should_stop: Callable[[], bool],
 ) -> MergeResult | None:
-    """The merge with slices read and sorted by their own processes (merge_slices).
+    """The merge with its inputs cut into slices (README "How a run works").
 
-    Slice 0 comes through a pipe and is merged as it arrives; later slices are
-    sorted into files, each opened when the merge reaches its first ts_event.
-    Returns None, having written nothing, when the slices disagree on the schema
-    or the constant columns: the caller then merges in one process, which also
-    names the file at fault if they conflict. An error in a slice is raised as the
-    one-process merge raises it (slices in input order: the earliest first).
+    This process merges slice 1 itself, as a one-process merge would, while the
+    later slices are read and sorted into files by processes of their own
+    (merge_slices). Slice 1's rows go straight to the output while no later slice
+    can hold a row ordered before them (`_Gate`); the rest of them and the later
+    slices are then merged k ways, ties to the earlier slice. Returns None, having
+    written nothing, when the slices disagree on the schema or the constant
+    columns: the caller then merges in one process, which also names the file at
+    fault if they conflict. Errors are the one-process merge's, the earliest
+    slice's first.
     """
     paths = [source for source in sources if isinstance(source, Path)]
     slices = _cut_slices(paths, min(settings.processes, len(paths)))
-    share = max(1, settings.memory_budget // (len(slices) + 1))
-    child = {"memory_budget": share, "batch_size": settings.batch_size,
+    share = replace(settings, memory_budget=max(1, settings.memory_budget // len(slices)))
+    child = {"memory_budget": share.memory_budget, "batch_size": settings.batch_size,
              "output_buffer_size": settings.batch_size,
              "max_open_files": settings.max_open_files}
+    files = [work / f"slice-{n}.arrow" for n in range(len(slices))]
     processes: list[SliceProcess] = []
-    pipe_out: Any = None
     try:
-        pipe_out = _start_slices(slices, work, child, processes)
+        for n, part in enumerate(slices[1:], start=1):
+            job = SliceJob([str(p) for p in part], str(files[n]), False,
+                           str(work / f"slice-{n}"), child)
+            processes.append(SliceProcess(f"slice {n + 1} of {len(slices)}", job, str(part[0])))
+        own = scan_slice(slices[0])
         summaries = [_expect(process, "scanned", should_stop) for process in processes]
-        if any(summary.schema != summaries[0].schema for summary in summaries):
+        if any(summary.schema != own.schema for summary in summaries):
             log.info("the slices' schemas differ: merging in one process")
             return None
-        result = _slice_figures(summaries)
-        figures: list[dict[str, int]] = []
-        runs: list[_RunCursor | _PendingRun] = [
-            _SliceStream.open(pipe_out, processes[0], should_stop, figures)
-        ]
-        pipe_out = None  # the cursor owns it now
-        later = zip(processes[1:], summaries[1:], strict=True)
-        for n, (process, summary) in enumerate(later, start=1):
-            lower = _NO_ROWS if summary.ts_min is None else summary.ts_min
-            runs.append(_PendingRun(lower, _slice_file(process, work / f"slice-{n}.arrow",
-                                                       should_stop, figures)))
-        with _OutputWriter(partial, summaries[0].schema, settings, on_batch, result) as writer:
+        result = _slice_figures([own.summary(), *summaries])
+        lows = [summary.ts_min for summary in summaries if summary.ts_min is not None]
+        with _OutputWriter(partial, own.schema, settings, on_batch, result) as writer:
+            rest = _merge_own_slice(own, share, writer, min(lows, default=_NO_ROWS),
+                                    files[0], work / "slice-0", should_stop, result)
+            figures = [_expect(process, "done", should_stop) for process in processes]
+            runs = [_RunCursor.open(path) for path in [rest, *files[1:]] if path is not None]
             _KWay(should_stop, result).merge(runs, writer)
         _add_figures(result, figures)
         for process in processes:
             process.finish()
         return result
     finally:
-        if pipe_out is not None:
-            pipe_out.close()
         for process in processes:
             process.kill()
 
 
-def _start_slices(slices: list[list[Path]], work: Path, settings: dict[str, int],
-                  processes: list[SliceProcess]) -> Any:
-    """Start one process per slice (appended to `processes` as they start); return the
-    read end of slice 0's pipe."""
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(AttributeError, OSError):
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-    reader = os.fdopen(read_fd, "rb")
-    try:
-        for n, paths in enumerate(slices):
-            name = f"slice {n + 1} of {len(slices)}"
-            target = f"fd:{write_fd}" if n == 0 else str(work / f"slice-{n}.arrow")
-            job = SliceJob([str(p) for p in paths], target, False, str(work / f"slice-{n}"),
-                           settings)
-            fds = (write_fd,) if n == 0 else ()
-            processes.append(SliceProcess(name, job, str(paths[0]), pass_fds=fds))
-    except BaseException:
-        reader.close()
-        raise
-    finally:
-        os.close(write_fd)
-    return reader
+def _merge_own_slice(scanned: ScannedSlice, settings: MergeSettings, writer: _Sink,
+                     lower: int, rest: Path, work: Path, should_stop: Callable[[], bool],
+                     result: MergeResult) -> Path | None:
+    """Merge slice 1 here; returns the file of its rows that wait for the later slices."""
+    work.mkdir()
+    infos, schema = scanned.infos, scanned.schema
+    plan = plan_runs(infos, _row_budget(infos, schema, settings))
+    job = _Merge(infos, schema, plan, settings, work, should_stop, result)
+    with _Gate(writer, lower, rest, schema.varying_schema, job.spill_chunk, result) as gate:
+        job.run(gate)
+    return rest if gate.held else None
+
+
+class _Gate(_Sink):
+    """Slice 1's sorted rows: to the output while ts_event <= `lower`, the least
+    ts_event of the later slices (no later slice holds a row ordered before them;
+    at equal ts_event slice 1 comes first), and from the first row past it on, into
+    a run file merged with the later slices."""
+
+    def __init__(self, sink: _Sink, lower: int, path: Path, schema: pa.Schema, chunk: int,
+                 result: MergeResult) -> None:
+        self._sink = sink
+        self._lower = lower
+        self._spill = (path, schema, chunk, result)
+        self._held: _SpillWriter | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held is not None
+
+    def write(self, table: pa.Table) -> None:
+        if self._held is None:
+            ts = table.column(TS).to_numpy()
+            cut = int(np.searchsorted(ts, self._lower, side="right"))
+            if cut:
+                self._sink.write(table.slice(0, cut))
+            if cut == table.num_rows:
+                return
+            table = table.slice(cut)
+            path, schema, chunk, result = self._spill
+            self._held = _SpillWriter(path, schema, chunk, result, compress=False)
+        self._held.write(table)
+
+    def __enter__(self) -> _Gate:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if self._held is not None:
+            self._held.__exit__(exc_type, *exc)
 
 
 def _expect(process: SliceProcess, kind: str, should_stop: Callable[[], bool]) -> Any:
@@ -954,59 +936,14 @@ def _slice_figures(summaries: Sequence[SliceSummary]) -> MergeResult:
 
 
 def _add_figures(result: MergeResult, figures: list[dict[str, int]]) -> None:
-    result.unsorted_rows_in_files = sum(f["unsorted_rows_in_files"] for f in figures)
-    result.spill_runs = sum(max(1, f["spill_runs"]) for f in figures)
+    """The later slices' figures into this process's (which merged slice 1)."""
+    result.unsorted_rows_in_files += sum(f["unsorted_rows_in_files"] for f in figures)
+    result.spill_runs = max(1, result.spill_runs) + sum(max(1, f["spill_runs"]) for f in figures)
     result.spill_bytes += sum(f["spill_bytes"] for f in figures)
-    result.passes = 1 + max(f["passes"] for f in figures)
+    result.passes = 1 + max([result.passes] + [f["passes"] for f in figures])
     result.peak_buffered_rows = max(
         [result.peak_buffered_rows] + [f["peak_buffered_rows"] for f in figures]
     )
-
-
-def _slice_file(process: SliceProcess, path: Path, should_stop: Callable[[], bool],
-                figures: list[dict[str, int]]) -> Callable[[], _RunCursor]:
-    def open_when_done() -> _RunCursor:
-        figures.append(_expect(process, "done", should_stop))
-        return _RunCursor.open(path)
-
-    return open_when_done
-
-
-class _SliceStream(_RunCursor):
-    """Slice 0's rows, read from its pipe as its process writes them. The stream's
-    end is believed only once the process says it is done; a broken stream raises
-    what the process reports (its typed error, or how it died)."""
-
-    def __init__(self, source: Any, process: SliceProcess, should_stop: Callable[[], bool],
-                 figures: list[dict[str, int]]) -> None:
-        super().__init__(source)
-        self._process = process
-        self._should_stop = should_stop
-        self._figures = figures
-
-    @classmethod
-    def open(cls, source: Any, process: SliceProcess,  # type: ignore[override]
-             should_stop: Callable[[], bool], figures: list[dict[str, int]]) -> _SliceStream:
-        try:
-            return cls(source, process, should_stop, figures)
-        except _STREAM_ERRORS as exc:
-            source.close()
-            _expect(process, "done", should_stop)  # raises what went wrong
-            raise SliceFailed(f"{process.name}: unreadable output") from exc
-
-    def advance(self) -> bool:
-        try:
-            more = super().advance()
-        except _STREAM_ERRORS as exc:
-            self.close()
-            _expect(self._process, "done", self._should_stop)  # raises what went wrong
-            raise SliceFailed(f"{self._process.name}: its output broke off") from exc
-        if not more:
-            self._figures.insert(0, _expect(self._process, "done", self._should_stop))
-        return more
-
-
-_STREAM_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
 
 
 def _fixed_chunks(table: pa.Table) -> pa.Table:

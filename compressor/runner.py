@@ -179,7 +179,7 @@ def execute(
     workers, settings = split_budget(config, len(the_plan.to_compact))
     merge = settings.merge
     slices = (f"; a merge of {merge.parallel_min_files}+ local files runs in "
-              f"{merge.processes} slice processes" if merge.processes > 1 else "")
+              f"{merge.processes} slices, the first in this process" if merge.processes > 1 else "")
     log.info("run %s: %s, %d of %d partitions to compact; %d worker%s (%s cores, memory "
              "budget %s: %s each%s%s)", config.run_id, the_plan.mode.value,
              len(the_plan.to_compact), len(the_plan.partitions), workers,

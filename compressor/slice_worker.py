@@ -32,20 +32,13 @@ def main() -> int:
     try:
         scanned = scan_slice([Path(p) for p in job.paths])
         send(out, ("scanned", scanned.summary()))
-        figures = sort_slice(scanned, MergeSettings(**job.settings), _target(job.target),
+        figures = sort_slice(scanned, MergeSettings(**job.settings), job.target,
                              compress=job.compress, work_dir=Path(job.work_dir))
     except BaseException as exc:  # everything goes to the parent, which decides
         send(out, ("error", describe_error(exc)))
         return 1
     send(out, ("done", figures))
     return 0
-
-
-def _target(target: str) -> str:
-    """A pipe the parent handed down ("fd:N") is opened by its /dev/fd path."""
-    if target.startswith("fd:"):
-        return f"/dev/fd/{int(target[3:])}"
-    return target
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -147,25 +148,32 @@ def test_a_stop_request_ends_the_slice_processes(tmp_path):
 
 
 def test_a_slice_process_that_dies_fails_the_merge_as_a_resource_error(tmp_path):
-    paths = write_partition(PartitionSpec(files=900, rows_per_file=300, seed=2),
+    paths = write_partition(PartitionSpec(files=300, rows_per_file=300, seed=2),
                             tmp_path / "raw", workers=4)
     killed: list[int] = []
 
-    def kill_the_slices(table) -> None:
-        if not killed:
+    def kill_the_slices() -> None:  # as the OOM killer would: at once, without a word
+        deadline = time.monotonic() + 20
+        while not killed and time.monotonic() < deadline:
             killed.extend(my_slice_workers())
-            for pid in killed:
-                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
 
-    with pytest.raises(MergeResourceError) as failed:
-        merge_files(paths, tmp_path / "out.parquet", tmp_dir=tmp_path,
-                    settings=MergeSettings(output_buffer_size=SMALL_GROUPS, processes=3,
-                                           parallel_min_files=2),
-                    on_batch=kill_the_slices)
+    killer = threading.Thread(target=kill_the_slices)
+    killer.start()
+    try:
+        with pytest.raises(MergeResourceError) as failed:
+            merge_files(paths, tmp_path / "out.parquet", tmp_dir=tmp_path,
+                        settings=MergeSettings(output_buffer_size=SMALL_GROUPS, processes=3,
+                                               parallel_min_files=2))
+    finally:
+        killer.join()
     assert killed, "no slice process was running"
     assert "killed by signal 9" in str(failed.value)
-    assert failed.value.path in set(map(str, paths))  # names a slice's first input
+    assert failed.value.path in set(map(str, paths))  # names the slice's first input
     assert not (tmp_path / "out.parquet").exists()
+    assert list(tmp_path.glob("merge-*")) == []
     assert my_slice_workers() == []
 
 
@@ -185,7 +193,7 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
                             str(tmp_path / "out.parquet"), str(tmp_path)], env=env)
     try:
         deadline = time.monotonic() + 30
-        while len(slice_workers(marker)) < 3 and job.poll() is None:
+        while len(slice_workers(marker)) < 2 and job.poll() is None:  # slices 2 and 3
             assert time.monotonic() < deadline, "the slice processes never started"
             time.sleep(0.02)
         assert job.poll() is None, "the merge ended before it could be killed"
