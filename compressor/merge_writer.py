@@ -632,7 +632,9 @@ class _OutputWriter(_Sink):
             compression_level=self._settings.zstd_level,
             use_dictionary=[name for name in self.schema.names if name not in delta],
             column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
-            write_statistics=True,
+            # a constant column's statistics say what every row says; computing them
+            # (string comparisons on every row) costs about a seventh of the write
+            write_statistics=[n for n in self.schema.names if n not in self._input.constants],
             write_page_index=True,
             sorting_columns=[pq.SortingColumn(ts_index), pq.SortingColumn(ts_index + 1)],
         )
@@ -806,7 +808,8 @@ def _in_slices(sources: Sequence[Source], settings: MergeSettings) -> bool:
 
 
 def _cut_slices(paths: Sequence[Path], count: int) -> list[list[Path]]:
-    """`count` contiguous slices of about equal bytes, none empty."""
+    """`count` contiguous slices of about equal bytes, none empty. (Measured on a
+    17,280-file day: giving this process's slice 50%, 65% or 80% made no difference.)"""
     sizes = np.cumsum([path.stat().st_size for path in paths])
     total = int(sizes[-1]) if len(sizes) else 0
     cuts = [0]
