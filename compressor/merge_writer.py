@@ -808,15 +808,13 @@ def _in_slices(sources: Sequence[Source], settings: MergeSettings) -> bool:
 
 
 def _cut_slices(paths: Sequence[Path], count: int) -> list[list[Path]]:
-    """`count` contiguous slices of about equal bytes, none empty. (Measured on a
-    17,280-file day: giving this process's slice 50%, 65% or 80% made no difference.)"""
-    sizes = np.cumsum([path.stat().st_size for path in paths])
-    total = int(sizes[-1]) if len(sizes) else 0
-    cuts = [0]
-    for k in range(1, count):
-        cut = int(np.searchsorted(sizes, total * k / count, side="left")) + 1
-        cuts.append(min(max(cut, cuts[-1] + 1), len(paths) - (count - k)))
-    cuts.append(len(paths))
+    """`count` contiguous slices of about equal file counts, none empty.
+
+    A partition's raw files are of a size (the collector flushes every N events or
+    T seconds), so counts balance the work as well as bytes would, without a stat
+    per file. (Measured on a 17,280-file day: giving this process's slice 50%, 65%
+    or 80% of the files made no difference to the wall time.)"""
+    cuts = [len(paths) * k // count for k in range(count + 1)]
     return [list(paths[a:b]) for a, b in itertools.pairwise(cuts)]
 
 
