@@ -590,11 +590,9 @@ class _OutputWriter(_Sink):
     """data.parquet: fixed-size row groups, seq and constant columns added, written
     by a background thread so compression overlaps with reading and sorting.
 
-    The merging thread completes each row group (seq, the constant columns) and shows
-    it to on_batch; the writer thread only encodes and compresses, the longest step,
-    which is all that is left at the end of a merge in slices (the later slices'
-    rows). At most one row group is handed over at a time: the next waits, complete,
-    until the writer has finished the previous one.
+    The writer thread also adds seq and the constant columns and calls on_batch, so
+    that work overlaps with reading too. At most one row group is handed over at
+    a time: the next waits until the writer has finished the previous one.
     """
 
     def __init__(
@@ -617,7 +615,7 @@ class _OutputWriter(_Sink):
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_ts: int | None = None
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[pa.Table, int] | None] = queue.Queue()
         self._idle = threading.Semaphore(1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
@@ -677,12 +675,9 @@ class _OutputWriter(_Sink):
         group, rest = pending.slice(0, rows), pending.slice(rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        table = self._complete(group, self._count(group))
-        del pending, group  # the rows now live in `table`'s own chunks
-        if self._on_batch is not None:
-            self._on_batch(table)
+        first_seq = self._count(group)
         self._wait_for_writer()
-        self._queue.put(table)
+        self._queue.put((group, first_seq))
 
     def _count(self, group: pa.Table) -> int:
         """Account for `group` in the result; return the seq of its first row."""
@@ -728,19 +723,24 @@ class _OutputWriter(_Sink):
             raise self._error
 
     def _write_loop(self) -> None:
-        """Writer thread: write each row group in turn."""
-        while (table := self._queue.get()) is not None:
+        """Writer thread: complete, show to on_batch, and write each row group in turn."""
+        while (item := self._queue.get()) is not None:
             try:
                 if self._error is None:
                     # Hand the previous group's memory back to the OS, or the
                     # allocator's cache makes RSS drift above the budget.
                     pa.default_memory_pool().release_unused()
+                    table = self._complete(*item)
+                    del item  # the rows now live in `table`'s own chunks: free the sources
+                    if self._on_batch is not None:
+                        self._on_batch(table)
                     assert self._writer is not None
                     self._writer.write_table(table, row_group_size=table.num_rows)
+                    del table
             except BaseException as exc:  # surfaced to the merging thread
                 self._error = exc
             finally:
-                table = None
+                item = None
                 self._idle.release()
 
 
