@@ -403,12 +403,16 @@ def test_same_inputs_same_bytes_in_memory_in_temp_files_and_in_place(
         "temp-files": _compact_sha(s3_part, s3, tmp_path, "files", 0, merge),
         "half-and-half": _compact_sha(s3_part, s3, tmp_path, "half", half, merge),
     }
-    # slice processes (README "Throughput"): they read files, so S3 objects go to temp
-    # files whatever the fetch budget; the bytes are the same
+    # slice processes (README "How a run works") read files: an S3 partition that does
+    # not fit the fetch budget goes to temp files, all of it, and is merged in slices;
+    # one that fits stays in memory, merged in one process. The bytes are the same.
     sliced = replace(merge, processes=3, parallel_min_files=2)
-    for name, part, store in (("slices-local", local_part, local), ("slices-s3", s3_part, s3)):
-        shas[name] = _compact_sha(part, store, tmp_path, name, 1 << 30, sliced,
-                                  want_slices=True)
+    for name, part, store, budget, want in (
+        ("slices-local", local_part, local, 1 << 30, True),
+        ("slices-s3", s3_part, s3, half, True),
+        ("slices-s3-fits", s3_part, s3, 1 << 30, False),
+    ):
+        shas[name] = _compact_sha(part, store, tmp_path, name, budget, sliced, want_slices=want)
     assert len(set(shas.values())) == 1, shas
 
 

@@ -157,12 +157,17 @@ def compact_partition(
 
 
 def _fetch_budget(partition: Partition, settings: CompactSettings) -> int:
-    """Raw bytes to hold in memory: none when the merge will run in slice processes,
-    which read their inputs as files (README "Throughput"); else the settings'."""
+    """Raw bytes to hold in memory: the settings', unless the partition does not fit
+    them and is big enough to merge in slices: then none, as slice processes read
+    their inputs as files (README "How a run works"). A partition that fits stays
+    in memory and is merged in this process: fetching to temp files would cost
+    more client CPU per object than the slices save."""
     merge = settings.merge
-    if merge.processes > 1 and partition.file_count >= merge.parallel_min_files:
+    budget = settings.fetch_budget_bytes
+    if (merge.processes > 1 and partition.file_count >= merge.parallel_min_files
+            and partition.total_bytes > budget):
         return 0
-    return settings.fetch_budget_bytes
+    return budget
 
 
 def _lap(timings: dict[str, float] | None, step: str, since: float) -> float:
