@@ -153,7 +153,9 @@ def test_second_signal_during_publish_leaves_no_mismatched_pair(jw: JobWorld) ->
         proxy.fail_next("delay", ops={"PUT"}, path_contains="/data.parquet")
         env = jw.env_with(S3_COMPACT_ENDPOINT=with_userinfo(proxy.endpoint),
                           S3_READ_TIMEOUT="30")
-        proc = jw.popen("--mode", "daily", "--today", TODAY, "--overwrite", env=env)
+        # one worker: partitions publish in plan order, adausdt first
+        proc = jw.popen("--mode", "daily", "--today", TODAY, "--overwrite", "--workers", "1",
+                        env=env)
         wait_for(lambda: proxy.fault_counts["delay"] == 1, 30, "the data upload", proc)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
