@@ -53,7 +53,6 @@ class SliceJob:
     paths: list[str]
     #: The file the sorted rows go to.
     target: str
-    compress: bool
     work_dir: str
     settings: dict[str, int]
 

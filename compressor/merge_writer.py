@@ -13,6 +13,11 @@ Plan, then execute:
 3. When there are several runs (files that span the day), each is sorted into
    a spill file and the spills are merged k ways, MAX_OPEN_FILES at a time,
    in as many passes as needed.
+4. With `processes` > 1 and enough local files, the inputs are first cut into
+   contiguous slices: this process merges the first, and each later slice is
+   scanned and sorted (steps 1-3) by a process of its own into a run file
+   (merge_slices, README "How a run works"); the slices are then runs like any
+   other.
 
 Order: ts_event, then input order, then row order. Within a run that is a
 stable sort of the rows in input order; across runs, which are contiguous
@@ -787,16 +792,17 @@ def scan_slice(paths: Sequence[Path]) -> ScannedSlice:
 
 
 def sort_slice(scanned: ScannedSlice, settings: MergeSettings, target: str, *,
-               compress: bool, work_dir: Path) -> dict[str, int]:
+               work_dir: Path) -> dict[str, int]:
     """A slice process's second step: its rows, sorted as a one-process merge sorts
-    them, as an Arrow IPC stream at `target`; returns the figures the parent adds up."""
+    them, into the Arrow IPC file `target` (uncompressed: lz4 would cost more CPU
+    than the temp disk it saves); returns the figures the parent adds up."""
     work_dir.mkdir(parents=True, exist_ok=True)
     infos, schema = scanned.infos, scanned.schema
     plan = plan_runs(infos, _row_budget(infos, schema, settings))
     result = _input_figures(infos)
     job = _Merge(infos, schema, plan, settings, work_dir, _never, result)
     with _SpillWriter(target, schema.varying_schema, job.spill_chunk, result,
-                      compress=compress) as sink:
+                      compress=False) as sink:
         job.run(sink)
     return {name: getattr(result, name) for name in _SLICE_FIGURES}
 
@@ -844,8 +850,8 @@ def _merge_in_slices(
     processes: list[SliceProcess] = []
     try:
         for n, part in enumerate(slices[1:], start=1):
-            job = SliceJob([str(p) for p in part], str(files[n]), False,
-                           str(work / f"slice-{n}"), child)
+            job = SliceJob([str(p) for p in part], str(files[n]), str(work / f"slice-{n}"),
+                           child)
             processes.append(SliceProcess(f"slice {n + 1} of {len(slices)}", job, str(part[0])))
         own = scan_slice(slices[0])
         summaries = [_expect(process, "scanned", should_stop) for process in processes]

@@ -1,8 +1,8 @@
 """The child side of a slice process (compressor.merge_slices): `python -m compressor.slice_worker`.
 
 Reads its SliceJob (JSON) on stdin, then: scans its slice's footers and sends
-("scanned", SliceScan); streams the slice sorted to the job's target as an Arrow
-IPC stream; sends ("done", figures). Any failure is sent as ("error", described)
+("scanned", SliceSummary); sorts the slice into the job's target file (Arrow IPC,
+uncompressed); sends ("done", figures). Any failure is sent as ("error", described)
 and ends the process with status 1, so the parent raises what a one-process
 merge would have raised.
 """
@@ -33,7 +33,7 @@ def main() -> int:
         scanned = scan_slice([Path(p) for p in job.paths])
         send(out, ("scanned", scanned.summary()))
         figures = sort_slice(scanned, MergeSettings(**job.settings), job.target,
-                             compress=job.compress, work_dir=Path(job.work_dir))
+                             work_dir=Path(job.work_dir))
     except BaseException as exc:  # everything goes to the parent, which decides
         send(out, ("error", describe_error(exc)))
         return 1
