@@ -28,6 +28,7 @@ from compressor.discovery import Filters
 from compressor.layout import format_day, parse_day
 from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import FORMATS, setup_logging
+from compressor.memory_pool import choose_memory_pool
 from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
 from compressor.partition.compact import CompactSettings
 from compressor.planning import (
@@ -557,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         setup_logging(args.log_format)
+        choose_memory_pool()
         stop.install()
         code = _dispatch(args, stop)
     except (UsageError, StoreError, StateCorruptError) as exc:

@@ -21,12 +21,14 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from compressor.memory_pool import choose_memory_pool  # noqa: E402
 from compressor.merge_slices import SliceJob, describe_error, die_with_parent, send  # noqa: E402
 from compressor.merge_writer import MergeSettings, scan_slice, sort_slice  # noqa: E402
 
 
 def main() -> int:
     die_with_parent()
+    choose_memory_pool()
     out = sys.stdout.buffer
     job = SliceJob.from_json(sys.stdin.buffer.read())
     try:
