@@ -852,7 +852,8 @@ def _merge_in_slices(
         for n, part in enumerate(slices[1:], start=1):
             job = SliceJob([str(p) for p in part], str(files[n]), str(work / f"slice-{n}"),
                            child)
-            processes.append(SliceProcess(f"slice {n + 1} of {len(slices)}", job, str(part[0])))
+            processes.append(SliceProcess(f"slice {n + 1} of {len(slices)}", job, str(part[0]),
+                                          work / f"slice-{n}.json"))
         own = scan_slice(slices[0])
         summaries = [_expect(process, "scanned", should_stop) for process in processes]
         if any(summary.schema != own.schema for summary in summaries):

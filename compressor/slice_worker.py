@@ -1,10 +1,10 @@
-"""The child side of a slice process (compressor.merge_slices): `python -m compressor.slice_worker`.
+"""The child side of a slice process (compressor.merge_slices).
 
-Reads its SliceJob (JSON) on stdin, then: scans its slice's footers and sends
-("scanned", SliceSummary); sorts the slice into the job's target file (Arrow IPC,
-uncompressed); sends ("done", figures). Any failure is sent as ("error", described)
-and ends the process with status 1, so the parent raises what a one-process
-merge would have raised.
+`python -m compressor.slice_worker JOB_FILE` reads its SliceJob (JSON), then: scans
+its slice's footers and sends ("scanned", SliceSummary); sorts the slice into the
+job's target file (Arrow IPC, uncompressed); sends ("done", figures). Any failure is
+sent as ("error", described) and ends the process with status 1, so the parent
+raises what a one-process merge would have raised.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> int:
     die_with_parent()
     choose_memory_pool()
     out = sys.stdout.buffer
-    job = SliceJob.from_json(sys.stdin.buffer.read())
+    job = SliceJob.from_json(Path(sys.argv[1]).read_bytes())
     try:
         scanned = scan_slice([Path(p) for p in job.paths])
         send(out, ("scanned", scanned.summary()))
