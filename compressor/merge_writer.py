@@ -168,6 +168,9 @@ class MergeResult:
     row_groups: int = 0
     columns: list[str] = field(default_factory=list)
 
+    def note_buffered(self, rows: int) -> None:
+        self.peak_buffered_rows = max(self.peak_buffered_rows, rows)
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -230,9 +233,8 @@ def _merge_in_one(
     on_batch: Callable[[pa.Table], None] | None, should_stop: Callable[[], bool],
 ) -> MergeResult:
     infos, input_schema = scan_inputs(sources)
-    plan = plan_runs(infos, _row_budget(infos, input_schema, settings))
     result = _input_figures(infos)
-    job = _Merge(infos, input_schema, plan, settings, work, should_stop, result)
+    job = _Merge.planned(infos, input_schema, settings, work, should_stop, result)
     with _OutputWriter(partial, input_schema, settings, on_batch, result) as writer:
         job.run(writer)
     return result
@@ -347,6 +349,13 @@ class _Merge:
         per_run = plan.row_budget // (fan_in + 1)
         self.spill_chunk = min(settings.batch_size, max(_MIN_SPILL_CHUNK, per_run))
 
+    @classmethod
+    def planned(cls, infos: Sequence[FileInfo], schema: InputSchema, settings: MergeSettings,
+                work: Path, should_stop: Callable[[], bool], result: MergeResult) -> _Merge:
+        """The merge of `infos`, its runs planned within `settings.memory_budget`."""
+        plan = plan_runs(infos, _row_budget(infos, schema, settings))
+        return cls(infos, schema, plan, settings, work, should_stop, result)
+
     def run(self, writer: _Sink) -> None:
         self.result.passes = 1
         if len(self.plan.runs) == 1:
@@ -388,7 +397,7 @@ class _Merge:
             buffer.add(table, info.ts_min)
             last = i == len(files) - 1
             if last or buffer.pending_rows >= self.plan.group_rows:
-                self._note_buffered(buffer.rows)
+                self.result.note_buffered(buffer.rows)
                 released = buffer.release_through(later_min[i + 1])
                 if released is not None:
                     sink.write(released)
@@ -401,10 +410,7 @@ class _Merge:
         return sink.path
 
     def _merge_spills(self, paths: list[Path], sink: _Sink) -> None:
-        _KWay(self.should_stop, self.result).merge([_RunCursor.open(p) for p in paths], sink)
-
-    def _note_buffered(self, rows: int) -> None:
-        self.result.peak_buffered_rows = max(self.result.peak_buffered_rows, rows)
+        _KWay(self.should_stop, self.result).merge([_RunCursor(p) for p in paths], sink)
 
 
 class _KWay:
@@ -428,9 +434,7 @@ class _KWay:
             while cursors:
                 if self.should_stop():
                     raise MergeAborted("merge interrupted")
-                self.result.peak_buffered_rows = max(
-                    self.result.peak_buffered_rows, sum(c.ts.size for c in cursors)
-                )
+                self.result.note_buffered(sum(c.ts.size for c in cursors))
                 sink.write(self._round(cursors))
                 cursors = [c for c in cursors if c.ts.size or c.advance()]
         finally:
@@ -522,8 +526,8 @@ class _Sink:
 
 
 class _SpillWriter(_Sink):
-    """A sorted run as an Arrow IPC stream in batches of `chunk` rows: a spill file on
-    local disk (lz4), or a slice process's output (a file, or a pipe to the parent).
+    """A sorted run as an Arrow IPC stream in batches of `chunk` rows, on local disk: a
+    spill file (lz4), or a slice's output (uncompressed, see `sort_slice`).
 
     A run that fails is left without its end-of-stream marker, so its reader sees a
     broken stream, never a short one that looks whole.
@@ -550,22 +554,18 @@ class _SpillWriter(_Sink):
                 self._writer.close()
         finally:
             self._file.close()
-        if exc_type is None and self.path.is_file():
+        if exc_type is None:
             self._result.spill_bytes += self.path.stat().st_size
 
 
 class _RunCursor:
     """Reads one spill run batch by batch; `ts` holds the current batch's unread keys."""
 
-    def __init__(self, source: Any) -> None:
-        self._source = source
-        self._reader = pa.ipc.open_stream(source)
+    def __init__(self, path: Path) -> None:
+        self._source = pa.OSFile(str(path), "rb")
+        self._reader = pa.ipc.open_stream(self._source)
         self._batch: pa.RecordBatch | None = None
         self.ts = np.empty(0, dtype=np.int64)
-
-    @classmethod
-    def open(cls, path: Path) -> _RunCursor:
-        return cls(pa.OSFile(str(path), "rb"))
 
     def advance(self) -> bool:
         """Load the next non-empty batch; False (and closed) at the end of the run."""
@@ -798,9 +798,8 @@ def sort_slice(scanned: ScannedSlice, settings: MergeSettings, target: str, *,
     than the temp disk it saves); returns the figures the parent adds up."""
     work_dir.mkdir(parents=True, exist_ok=True)
     infos, schema = scanned.infos, scanned.schema
-    plan = plan_runs(infos, _row_budget(infos, schema, settings))
     result = _input_figures(infos)
-    job = _Merge(infos, schema, plan, settings, work_dir, _never, result)
+    job = _Merge.planned(infos, schema, settings, work_dir, _never, result)
     with _SpillWriter(target, schema.varying_schema, job.spill_chunk, result,
                       compress=False) as sink:
         job.run(sink)
@@ -865,7 +864,7 @@ def _merge_in_slices(
             rest = _merge_own_slice(own, share, writer, min(lows, default=_NO_ROWS),
                                     files[0], work / "slice-0", should_stop, result)
             figures = [_expect(process, "done", should_stop) for process in processes]
-            runs = [_RunCursor.open(path) for path in [rest, *files[1:]] if path is not None]
+            runs = [_RunCursor(path) for path in [rest, *files[1:]] if path is not None]
             _KWay(should_stop, result).merge(runs, writer)
         _add_figures(result, figures)
         for process in processes:
@@ -882,8 +881,7 @@ def _merge_own_slice(scanned: ScannedSlice, settings: MergeSettings, writer: _Si
     """Merge slice 1 here; returns the file of its rows that wait for the later slices."""
     work.mkdir()
     infos, schema = scanned.infos, scanned.schema
-    plan = plan_runs(infos, _row_budget(infos, schema, settings))
-    job = _Merge(infos, schema, plan, settings, work, should_stop, result)
+    job = _Merge.planned(infos, schema, settings, work, should_stop, result)
     with _Gate(writer, lower, rest, schema.varying_schema, job.spill_chunk, result) as gate:
         job.run(gate)
     return rest if gate.held else None
@@ -949,9 +947,8 @@ def _add_figures(result: MergeResult, figures: list[dict[str, int]]) -> None:
     result.spill_runs = max(1, result.spill_runs) + sum(max(1, f["spill_runs"]) for f in figures)
     result.spill_bytes += sum(f["spill_bytes"] for f in figures)
     result.passes = 1 + max([result.passes] + [f["passes"] for f in figures])
-    result.peak_buffered_rows = max(
-        [result.peak_buffered_rows] + [f["peak_buffered_rows"] for f in figures]
-    )
+    for f in figures:
+        result.note_buffered(f["peak_buffered_rows"])
 
 
 def _fixed_chunks(table: pa.Table) -> pa.Table:
