@@ -115,23 +115,6 @@ def phases(sample: Sample) -> dict[str, float]:
 PHASES = ("startup", "plan", "partitions", "tail")
 
 
-def parse_time_v(text: str) -> dict[str, float]:
-    """wall, user, sys seconds and peak RSS MB from `/usr/bin/time -v`."""
-    out: dict[str, float] = {}
-    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
-    if m:
-        parts = [float(x) for x in m.group(1).split(":")]
-        out["wall"] = sum(v * 60**k for k, v in enumerate(reversed(parts)))
-    for key, label in (("user", "User time"), ("sys", "System time")):
-        m = re.search(label + r" \(seconds\): ([\d.]+)", text)
-        if m:
-            out[key] = float(m.group(1))
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if m:
-        out["rss"] = int(m.group(1)) / 1024
-    return out
-
-
 #: Where every measured process keeps its bytecode (None: the environment's setting).
 PYCACHE: Path | None = None
 
@@ -223,6 +206,7 @@ def _kb(path: str, field_name: str) -> int:
 def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
           timeout: float, pss: bool = False) -> tuple[Sample, str, str]:
     """Run `cmd` under /usr/bin/time -v; the sample, stdout and stderr."""
+    from bench.run_merge import parse_time_v
     env = with_pycache(env)
     time_file = cwd / f".time-{name}-{rep}-{uuid.uuid4().hex[:6]}"
     full = [TIME_BIN, "-v", "-o", str(time_file), *cmd]

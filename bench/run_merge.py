@@ -205,17 +205,22 @@ class Run:
     message: str = ""
 
 
-def _parse_time_v(text: str) -> tuple[float | None, float | None]:
-    """(wall seconds, max RSS MB) from `/usr/bin/time -v` output."""
-    wall = rss = None
+def parse_time_v(text: str) -> dict[str, float]:
+    """wall, user, sys seconds and peak RSS MB ("wall", "user", "sys", "rss") from
+    `/usr/bin/time -v` output; a figure it does not show is left out."""
+    out: dict[str, float] = {}
     m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
     if m:
         parts = [float(x) for x in m.group(1).split(":")]
-        wall = sum(v * 60**k for k, v in enumerate(reversed(parts)))
+        out["wall"] = sum(v * 60**k for k, v in enumerate(reversed(parts)))
+    for key, label in (("user", "User time"), ("sys", "System time")):
+        m = re.search(label + r" \(seconds\): ([\d.]+)", text)
+        if m:
+            out[key] = float(m.group(1))
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     if m:
-        rss = int(m.group(1)) / 1024
-    return wall, rss
+        out["rss"] = int(m.group(1)) / 1024
+    return out
 
 
 def _error_line(stderr: bytes, returncode: int) -> str:
@@ -252,8 +257,8 @@ def run_once(
     wall = time.perf_counter() - started
     rss = None
     if use_time and time_file.exists():
-        wall_t, rss = _parse_time_v(time_file.read_text())
-        wall = wall_t if wall_t is not None else wall
+        figures = parse_time_v(time_file.read_text())
+        wall, rss = figures.get("wall", wall), figures.get("rss")
         time_file.unlink()
     lines = stdout.decode(errors="replace").strip().splitlines()
     report: dict[str, Any] = {}
