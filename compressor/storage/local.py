@@ -35,8 +35,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import pyarrow as pa
-
 from .base import (
     CHUNK,
     TMP_MARK,
@@ -51,7 +49,7 @@ from .base import (
     normalize_etag,
     temp_name,
 )
-from .data import DataReader, InPlaceReader, LocalObject, ObjectData
+from .data import DataReader, InPlaceReader, LocalObject, StoreReader
 
 _XATTR = "user.qlc.md5"
 #: How often a write is retried when a concurrent delete removed its directory.
@@ -364,8 +362,9 @@ class LocalStore(Store):
             directory = os.path.dirname(directory)
 
 
-class LocalReader(InPlaceReader):
-    """LocalStore's data path: the files themselves (see compressor/storage/data.py).
+class LocalReader(StoreReader, InPlaceReader):
+    """LocalStore's data path: the files themselves (see compressor/storage/data.py);
+    `read` and `read_to_file` go through the store, as a StoreReader's do.
 
     `locate` hands out the real path of a key's file: under the store's real root,
     no symlink in it, the file itself a regular file opened without following a
@@ -387,18 +386,14 @@ class LocalReader(InPlaceReader):
     as it would be without the cache, and must still be under the root.
     """
 
+    in_memory = True
+    store: LocalStore
+
     def __init__(self, store: LocalStore) -> None:
-        self.store = store
+        super().__init__(store)
         self._root: str | None = None
         #: key of a directory ('' for the root) -> its real path, under the real root
         self._dirs: dict[str, str] = {}
-
-    def read(self, key: str) -> ObjectData:
-        data, etag = self.store.get_bytes(key)
-        return ObjectData(pa.py_buffer(data), ObjectInfo(key, len(data), etag))
-
-    def read_to_file(self, key: str, path: Path) -> ObjectInfo:
-        return self.store.get_file(key, path)
 
     def _real_dir(self, key: str, dir_key: str) -> tuple[str, str]:
         """(real root, real path of the directory `dir_key`), resolved once per reader.

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 
 from .base import CHUNK, NotFound, ObjectInfo, StoreError, temp_name
-from .data import DataReader, ObjectData
+from .data import DataReader, ObjectData, StoreReader
 
 if TYPE_CHECKING:
     from .s3 import S3Store
@@ -64,18 +64,11 @@ def new_reader(store: S3Store, **settings: Any) -> DataReader:
     return Boto3Reader(store)
 
 
-class Boto3Reader(DataReader):
-    """GETs through the S3Store itself (boto3): the fallback data path."""
+class Boto3Reader(StoreReader):
+    """GETs through the S3Store itself (boto3): the fallback data path. Unlike a
+    generic StoreReader its objects are worth holding in memory."""
 
-    def __init__(self, store: S3Store) -> None:
-        self._store = store
-
-    def read(self, key: str) -> ObjectData:
-        data, etag = self._store.get_bytes(key)
-        return ObjectData(pa.py_buffer(data), ObjectInfo(key, len(data), etag))
-
-    def read_to_file(self, key: str, path: Path) -> ObjectInfo:
-        return self._store.get_file(key, path)
+    in_memory = True
 
 
 class ObstoreReader(DataReader):
