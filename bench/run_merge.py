@@ -271,9 +271,7 @@ def run_once(
         return Run(rep, "unavailable", message=report["unavailable"])
     if proc.returncode != 0:
         return Run(rep, "failed", wall, None, rss, message=_error_line(stderr, proc.returncode))
-    from compressor.partition.verify import (
-        file_sha256,  # here: the measured workers never import it
-    )
+    from compressor.meta import file_sha256  # here: the measured workers never import it
 
     return Run(
         rep,

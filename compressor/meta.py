@@ -252,11 +252,7 @@ def check_data_file(meta: Meta, path: Path) -> list[str]:
     import pyarrow.parquet as pq  # only the deep check needs it
 
     problems = []
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != meta.sha256:
+    if file_sha256(path) != meta.sha256:
         problems.append("data.parquet has another sha256 than meta.json states")
     if path.stat().st_size != meta.size_bytes:
         problems.append(f"data.parquet has {path.stat().st_size} bytes, meta.json "
@@ -269,3 +265,12 @@ def check_data_file(meta: Meta, path: Path) -> list[str]:
         if rows != meta.rows:
             problems.append(f"data.parquet holds {rows} rows, meta.json states {meta.rows}")
     return problems
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes (meta.json's `sha256`), read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

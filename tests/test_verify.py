@@ -15,6 +15,7 @@ import pytest
 
 import compressor.partition.verify as verify
 from compressor.merge_errors import MergeAborted
+from compressor.meta import file_sha256
 from compressor.partition.verify import VerificationError, verify_output
 
 ROWS = 200_000
@@ -53,7 +54,7 @@ def test_size_and_sha256_are_the_files_whichever_finishes_first(
     data = output.read_bytes()
     assert (got.rows, got.ts_event_min, got.ts_event_max) == (ROWS, 0, ROWS - 1)
     assert (got.size_bytes, got.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    assert got.sha256 == verify.file_sha256(output)
+    assert got.sha256 == file_sha256(output)
     assert _hashing_threads() == []
 
 

@@ -153,11 +153,3 @@ class _Sha256:
 def _all_equal(values: Any, expected: int) -> bool:
     valid = pc.drop_null(values)
     return bool(pc.all(pc.equal(valid, expected)).as_py())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
