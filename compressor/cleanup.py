@@ -108,6 +108,9 @@ def _remove(pid: PartitionId, compact: Store, leases: LeaseManager) -> str | Non
             compact.delete(pid.meta_key, if_match=now.meta_etag)
         if now.data is not None:
             compact.delete(pid.data_key, if_match=now.data.etag)
+        lease.check_held()
+        for key in (pid.meta_key, pid.data_key):
+            compact.remove_tombstone(key)
     except (PreconditionFailed, NotFound):
         return "its outputs changed while it was being removed; run the cleanup again"
     except StoreConfigError:

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from compressor.storage import LocalStore, ObjectInfo, S3Store, Store, TransientStoreError
+from tests.rgwserver import RGW, missing_binaries, rgw_server
 from tests.s3proxy import S3Proxy
 from tests.s3server import (  # noqa: F401 - free_port and the keys: re-exported for tests
     TEST_ACCESS_KEY,
@@ -116,13 +117,57 @@ def make_s3_store(endpoint: str, bucket: str, **kwargs: object) -> S3Store:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+#: Set (as .ci/run does) to make a missing tool fail the tests that need it, not skip them.
+REQUIRE_TOOLS = os.environ.get("QLC_REQUIRE_TOOLS") == "1"
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RGW]:
+    """A real Ceph RGW (tests/rgwserver.py) for the whole session; the tests that use it
+    are marked `rgw`. Without Debian's ceph packages they skip, unless QLC_REQUIRE_TOOLS=1."""
+    missing = missing_binaries()
+    if missing:
+        why = (f"Ceph RGW tests need Debian's ceph-mon, ceph-osd and radosgw "
+               f"(missing: {', '.join(missing)})")
+        if REQUIRE_TOOLS:
+            pytest.fail(why + " and QLC_REQUIRE_TOOLS=1")
+        pytest.skip(why)
+    with rgw_server(tmp_path_factory.mktemp("rgw") / "cluster") as server:
+        yield server
+
+
+def rgw_client(server: RGW) -> Any:
+    """A plain boto3 client of the RGW user, to act behind a store's back."""
+    return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                        aws_secret_access_key=server.secret_key, region_name=TEST_REGION)
+
+
+def rgw_bucket(server: RGW) -> str:
+    name = f"qlc-test-{uuid.uuid4().hex[:16]}"
+    rgw_client(server).create_bucket(Bucket=name)
+    return name
+
+
+def make_rgw_store(server: RGW, bucket: str, **kwargs: Any) -> S3Store:
+    """An S3Store on the RGW, probed as a run probes its compact store (so it knows which
+    conditional requests the gateway honours)."""
+    store = S3Store(bucket, endpoint_url=server.endpoint, access_key=server.access_key,
+                    secret_key=server.secret_key, region=TEST_REGION, **kwargs)
+    store.check_conditional_writes("compacted/probes/")
+    return store
+
+
+@pytest.fixture(params=["local", "s3", pytest.param("rgw", marks=pytest.mark.rgw)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """The same contract, once per backend: a LocalStore, then an S3Store on a fresh bucket."""
+    """The same contract, once per backend: a LocalStore, an S3Store on a fresh moto bucket,
+    and one on a fresh bucket of a real Ceph RGW."""
     if request.param == "local":
         root = tmp_path / "store-root"
         root.mkdir()
         return LocalStore(root)
+    if request.param == "rgw":
+        server = request.getfixturevalue("rgw")
+        return make_rgw_store(server, rgw_bucket(server), max_attempts=3, read_timeout=10.0)
     endpoint = request.getfixturevalue("moto_server")
     bucket = request.getfixturevalue("s3_bucket")
     return make_s3_store(endpoint, bucket, max_attempts=3, read_timeout=10.0)

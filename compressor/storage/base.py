@@ -179,6 +179,12 @@ class Store(ABC):
         is how a lease is released without ever deleting the next holder's lock.
         """
 
+    def remove_tombstone(self, key: str) -> None:
+        """Remove what a conditional `delete` left at `key` on a store that cannot delete
+        conditionally (S3Store on Ceph RGW 16.2 writes a tombstone). Call it only where
+        no other writer may be creating `key` (under its lease). Nothing to do here."""
+        return None
+
     def data_reader(self) -> DataReader:
         """How the fetch reads this store's raw objects (see compressor/storage/data.py).
 

@@ -13,18 +13,27 @@ and not kept as attributes of the store object.
 
 ETags are returned normalized (without the surrounding quotes S3 puts on them),
 as the local store does; `if_match` accepts either form.
+
+Servers that honour fewer conditions than AWS (Ceph RGW 16.2) are found out by
+`check_conditional_writes` (compressor/storage/s3probe.py), and the store keeps the
+Store contract on them with a fallback for each (README "Store compatibility"):
+If-Match sent unquoted, tombstones for conditional deletes, one PUT for
+conditional uploads.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,11 +68,21 @@ from .base import (
     normalize_etag,
     temp_name,
 )
+from .s3probe import ServerFeatures, probe
 
 if TYPE_CHECKING:
     from .data import DataReader
 
+log = logging.getLogger(__name__)
+
 MiB = 1 << 20
+#: S3's limit for one PUT; conditional uploads on a server whose CompleteMultipartUpload
+#: ignores conditions go as one PUT, so they cannot be larger.
+SINGLE_PUT_MAX = 5 * 1024 * MiB
+#: What a conditional delete leaves on a server without conditional DeleteObject: a key
+#: holding exactly these bytes reads as absent (head, get, list) and is created over.
+TOMBSTONE = b'{"quantlab_compact": "deleted"}\n'
+TOMBSTONE_ETAG = hashlib.md5(TOMBSTONE).hexdigest()
 #: The job refuses to run when its clock and the S3 server's differ by more than this.
 #: S3 itself rejects requests signed more than 15 minutes off (RequestTimeTooSkewed); the
 #: state's and the leases' timestamps come from this clock too.
@@ -157,6 +176,8 @@ class S3Store(Store):
             ) from None
         self._reader: DataReader | None = None
         self._reader_lock = threading.Lock()
+        #: What the server honours (AWS until check_conditional_writes finds otherwise).
+        self.features = ServerFeatures()
 
         def make_reader() -> DataReader:
             from .s3data import new_reader
@@ -234,6 +255,20 @@ class S3Store(Store):
                 "allowed): fix the system clock (NTP)"
             )
 
+    def check_conditional_writes(self, prefix: str) -> None:
+        """Find out which conditional requests the server honours (see s3probe.py) and
+        keep the Store contract with a fallback for each one it lacks, logged as a
+        warning (never a silent downgrade). StoreConfigError when PUT's own
+        If-None-Match or If-Match is not honoured: nothing can stand in for those."""
+        key = f"{prefix}conditional-writes-{uuid.uuid4().hex}"
+        try:
+            self.features = probe(self, key)
+        finally:
+            with suppress(StoreError):
+                self.delete(key)
+        for fallback in self.features.fallbacks:
+            log.warning("%s: %s", self.location, fallback)
+
     def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
         """The server's clock minus `host_clock`, from one LIST of at most one key.
 
@@ -280,12 +315,18 @@ class S3Store(Store):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix) :]
-                    yield ObjectInfo(key, int(obj["Size"]), obj["ETag"])
+                    info = ObjectInfo(obj["Key"][len(self.prefix) :], int(obj["Size"]), obj["ETag"])
+                    if not _is_tombstone(info):
+                        yield info
 
     # ------------------------------------------------------------------ reads
 
     def head(self, key: str) -> ObjectInfo | None:
+        info = self._head_raw(key)
+        return None if _is_tombstone(info) else info
+
+    def _head_raw(self, key: str) -> ObjectInfo | None:
+        """head() that also shows a tombstone."""
         try:
             with self._mapped("head", key):
                 resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
@@ -305,6 +346,8 @@ class S3Store(Store):
                     continue  # botocore does not retry a body cut off mid-stream
             if len(data) != int(resp["ContentLength"]):
                 continue
+            if data == TOMBSTONE:
+                raise NotFound(f"get {self._where(key)}: deleted (a tombstone)")
             return data, normalize_etag(resp["ETag"])
         raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
 
@@ -323,8 +366,11 @@ class S3Store(Store):
                             raise
                         continue
                 if size == int(resp["ContentLength"]):
+                    info = ObjectInfo(key, size, resp["ETag"])
+                    if _is_tombstone(info) and tmp.read_bytes() == TOMBSTONE:
+                        raise NotFound(f"get {self._where(key)}: deleted (a tombstone)")
                     os.replace(tmp, path)
-                    return ObjectInfo(key, size, resp["ETag"])
+                    return info
             raise TransientStoreError(f"get {self._where(key)}: body kept arriving incomplete")
         except OSError as exc:
             raise StoreError(f"cannot write local file {str(path)!r}: {exc.strerror}") from None
@@ -345,97 +391,127 @@ class S3Store(Store):
 
         The conditions go on the PUT, or on CompleteMultipartUpload: until that
         completes nothing is visible, so that is where the check belongs (AWS
-        honours If-Match and If-None-Match there). As with put_bytes, a lost
-        reply retried into a 412 whose object holds exactly our upload (its
-        ETag is the one our bytes give) counts as our write.
+        honours If-Match and If-None-Match there). On a server whose
+        CompleteMultipartUpload ignores them (`features.conditional_multipart`), a
+        conditional upload goes as one PUT instead, up to SINGLE_PUT_MAX. The
+        outcomes of a condition are put_bytes's (see `_conditional`).
         """
-        conditions = _conditions(if_match, if_none_match)
+        conditional = if_match is not None or if_none_match
         try:
             size = os.path.getsize(path)
-            if size >= self.multipart_threshold:
-                return self._put_multipart(key, Path(path), size, conditions, if_match)
+            one_put = conditional and not self.features.conditional_multipart
+            if size >= self.multipart_threshold and not one_put:
+                return self._put_multipart(key, Path(path), size, if_match, if_none_match)
+            if size > SINGLE_PUT_MAX:
+                raise StoreError(
+                    f"put {self._where(key)}: {size} bytes is more than one PUT may carry "
+                    f"({SINGLE_PUT_MAX} bytes), and the server at {self.endpoint} ignores "
+                    "conditions on CompleteMultipartUpload, so it cannot be published safely"
+                )
             with open(path, "rb") as fh:
                 md5 = md5_file(fh)
-                fh.seek(0)
-                try:
+
+                def send(conditions: dict[str, str]) -> str:
+                    fh.seek(0)
                     resp = self._client.put_object(
-                        Bucket=self.bucket,
-                        Key=self._full(key),
-                        Body=fh,
-                        ContentMD5=_b64(md5),
-                        **conditions,
+                        Bucket=self.bucket, Key=self._full(key), Body=fh,
+                        ContentMD5=_b64(md5), **conditions,
                     )
-                except (ClientError, BotoCoreError) as exc:
-                    etag = self._conditional_put_failed(exc, key, md5.hex(), if_match)
-                    return ObjectInfo(key, size, etag)
+                    return str(resp["ETag"])
+
+                etag = self._conditional(key, md5.hex(), if_match, if_none_match, send)
         except OSError as exc:
             raise StoreError(f"cannot read local file {str(path)!r}: {exc.strerror}") from None
-        return ObjectInfo(key, size, resp["ETag"])
+        return ObjectInfo(key, size, etag)
 
     def _put_multipart(
-        self, key: str, path: Path, size: int, conditions: dict[str, str], if_match: str | None
+        self, key: str, path: Path, size: int, if_match: str | None, if_none_match: bool
     ) -> ObjectInfo:
         """Parts in parallel, then complete (with the conditions); aborted on any
         failure, a failed condition included, so nothing half shows."""
-        full = self._full(key)
         chunk = max(self.multipart_chunksize, -(-size // 10_000))
-        with self._mapped("put", key):
-            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=full)[
-                "UploadId"
-            ]
+        upload_id = self.start_upload(key)
         try:
             offsets = list(range(0, size, chunk))
             numbers = range(1, len(offsets) + 1)
 
             def put_part(number: int, offset: int) -> tuple[str, bytes]:
-                return self._put_part(key, path, upload_id, number, offset, chunk)
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(chunk)
+                return self.upload_part(key, upload_id, number, data), hashlib.md5(data).digest()
 
             with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
                 uploaded = list(pool.map(put_part, numbers, offsets))
-            parts = [{"ETag": etag, "PartNumber": n + 1} for n, (etag, _) in enumerate(uploaded)]
-            try:
+            expected = multipart_etag([md5 for _, md5 in uploaded])
+
+            def send(conditions: dict[str, str]) -> str:
                 resp = self._client.complete_multipart_upload(
                     Bucket=self.bucket,
-                    Key=full,
+                    Key=self._full(key),
                     UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                    MultipartUpload={"Parts": [  # type: ignore[typeddict-item]
+                        {"ETag": etag, "PartNumber": n + 1}
+                        for n, (etag, _) in enumerate(uploaded)
+                    ]},
                     **conditions,
                 )
-            except (ClientError, BotoCoreError) as exc:
-                expected = multipart_etag([md5 for _, md5 in uploaded])
-                etag = self._conditional_put_failed(exc, key, expected, if_match)
-                return ObjectInfo(key, size, etag)  # a lost reply: the upload completed
-        except BaseException:
-            self._abort_quietly(full, upload_id)
-            raise
-        return ObjectInfo(key, size, resp["ETag"])
+                return self._completed_etag(key, str(resp.get("ETag") or ""), expected)
 
-    def _put_part(
-        self, key: str, path: Path, upload_id: str, number: int, offset: int, chunk: int
-    ) -> tuple[str, bytes]:
-        """(the part's ETag as the server gave it, md5 digest of the part)."""
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(chunk)
-        digest = hashlib.md5(data).digest()
+            etag = self._conditional(key, expected, if_match, if_none_match, send)
+        except BaseException:
+            with suppress(StoreError, ClientError, BotoCoreError):
+                self.abort_upload(key, upload_id)
+            raise
+        return ObjectInfo(key, size, etag)
+
+    def _completed_etag(self, key: str, answered: str, expected: str) -> str:
+        """The ETag of a completed upload. Ceph RGW 16.2 answers CompleteMultipartUpload
+        with an empty one; the object's own (HEAD) is then taken, and must be the
+        upload's, else another writer got in between (transient: retried)."""
+        if normalize_etag(answered):
+            return answered
+        current = self._head_raw(key)
+        if current is None or current.etag != expected:
+            raise TransientStoreError(
+                f"put {self._where(key)}: the upload completed without an ETag and the "
+                "object is no longer the upload"
+            )
+        return current.etag
+
+    # The multipart steps, also used by the probe (s3probe.py).
+
+    def start_upload(self, key: str) -> str:
+        with self._mapped("put", key):
+            resp = self._client.create_multipart_upload(Bucket=self.bucket, Key=self._full(key))
+        return str(resp["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Send one part; its ETag as the server gave it."""
         with self._mapped("put", key):
             resp = self._client.upload_part(
-                Bucket=self.bucket,
-                Key=self._full(key),
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentMD5=_b64(digest),
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
+                PartNumber=number, Body=data, ContentMD5=_b64(hashlib.md5(data).digest()),
             )
-        return str(resp["ETag"]), digest
+        return str(resp["ETag"])
 
-    def _abort_quietly(self, full_key: str, upload_id: str) -> None:
-        try:
-            self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id
+    def complete_upload(self, key: str, upload_id: str, part_etags: list[str], *,
+                        if_match: str | None = None, if_none_match: bool = False) -> None:
+        """CompleteMultipartUpload with the conditions as given (no fallback: the probe)."""
+        parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(part_etags)]
+        with self._mapped("put", key):
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                **self._condition_headers(if_match, if_none_match),
             )
-        except (ClientError, BotoCoreError):
-            pass  # a bucket lifecycle rule should reap leftover uploads
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an upload (a bucket lifecycle rule should reap any that survive)."""
+        with self._mapped("abort upload", key):
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id
+            )
 
     def put_bytes(
         self,
@@ -446,63 +522,114 @@ class S3Store(Store):
         if_none_match: bool = False,
     ) -> str:
         digest = hashlib.md5(data)
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": self._full(key),
-            "Body": data,
-            "ContentMD5": _b64(digest.digest()),
-        }
-        kwargs.update(_conditions(if_match, if_none_match))
-        try:
-            resp = self._client.put_object(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            return self._conditional_put_failed(exc, key, digest.hexdigest(), if_match)
-        return normalize_etag(resp["ETag"])
 
-    def _conditional_put_failed(
-        self, exc: ClientError | BotoCoreError, key: str, md5: str, if_match: str | None
+        def send(conditions: dict[str, str]) -> str:
+            resp = self._client.put_object(
+                Bucket=self.bucket, Key=self._full(key), Body=data,
+                ContentMD5=_b64(digest.digest()), **conditions,
+            )
+            return str(resp["ETag"])
+
+        return self._conditional(key, digest.hexdigest(), if_match, if_none_match, send)
+
+    def _conditional(
+        self,
+        key: str,
+        ours: str,
+        if_match: str | None,
+        if_none_match: bool,
+        send: Callable[[dict[str, str]], str],
     ) -> str:
-        """Map a failed put; recognise a conditional put that won on an earlier attempt.
+        """`send(condition headers)` -> ETag, with the outcomes of a conditional write.
 
-        When an attempt commits but its response is lost (reset, timeout),
-        botocore retries and the retry finds its own object: 412. If a retry
-        happened and the object now holds exactly our bytes (its ETag is `md5`:
-        the md5 hex of a single PUT, the multipart ETag of an upload), the write
-        won; that ETag is returned.
+        - A lost reply retried into a 412 (or NoSuchUpload) whose object now holds
+          exactly our bytes (its ETag is `ours`: md5 of a single PUT, the multipart
+          ETag of an upload) is our own write that won: `ours` is returned.
+        - If-None-Match that finds a tombstone (a key deleted on a server without
+          conditional DeleteObject) is a create: it is sent again If-Match the
+          tombstone, so of two creators exactly one wins, as over an absent key.
+        - If-Match refused although the object's ETag is the one asked for: the
+          server compares If-Match unquoted (Ceph RGW 16.2); learnt, and sent again.
+        Anything else is mapped as every request is (If-Match on a missing key:
+        PreconditionFailed).
         """
-        err = self._error(exc, "put", key)
-        if isinstance(err, NotFound) and if_match is not None:
-            err = PreconditionFailed(f"put {self._where(key)}: object is gone (if_match)")
-        # NoSuchUpload: a CompleteMultipartUpload retried after the upload completed.
-        ours_maybe = isinstance(err, PreconditionFailed) or _code(exc) == "NoSuchUpload"
-        if ours_maybe and _retried(exc):
-            current = self.head(key)
-            if current is not None and current.etag == md5:
-                return md5
-        raise err from None
+        for _ in range(3):
+            try:
+                return normalize_etag(send(self._condition_headers(if_match, if_none_match)))
+            except (ClientError, BotoCoreError) as exc:
+                err = self._error(exc, "put", key)
+                if isinstance(err, NotFound) and if_match is not None:
+                    err = PreconditionFailed(f"put {self._where(key)}: object is gone (if_match)")
+                lost_reply = _retried(exc) and (
+                    isinstance(err, PreconditionFailed) or _code(exc) == "NoSuchUpload")
+                if not isinstance(err, PreconditionFailed) and not lost_reply:
+                    raise err from None
+                current = self._head_raw(key)
+                if lost_reply and current is not None and current.etag == ours:
+                    return ours
+                if not isinstance(err, PreconditionFailed):
+                    raise err from None
+                if if_none_match and _is_tombstone(current):
+                    if_match, if_none_match = TOMBSTONE_ETAG, False
+                elif (if_match is not None and current is not None and not _is_tombstone(current)
+                      and current.etag == normalize_etag(if_match)
+                      and not self.features.if_match_unquoted):
+                    self.features = replace(self.features, if_match_unquoted=True)
+                    log.info("%s compares If-Match unquoted: sending it so", self.location)
+                else:
+                    raise err from None
+        raise PreconditionFailed(f"put {self._where(key)}: the condition kept failing")
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """See Store.delete. With if_match S3 answers 412 when the ETag differs and
         404 when the object is gone: both are PreconditionFailed.
 
         A lost reply retried into a 404 is taken as our own delete: the object
-        with that ETag is gone either way, and nothing else was deleted.
+        with that ETag is gone either way, and nothing else was deleted. On a
+        server whose DeleteObject ignores If-Match (`features.conditional_delete`),
+        the key is overwritten with a tombstone, If-Match: the one atomic
+        conditional step that server offers. The job reads a tombstone as absent;
+        `remove_tombstone` removes one where no other writer can be racing.
         """
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
-        if if_match is None:
-            with self._mapped("delete", key):
-                self._client.delete_object(**kwargs)
+        if if_match is not None and not self.features.conditional_delete:
+            self.put_bytes(key, TOMBSTONE, if_match=if_match)
             return
-        kwargs.update(_conditions(if_match, False))
         try:
-            self._client.delete_object(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            err = self._error(exc, "delete", key)
-            if isinstance(err, NotFound):
-                if _retried(exc):
-                    return
-                err = PreconditionFailed(f"delete {self._where(key)}: object is gone (if_match)")
-            raise err from None
+            self.raw_delete(key, if_match=if_match)
+        except NotFound as exc:
+            if if_match is None or exc.args[0].endswith("(retried)"):
+                return
+            raise PreconditionFailed(
+                f"delete {self._where(key)}: object is gone (if_match)") from None
+
+    def raw_delete(self, key: str, *, if_match: str | None = None) -> None:
+        """One DeleteObject as the server takes it (the probe's view): NotFound for a 404
+        (its message ends '(retried)' after a lost reply)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        kwargs.update(self._condition_headers(if_match, False))
+        for _ in range(2):
+            try:
+                self._client.delete_object(**kwargs)
+                return
+            except (ClientError, BotoCoreError) as exc:
+                err = self._error(exc, "delete", key)
+                if isinstance(err, NotFound) and _retried(exc):
+                    raise NotFound(f"{err} (retried)") from None
+                current = None if if_match is None else self._head_raw(key)
+                if not (isinstance(err, PreconditionFailed) and current is not None
+                        and current.etag == normalize_etag(if_match or "")
+                        and not self.features.if_match_unquoted):
+                    raise err from None
+                self.features = replace(self.features, if_match_unquoted=True)
+                kwargs.update(self._condition_headers(if_match, False))
+
+    def remove_tombstone(self, key: str) -> None:
+        """Delete `key` if it holds a tombstone (see `delete`). Only for a key that no
+        other writer can be creating right now: a HEAD then a plain DELETE is not
+        atomic on a server without conditional DeleteObject."""
+        if _is_tombstone(self._head_raw(key)):
+            with self._mapped("delete", key):
+                self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         """Abort incomplete multipart uploads under the prefix older than `max_age_s`."""
@@ -530,6 +657,16 @@ class S3Store(Store):
         return aborted
 
     # ---------------------------------------------------------------- helpers
+
+    def _condition_headers(self, if_match: str | None, if_none_match: bool) -> dict[str, str]:
+        """The IfMatch / IfNoneMatch request parameters, If-Match in the server's form."""
+        conditions = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            bare = normalize_etag(if_match)
+            conditions["IfMatch"] = bare if self.features.if_match_unquoted else f'"{bare}"'
+        return conditions
 
     def _full(self, key: str) -> str:
         if not key or len((self.prefix + key).encode("utf-8")) > 1024:
@@ -677,14 +814,8 @@ def _code(exc: ClientError | BotoCoreError) -> str | None:
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
-def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
-    """The IfMatch / IfNoneMatch request parameters of a conditional request."""
-    conditions = {}
-    if if_none_match:
-        conditions["IfNoneMatch"] = "*"
-    if if_match is not None:
-        conditions["IfMatch"] = f'"{normalize_etag(if_match)}"'
-    return conditions
+def _is_tombstone(info: ObjectInfo | None) -> bool:
+    return info is not None and info.size == len(TOMBSTONE) and info.etag == TOMBSTONE_ETAG
 
 
 def multipart_etag(part_md5s: list[bytes]) -> str:

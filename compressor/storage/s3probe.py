@@ -1,0 +1,155 @@
+"""What an S3-compatible server does with conditional requests, found out at start.
+
+Leases, the state's compare-and-swap and the publish protocol rest on conditional
+requests (README "Store compatibility"). AWS S3 honours all of them; Ceph RGW
+before the release that fixed it (16.2 Pacific, Debian bookworm's) differs in three
+ways, each measured on a real gateway:
+
+- it compares If-Match with its stored ETag byte for byte, so the quoted ETag that
+  HTTP and AWS clients send never matches (the store learns to send it unquoted);
+- it ignores If-Match on DeleteObject (the store writes a tombstone with a
+  conditional PUT instead: see S3Store.delete);
+- it ignores If-None-Match and If-Match on CompleteMultipartUpload (the store sends
+  every conditional upload as one PUT, up to S3's 5 GiB limit for one).
+
+A server that ignores If-None-Match or If-Match on PutObject has nothing to fall
+back on: the run stops with exit 2 naming what it ignored. Everything here writes
+one probe key (a new one per call) and removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .base import PreconditionFailed, StoreConfigError, StoreError, TransientStoreError
+
+if TYPE_CHECKING:
+    from .s3 import S3Store
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """The conditional requests a server honours; the defaults are AWS S3's."""
+
+    #: If-Match must carry the bare ETag (Ceph RGW 16.2), not the quoted one HTTP uses.
+    if_match_unquoted: bool = False
+    #: DeleteObject honours If-Match. Without it a conditional delete writes a tombstone.
+    conditional_delete: bool = True
+    #: CompleteMultipartUpload honours If-None-Match and If-Match. Without it a
+    #: conditional upload goes as one PUT (at most SINGLE_PUT_MAX bytes).
+    conditional_multipart: bool = True
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """What the store does differently from AWS S3 on this server, for the log."""
+        out = []
+        if self.if_match_unquoted:
+            out.append("If-Match is sent unquoted (the server compares it byte for byte)")
+        if not self.conditional_delete:
+            out.append("DeleteObject ignores If-Match: a conditional delete overwrites the "
+                       "key with a tombstone (a conditional PUT) that the job reads as absent")
+        if not self.conditional_multipart:
+            out.append("CompleteMultipartUpload ignores If-None-Match/If-Match: conditional "
+                       "uploads go as one PUT, at most 5 GiB")
+        return out
+
+
+def probe(store: S3Store, key: str) -> ServerFeatures:
+    """The server's features, from writes to the fresh `key` (left for the caller to delete).
+
+    StoreConfigError('<what it ignored>') when PUT's own conditions are not honoured;
+    the writes meant to fail carry bytes other than the object's, so a lost reply
+    retried into a 412 is never taken for their own write.
+    """
+    try:
+        first = store.put_bytes(key, b"probe 1", if_none_match=True)
+    except (StoreConfigError, TransientStoreError):
+        raise
+    except StoreError as exc:  # e.g. NotImplemented: the server rejects the header
+        raise refused(store, f"a create with If-None-Match failed: {exc}") from None
+    wrong = hashlib.md5(b"probe 0").hexdigest()
+    _must_lose(store, "a second create with If-None-Match succeeded",
+               lambda: store.put_bytes(key, b"probe 2", if_none_match=True))
+    try:
+        current = store.put_bytes(key, b"probe 3", if_match=first)
+    except PreconditionFailed:
+        raise refused(store, "a write with the current If-Match ETag failed") from None
+    _must_lose(store, "a write with a wrong If-Match ETag succeeded",
+               lambda: store.put_bytes(key, b"probe 2", if_match=wrong))
+    conditional_delete = _delete_honours_if_match(store, key, current, wrong)
+    if store.head(key) is None:
+        store.put_bytes(key, b"probe 4")
+    return ServerFeatures(
+        if_match_unquoted=store.features.if_match_unquoted,
+        conditional_delete=conditional_delete,
+        conditional_multipart=_complete_honours_conditions(store, key, wrong),
+    )
+
+
+def refused(store: S3Store, how: str) -> StoreConfigError:
+    return StoreConfigError(
+        f"{store.location} does not honour conditional writes "
+        f"(If-None-Match/If-Match); leases and state need them ({how})"
+    )
+
+
+def _must_lose(store: S3Store, what: str, write: Callable[[], object]) -> None:
+    try:
+        write()
+    except PreconditionFailed:
+        return
+    raise refused(store, what)
+
+
+def _delete_honours_if_match(store: S3Store, key: str, current: str, wrong: str) -> bool:
+    """A delete If-Match a wrong ETag keeps the object, and one If-Match the right ETag
+    removes it. Any other answer (ignored, refused with 501, removed anyway): no."""
+    try:
+        store.raw_delete(key, if_match=wrong)
+    except (StoreConfigError, TransientStoreError):
+        raise
+    except PreconditionFailed:
+        pass
+    except StoreError:  # NotImplemented, InvalidArgument: the server rejects the header
+        return False
+    else:
+        return False
+    if store.head(key) is None:
+        return False  # refused, yet removed
+    try:
+        store.raw_delete(key, if_match=current)
+    except (StoreConfigError, TransientStoreError):
+        raise
+    except StoreError:
+        return False
+    return store.head(key) is None
+
+
+def _complete_honours_conditions(store: S3Store, key: str, wrong: str) -> bool:
+    """CompleteMultipartUpload over the existing `key` with If-None-Match, then with a
+    wrong If-Match: both must answer 412 and leave the object as it was."""
+    before = store.head(key)
+    for conditions in ({"if_none_match": True}, {"if_match": wrong}):
+        upload = store.start_upload(key)
+        try:
+            etag = store.upload_part(key, upload, 1, b"probe multipart")
+            try:
+                store.complete_upload(key, upload, [etag], **conditions)  # type: ignore[arg-type]
+            except PreconditionFailed:
+                continue
+            except (StoreConfigError, TransientStoreError):
+                raise
+            except StoreError:  # rejected, or NoSuchUpload after a lost reply: it completed
+                pass
+            return False
+        finally:
+            with suppress(StoreError, ClientError, BotoCoreError):
+                store.abort_upload(key, upload)
+    after = store.head(key)
+    return before is not None and after is not None and after.etag == before.etag
