@@ -154,6 +154,7 @@ def make_rgw_store(server: RGW, bucket: str, **kwargs: Any) -> S3Store:
     store = S3Store(bucket, endpoint_url=server.endpoint, access_key=server.access_key,
                     secret_key=server.secret_key, region=TEST_REGION, **kwargs)
     store.check_conditional_writes("compacted/probes/")
+    store.on_rgw = True  # type: ignore[attr-defined]  # for tests that reopen it elsewhere
     return store
 
 

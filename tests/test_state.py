@@ -36,7 +36,10 @@ from compressor.storage.base import (
     TransientStoreError,
 )
 from compressor.text import utc_iso
-from tests.conftest import make_s3_store
+from tests.conftest import make_rgw_store, make_s3_store
+from tests.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
+from tests.rgwserver import RGW
+from tests.rgwserver import SECRET_KEY as RGW_SECRET_KEY
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 PID = PartitionId("binance", "trade", "btcusdt", "20240101")
@@ -128,13 +131,17 @@ def store_spec(store: Store) -> tuple[str, str, str]:
     if isinstance(store, LocalStore):
         return ("local", str(store.root), "")
     assert isinstance(store, S3Store)
-    return ("s3", store.bucket, store._client.meta.endpoint_url)
+    kind = "rgw" if getattr(store, "on_rgw", False) else "s3"
+    return (kind, store.bucket, store._client.meta.endpoint_url)
 
 
 def open_spec(spec: tuple[str, str, str]) -> Store:
     kind, where, endpoint = spec
     if kind == "local":
         return LocalStore(where)
+    if kind == "rgw":
+        return make_rgw_store(RGW(endpoint, RGW_ACCESS_KEY, RGW_SECRET_KEY, "", 0.0), where,
+                              max_attempts=3, read_timeout=10.0)
     return make_s3_store(endpoint, where, max_attempts=3, read_timeout=10.0)
 
 
