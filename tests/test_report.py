@@ -234,20 +234,24 @@ def test_text_rows_fit_and_have_no_colour_off_a_tty(
     assert code == 0
     assert "\x1b" not in out  # capsys is not a tty
     lines = out.rstrip("\n").splitlines()
-    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     rows = {line[:8]: line for line in lines if line[:8] in DAYS}
     assert list(rows) == list(DAYS)  # one row per day, newest first
-    # day ready parts ok fail quar run miss stale rows chg label g/d/b/p/m flags
+    # day ready ok fail quar run miss stale rows chg label g/d/b/p/m
     cols = rows["20261123"].split()
-    assert cols[1:9] == ["no", "4", "2", "0", "0", "0", "1", "1"]
-    assert cols[11:13] == ["GOOD", "96/0/0/0/0"]
+    assert cols[1:8] == ["no", "2", "0", "0", "0", "1", "1"]
+    assert cols[10:12] == ["GOOD", "96/0/0/0/0"]
     cols = rows["20261122"].split()
-    assert cols[1:9] == ["no", "3", "1", "1", "1", "0", "0", "0"] and cols[11] == "BAD"
+    assert cols[1:8] == ["no", "1", "1", "1", "0", "0", "0"] and cols[10] == "BAD"
     cols = rows["20261121"].split()
-    assert cols[1:9] == ["yes", "3", "2", "0", "0", "0", "1", "0"]
-    assert cols[11] == "PARTIAL" and cols[12].endswith("/30")
+    assert cols[1:8] == ["yes", "2", "0", "0", "0", "1", "0"]
+    assert cols[10] == "PARTIAL" and cols[11].endswith("/30")
     for day in ("20261124", "20261119", "20261118"):
         assert rows[day].split()[1:5] == ["no", "no", "raw", "data"]
+    doc = json.loads(run_cli(capsys, lake.cli("--json"))[1])
+    for day in doc["days"]:  # a day's data flags on the line below its row, if any
+        below = lines[lines.index(rows[day["day"]]) + 1]
+        assert below.startswith("         flags: ") == bool(day["flags"]), below
     assert any(line.startswith("watermark: last_compacted_date: 20261121 (3 days behind")
                for line in lines)
     worst = lines[next(i for i, line in enumerate(lines) if line.startswith("worst")) + 1:]
@@ -256,7 +260,7 @@ def test_text_rows_fit_and_have_no_colour_off_a_tty(
 
 
 def test_text_width_on_extreme_values() -> None:
-    """Long keys and store names, many flags, huge counts: every line <= 100 columns,
+    """Long keys and store names, many flags, huge counts: every line <= 80 columns,
     with or without colour (colour codes take no column)."""
     flags = {f"flag_number_{i}": 1000 + i for i in range(12)}
     counts = {name: 9999 for name in CONDITIONS}
@@ -277,7 +281,7 @@ def test_text_width_on_extreme_values() -> None:
         text = render_text(report, colour=colour)
         assert ("\x1b[" in text) is colour
         for line in text.splitlines():
-            assert len(ANSI.sub("", line)) <= 100, line
+            assert len(ANSI.sub("", line)) <= 80, line
 
 
 # --------------------------------------------------------------------------- HTML
