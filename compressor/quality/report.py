@@ -161,8 +161,9 @@ class DayReport:
     @property
     def rows_change(self) -> float | None:
         """(rows - previous) / previous; None when there is no previous day to compare, or
-        nothing to compare on this one (no raw data, nothing published: it says so)."""
-        if not self.rows_previous or not (self.rows or self.has_raw_data):
+        nothing to compare on this one: nothing published (no raw data, or not compacted
+        yet: a -100 % would read as a collapse of the data; the day says what it is)."""
+        if not self.rows_previous or not self.state_labels:
             return None
         return (self.rows - self.rows_previous) / self.rows_previous
 
@@ -777,7 +778,8 @@ def render_text(report: QualityReport, colour: bool = False, width: int = LINE_W
 
 def _worst_lines(report: QualityReport, paint: Callable[[str, str | None], str],
                  width: int) -> list[str]:
-    """The worst partitions, one line each: key, condition, the reason cut to fit."""
+    """The worst partitions: key and condition, then the reason on the same line when it
+    fits, else wrapped on the lines below it (an error message is never cut)."""
     if not report.worst_total:
         return ["worst partitions: none (every partition compacted, current, unflagged)"]
     lines = [f"worst partitions ({len(report.worst)} of {report.worst_total}):"]
@@ -785,11 +787,14 @@ def _worst_lines(report: QualityReport, paint: Callable[[str, str | None], str],
     for p in report.worst:
         key = f"  {p.key:<{key_width}} "
         condition = f"{shown_condition(p):<13} "
-        if len(key + condition) >= width:
-            lines.append(_fit(key + condition, width))
+        if len(key + condition + p.reason) <= width:
+            lines.append(key + paint(condition, "problem") + p.reason)
+            continue
+        if len(key + condition) > width:
+            lines.append(_fit(key + condition, width).rstrip())
         else:
-            lines.append(key + paint(condition, "problem")
-                         + _fit(p.reason, width - len(key + condition)))
+            lines.append(key + paint(shown_condition(p), "problem"))
+        lines.extend(_wrap(p.reason, width, 4))
     return lines
 
 
