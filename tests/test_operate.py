@@ -246,9 +246,13 @@ def test_days_before_the_first_run_are_never_called_ready_or_clean(
     them ready. The report and verify (cheap and deep) say what they are and how to
     backfill them, and verify counts them as problems (exit 1)."""
     raw, compact = lake
-    assert _cli(lake, tmp_path).returncode == 0  # catch-up, fresh start
+    first = _cli(lake, tmp_path)  # catch-up, fresh start
+    assert first.returncode == 0
     assert _state(compact)["last_compacted_date"] == DAYS[-1]
     older = DAYS[:-1]
+    assert (f"the 3 raw days before it ({DAYS[0]}..{DAYS[-2]}) are not compacted, yet readers "
+            f"will take them as ready: backfill them: quantlab-compact --mode backfill "
+            f"--date-from {DAYS[0]} --date-to {DAYS[-2]}") in first.stderr
 
     report = _cli(lake, tmp_path, "--quality-report", "--json", "--date-from", DAYS[0],
                   "--date-to", DAYS[-1])
@@ -257,6 +261,7 @@ def test_days_before_the_first_run_are_never_called_ready_or_clean(
     assert (days[DAYS[-1]]["status"], days[DAYS[-1]]["ready"]) == ("ready", True)
     for day in older:
         assert (days[day]["status"], days[day]["ready"]) == ("not_compacted", False)
+        assert days[day]["rows_change"] is None
         note = " ".join(days[day]["notes"])
         assert f"older than the first run (the first compacted day is {DAYS[-1]})" in note
         assert f"--mode backfill --date-from {day} --date-to {day}" in note

@@ -589,3 +589,27 @@ def test_an_unlistable_partition_is_named_not_guessed(lake: Lake) -> None:
     problem = next(p for p in report.worst if p.key == bad.state_key)
     assert "raw listing failed" in problem.reason and "SlowDown" in problem.reason
     assert "unchecked" in render_text(report)
+
+
+def test_a_day_not_compacted_yet_shows_no_change_of_minus_100_percent() -> None:
+    """Raw data, nothing published, the day before published: not a -100 % collapse."""
+    windows = {"good": 96, "degraded": 0, "bad": 0, "partial": 0, "missing": 0,
+               "malformed": 0, "expected": 96}
+    counts = {**dict.fromkeys(CONDITIONS, 0), "not_compacted": 12}
+    pending = DayReport("20261124", False, True, Collector("GOOD", "stored", windows), counts,
+                        0, 28_600, {}, {})
+    done = replace(pending, day="20261123", ready=True, rows=28_000, state_labels={"GOOD": 12},
+                   partitions={**dict.fromkeys(CONDITIONS, 0), "success": 12})
+    assert pending.status == "pending" and pending.rows_change is None
+    assert done.rows_change == pytest.approx(28_000 / 28_600 - 1)
+    report = QualityReport("2026-11-25T00:00:00.000Z", TODAY, "20261123", "20261124", "raw",
+                           "compact", "binance", Watermark("20261123", None, None, 1),
+                           [pending, done], [], 0)
+    page = render_html(report)
+    row = re.search(r'<tr data-day="20261124">.*?</tr>', page)
+    assert row and "not compacted" in row.group(0) and "%" not in row.group(0)
+    text = render_text(report)
+    assert "-100" not in text
+    line = next(x for x in text.splitlines() if x.startswith("20261124"))
+    assert line.split()[1:9] == ["no", "0", "0", "0", "0", "12", "0", "0"]
+    assert line.split()[9] == "-"
