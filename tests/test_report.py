@@ -42,7 +42,7 @@ from compressor.layout import STATE_KEY, PartitionId
 from compressor.lease import LeaseManager
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.quality.html import render_html
+from compressor.quality.html import CONDITION_COLOURS, LABEL_COLOURS, render_html
 from compressor.quality.report import (
     CONDITIONS,
     Cell,
@@ -391,6 +391,8 @@ def test_html_on_a_phone_shows_the_newest_days_and_one_colour_per_label(
     assert got["badBadge"] == got["badCell"]  # BAD is one colour in headers and cells
     assert got["badBar"] == got["badBadge"]  # and in the rows chart
     assert got["missing"] not in (got["body"], "rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
+    labels = {background for background, _ in LABEL_COLOURS.values()}
+    assert not labels & set(CONDITION_COLOURS.values())  # no condition looks like a label
 
 
 def test_html_flag_markers_and_tooltips(lake: Lake) -> None:
