@@ -7,6 +7,11 @@ entry agrees (status success, same rows). `deep` also downloads each output and
 checks its sha256, size, row count, ts_event order and seq. It finds bit rot,
 hand edits and the mismatched pairs a paused writer could leave (README
 "Guarantees under failure"). It writes nothing and takes no lease.
+
+It also reads the raw store's prefixes for the range: a raw partition of a day at or
+before last_compacted_date that has neither an output nor a state entry is a problem,
+because readers take its day as ready (`last_compacted_date >= day`) and find nothing
+(README "State": a fresh start never compacts the days before its first run).
 """
 
 from __future__ import annotations
@@ -14,18 +19,19 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from compressor.discovery import Filters, walk
+from compressor.discovery import Filters, list_partition, walk
 from compressor.layout import PartitionId, format_day
 from compressor.meta import Meta, check_data_file, read_published
 from compressor.partition.verify import VerificationError, verify_output
 from compressor.state import PartitionState, StateSnapshot
 from compressor.storage.base import Store, StoreConfigError, StoreError
-from compressor.text import one_line
+from compressor.text import backfill_hint, one_line
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,42 @@ def _passes(filters: Filters, pid: PartitionId) -> bool:
     return all(allowed is None or value in allowed for allowed, value in (
         (filters.exchanges, pid.exchange), (filters.streams, pid.stream),
         (filters.symbols, pid.symbol)))
+
+
+def not_compacted(
+    raw: Store, snapshot: StateSnapshot, days: set[str], filters: Filters,
+    known: set[str], owns: Callable[[PartitionId], bool] = lambda pid: True,
+) -> list[Finding]:
+    """Raw partitions of days at or before last_compacted_date with no output and no state
+    entry (`known`: the state keys the audit checks). One finding per day when nothing of
+    the day is known (a day older than the first run), else one per partition."""
+    lcd = snapshot.last_compacted_date
+    if lcd is None:
+        return []
+    ready = {day for day in days if day <= lcd}
+    inventory = walk(raw, filters)
+    candidates = [pid for day in sorted(ready) for pid in inventory.partitions(day)
+                  if pid.state_key not in known and owns(pid)]
+    with ThreadPoolExecutor(AUDIT_WORKERS, thread_name_prefix="audit-raw") as pool:
+        counts = list(pool.map(lambda pid: list_partition(raw, pid).file_count, candidates))
+    missing: dict[str, list[PartitionId]] = {}
+    for pid, files in zip(candidates, counts, strict=True):
+        if files:  # a prefix of strays only is not a partition
+            missing.setdefault(pid.date, []).append(pid)
+    first = min((key[-8:] for key in snapshot.partitions), default=None)
+    found: list[Finding] = []
+    for day, pids in sorted(missing.items()):
+        hint = f"backfill it: {backfill_hint(day)}"
+        if any(key[-8:] == day for key in known):
+            found.extend(Finding(pid.state_key, f"in raw, not compacted, yet last_compacted_date "
+                                 f"{lcd} covers its day; {hint}") for pid in pids)
+            continue
+        why = ("older than the first run" if first is None or day < first
+               else "no partition of it is compacted")
+        found.append(Finding(day, f"{len(pids)} raw partitions, not compacted ({why}), yet "
+                             f"last_compacted_date {lcd} makes readers take the day as "
+                             f"ready; {hint}"))
+    return found
 
 
 def audit(

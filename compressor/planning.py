@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from compressor.layout import PartitionId, format_day, parse_day
 from compressor.meta import Published, read_published
 from compressor.state import PartitionState
 from compressor.storage.base import Store, StoreConfigError, StoreError
-from compressor.text import human_size, one_line
+from compressor.text import backfill_hint, human_size, one_line
+
+log = logging.getLogger(__name__)
 
 #: Partitions listed (and their meta.json read) at once while planning.
 PLAN_WORKERS = 8
@@ -354,6 +357,8 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     ready, empty = days.ready, days.empty
     if options.filtered:
         ready, empty = [], {}  # a narrowed run never vouches for a whole day
+    if last is None and ready:
+        _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
     pids = [pid for day in days.run for pid in inventory.partitions(day)]
 
     def decide_one(pid: PartitionId) -> PlannedPartition:
@@ -369,6 +374,17 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
 
     planned = _cap(_parallel_map(decide_one, pids), options.max_partitions)
     return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty)
+
+
+def _warn_fresh_start(first: str, older: Sequence[str]) -> None:
+    """A first run vouches for its day only; the raw days before it stay uncompacted yet
+    fall under the watermark it sets (README "State"): say so, with the fix."""
+    if older:
+        log.warning("fresh start: no last_compacted_date yet, so %s is compacted and becomes "
+                    "it; the %d raw days before it (%s..%s) are not compacted, yet readers "
+                    "will take them as ready: backfill them: %s", first, len(older), older[0],
+                    older[-1], backfill_hint(older[0]).replace(
+                        f"--date-to {older[0]}", f"--date-to {older[-1]}"))
 
 
 def open_backfill_days(

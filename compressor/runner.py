@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from compressor.audit import AuditResult, audit, days_of, partitions_in_range
+from compressor.audit import AuditResult, audit, days_of, not_compacted, partitions_in_range
 from compressor.cleanup import CleanupPlan, CleanupResult
 from compressor.cleanup import execute as execute_cleanup
 from compressor.clock import StoreClock
@@ -262,12 +262,22 @@ def cleanup(config: RunConfig, compact: Store, apply: bool
         return the_plan, execute_cleanup(the_plan, compact, state, leases)
 
 
-def verify(config: RunConfig, compact: Store, deep: bool) -> AuditResult:
-    """--mode verify: audit what is published in the range, read-only."""
+def verify(config: RunConfig, raw: Store, compact: Store, deep: bool) -> AuditResult:
+    """--mode verify: audit what is published in the range, and find the raw partitions
+    of ready days that were never compacted (audit.not_compacted). Read-only."""
     compact.check()
+    raw.check()
     state = StateStore(compact)
     state.load()
     pids = _range_pids(config, compact, state)
     if deep:
         check_tmp_dir(config.tmp_dir)
-    return audit(compact, state.snapshot(), pids, deep=deep, tmp_root=config.tmp_dir)
+    options = config.options
+    assert options.backfill is not None
+    shard = options.shard
+    snapshot = state.snapshot()
+    unpublished = not_compacted(raw, snapshot, days_of(*options.backfill), options.filters,
+                                {p.state_key for p in pids},
+                                lambda p: shard is None or shard.owns(p))
+    result = audit(compact, snapshot, pids, deep=deep, tmp_root=config.tmp_dir)
+    return AuditResult(result.checked, result.findings + unpublished)

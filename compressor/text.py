@@ -41,3 +41,9 @@ def human_size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def backfill_hint(day: str) -> str:
+    """The command that compacts one day (README "Command line": a backfill never moves
+    readiness); told wherever a day at or before last_compacted_date holds nothing."""
+    return f"quantlab-compact --mode backfill --date-from {day} --date-to {day}"

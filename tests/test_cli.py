@@ -302,7 +302,7 @@ def test_quality_report_summarises_the_state_read_only(world: World) -> None:
     assert r.code == 0, r.err
     assert store_listing(world.compact) == listing
     line = next(x for x in r.out.splitlines() if x.startswith("20261124"))
-    assert line.split()[1:4] == ["yes", "2", "2"]
+    assert line.split()[1:4] == ["yes", "2", "0"]  # ready, ok, fail
 
 
 def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_server: str) -> None:

@@ -236,3 +236,64 @@ def test_verify_finds_mismatched_pairs_hand_edits_and_state_disagreements(
     assert deep.returncode == 1
     assert f"{b.state_key}: data.parquet has another sha256" in deep.stdout
     assert store_listing(store) == before  # read-only
+
+
+def test_days_before_the_first_run_are_never_called_ready_or_clean(
+    lake: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A first run on an empty state compacts yesterday only and sets last_compacted_date
+    to it (README "State"): the earlier raw days hold nothing, yet readers' rule calls
+    them ready. The report and verify (cheap and deep) say what they are and how to
+    backfill them, and verify counts them as problems (exit 1)."""
+    raw, compact = lake
+    first = _cli(lake, tmp_path)  # catch-up, fresh start
+    assert first.returncode == 0
+    assert _state(compact)["last_compacted_date"] == DAYS[-1]
+    older = DAYS[:-1]
+    assert (f"the 3 raw days before it ({DAYS[0]}..{DAYS[-2]}) are not compacted, yet readers "
+            f"will take them as ready: backfill them: quantlab-compact --mode backfill "
+            f"--date-from {DAYS[0]} --date-to {DAYS[-2]}") in first.stderr
+
+    report = _cli(lake, tmp_path, "--quality-report", "--json", "--date-from", DAYS[0],
+                  "--date-to", DAYS[-1])
+    assert report.returncode == 0, report.stderr
+    days = {d["day"]: d for d in json.loads(report.stdout)["days"]}
+    assert (days[DAYS[-1]]["status"], days[DAYS[-1]]["ready"]) == ("ready", True)
+    for day in older:
+        assert (days[day]["status"], days[day]["ready"]) == ("not_compacted", False)
+        assert days[day]["rows_change"] is None
+        note = " ".join(days[day]["notes"])
+        assert f"older than the first run (the first compacted day is {DAYS[-1]})" in note
+        assert f"--mode backfill --date-from {day} --date-to {day}" in note
+    text = _cli(lake, tmp_path, "--quality-report", "--date-from", DAYS[0], "--date-to",
+                DAYS[-1]).stdout
+    rows = {line[:8]: line for line in text.splitlines()}
+    assert rows[DAYS[0]].split()[:2] == [DAYS[0], "no"]
+    assert "not compacted, older than the first run" in rows[DAYS[0]]
+
+    for deep in ((), ("--deep",)):
+        verify = _cli(lake, tmp_path, "--mode", "verify", "--date-from", DAYS[0], "--date-to",
+                      DAYS[-1], *deep)
+        assert verify.returncode == 1, verify.stdout + verify.stderr
+        lines = verify.stdout.splitlines()
+        assert lines[-1].endswith(f"{len(older)} problems")
+        for day, line in zip(older, lines, strict=False):
+            assert line.startswith(f"{day}: 2 raw partitions, not compacted (older than the "
+                                   "first run)"), line
+            assert line.endswith(f"--mode backfill --date-from {day} --date-to {day}")
+
+    assert _cli(lake, tmp_path, "--mode", "backfill", "--date-from", DAYS[0], "--date-to",
+                older[-1]).returncode == 0
+    late = PartitionSpec(stream="trade", symbol="solusdt", date=DAYS[1], files=2,
+                         rows_per_file=40)
+    put_partition(LocalStore(raw), late, tmp_path)  # a new partition on a ready day
+    verify = _cli(lake, tmp_path, "--mode", "verify", "--date-from", DAYS[0], "--date-to",
+                  DAYS[-1])
+    assert verify.returncode == 1
+    assert verify.stdout.splitlines()[:-1] == [
+        f"{late.partition.state_key}: in raw, not compacted, yet last_compacted_date "
+        f"{DAYS[-1]} covers its day; backfill it: quantlab-compact --mode backfill "
+        f"--date-from {DAYS[1]} --date-to {DAYS[1]}"]
+    report = _cli(lake, tmp_path, "--quality-report", "--json", "--date-from", DAYS[0],
+                  "--date-to", DAYS[-1])
+    assert [d["status"] for d in json.loads(report.stdout)["days"]] == ["ready"] * 4

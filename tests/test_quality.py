@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from compressor.cli import main
 from compressor.generator import PartitionSpec, raw_table
 from compressor.merge_writer import MergeSettings, merge_files
 from compressor.quality import metrics
@@ -164,9 +166,11 @@ def test_out_of_day_before_and_after_apart() -> None:
 
 
 def test_gaps_above_the_stream_threshold_across_batches() -> None:
-    ts = [DAY0, DAY0 + 10_000, DAY0 + 20_001, DAY0 + 20_001, DAY0 + 45_000, DAY0 + 45_001]
-    q = _feed_split(_table(ts_event=ts), "bbo", 2, 4)  # 20_001 -> 45_000 crosses the cut
-    assert q.gap_threshold_ms == 10_000  # bbo
+    busy = [DAY0 + 100 * k for k in range(2000)]  # a busy stream: a row every 100 ms
+    ts = [*busy, busy[-1] + 10_001, busy[-1] + 20_001, busy[-1] + 20_001, busy[-1] + 45_000,
+          busy[-1] + 45_001]
+    q = _feed_split(_table(ts_event=ts), "bbo", 2, 1000, 2003)  # 20_001 -> 45_000 crosses
+    assert q.gap_threshold_ms == 10_000  # bbo's floor: 40 mean steps are 10 s less
     assert q.gaps_above_threshold == 2  # 10_001 and 24_999; exactly 10_000 is not above
     assert q.max_gap_ms == 24_999
     assert "gaps" in q.flags()
@@ -174,6 +178,14 @@ def test_gaps_above_the_stream_threshold_across_batches() -> None:
     assert (trade.gap_threshold_ms, trade.gaps_above_threshold) == (60_000, 0)
     assert "gaps" not in trade.flags()
     assert _feed([], "something_new").gap_threshold_ms == 60_000
+    # a sparse partition (a row every ~30 s, like the demo) is measured on its own cadence
+    sparse = [DAY0 + 30_000 * k for k in range(1000)]
+    sparse += [sparse[-1] + 500_000 + 30_000 * k for k in range(1400)]  # one 500 s step
+    q = _feed_split(_table(ts_event=sparse), "bbo", 7, 1500)
+    assert q.gap_threshold_ms == 40 * (max(sparse) - DAY0) // 2399
+    assert (q.gaps_above_threshold, q.flags()) == (0, [])
+    q = _feed_split(_table(ts_event=[*sparse[:2000], sparse[1999] + 3_000_000]), "bbo", 9)
+    assert q.gaps_above_threshold == 1 and "gaps" in q.flags()  # 50 min: the stream stalled
 
 
 def test_lag_max_and_negative_lags() -> None:
@@ -523,6 +535,8 @@ def _plain_quality(stream: str, table: pa.Table, cuts: list[int]) -> DayQuality:
     end = DAY0 + 86_400_000
     steps = [b - a for a, b in itertools.pairwise(ts)]
     threshold = metrics.GAP_THRESHOLD_MS.get(stream, metrics.DEFAULT_GAP_THRESHOLD_MS)
+    if rows >= 2:
+        threshold = max(threshold, metrics.GAP_CADENCE_FACTOR * (max(ts) - min(ts)) // (rows - 1))
     recv = table.column("ts_recv").to_pylist()
     lags = sorted(_lag_bucket(r - t) for t, r in zip(ts, recv, strict=True) if r is not None)
 
@@ -575,3 +589,53 @@ def test_every_figure_matches_a_plain_computation(day: tuple[str, pa.Table, list
         for a, b in itertools.pairwise([0, *cuts, table.num_rows]):
             acc(table.slice(a, b - a))
     assert acc.result() == _plain_quality(stream, table, cuts)
+
+
+# --------------------------------------------------------------------------- calibration
+
+#: Raw files the real collector wrote (copied from its golden fixtures; README there).
+COLLECTOR_REAL = Path(__file__).parent / "fixtures" / "collector-real"
+
+
+def _compact_flags(raw: Path, tmp: Path, first: str, last: str, today: str) -> dict[str, list]:
+    """Backfill raw's days through the CLI; partition folder -> meta.json quality flags."""
+    compact = tmp / "compact"
+    compact.mkdir(parents=True)
+    assert main(["--raw", str(raw), "--compact", str(compact), "--mode", "backfill",
+                 "--date-from", first, "--date-to", last, "--today", today, "--tmp-dir",
+                 str(tmp / "work")]) == 0
+    return {str(p.parent.relative_to(compact)): json.loads(p.read_text())["quality"]["flags"]
+            for p in sorted(compact.glob("exchange=*/*/*/*/meta.json"))}
+
+
+def test_the_gap_flag_stays_off_on_the_real_collector_and_fires_on_a_hole(
+    tmp_path: Path,
+) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(COLLECTOR_REAL, raw)
+    flags = _compact_flags(raw, tmp_path, "20260228", "20260301", "20260302")
+    assert len(flags) == 10  # five streams, two days
+    assert not [key for key, raised in flags.items() if "gaps" in raised]
+    # the same busy bbo partition with 3 minutes of rows gone (a feed that stalled)
+    bbo = raw / "exchange=binance/stream=bbo/symbol=btcusdt/date=20260301"
+    hole = bbo.parent.parent / "symbol=ethusdt" / bbo.name
+    hole.mkdir(parents=True)
+    start = 1772323440_000  # 2026-03-01T00:04:00Z
+    for path in sorted(bbo.glob("*.parquet")):
+        table = pq.read_table(path)
+        ts = table.column("ts_event")
+        keep = pc.or_(pc.less(ts, start), pc.greater_equal(ts, start + 180_000))
+        pq.write_table(table.filter(keep), hole / path.name, compression="snappy")
+    flags = _compact_flags(raw, tmp_path / "again", "20260301", "20260301", "20260302")
+    assert "gaps" in flags["exchange=binance/stream=bbo/symbol=ethusdt/date=20260301"]
+    assert "gaps" not in flags["exchange=binance/stream=bbo/symbol=btcusdt/date=20260301"]
+
+
+def test_no_data_flag_on_the_demo(tmp_path: Path) -> None:
+    """The demo lake is normal data: no partition raises a flag (the floor alone raised
+    `gaps` on every one)."""
+    assert main(["--demo", str(tmp_path / "demo"), "--today", "20261204"]) == 0
+    state = json.loads((tmp_path / "demo/compact/compacted/_state.json").read_text())
+    raised = {key: e["quality"]["flags"] for key, e in state["partitions"].items()}
+    assert len(raised) == 36
+    assert not [key for key, flags in raised.items() if "gaps" in flags], raised

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
+from html import unescape as html_unescape
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from compressor.layout import STATE_KEY, PartitionId
 from compressor.lease import LeaseManager
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.quality.html import render_html
+from compressor.quality.html import CONDITION_COLOURS, LABEL_COLOURS, render_html
 from compressor.quality.report import (
     CONDITIONS,
     Cell,
@@ -234,29 +235,38 @@ def test_text_rows_fit_and_have_no_colour_off_a_tty(
     assert code == 0
     assert "\x1b" not in out  # capsys is not a tty
     lines = out.rstrip("\n").splitlines()
-    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     rows = {line[:8]: line for line in lines if line[:8] in DAYS}
     assert list(rows) == list(DAYS)  # one row per day, newest first
-    # day ready parts ok fail quar run miss stale rows chg label g/d/b/p/m flags
+    # day ready ok fail quar run miss stale rows chg label g/d/b/p/m
     cols = rows["20261123"].split()
-    assert cols[1:9] == ["no", "4", "2", "0", "0", "0", "1", "1"]
-    assert cols[11:13] == ["GOOD", "96/0/0/0/0"]
+    assert cols[1:8] == ["no", "2", "0", "0", "0", "1", "1"]
+    assert cols[10:12] == ["GOOD", "96/0/0/0/0"]
     cols = rows["20261122"].split()
-    assert cols[1:9] == ["no", "3", "1", "1", "1", "0", "0", "0"] and cols[11] == "BAD"
+    assert cols[1:8] == ["no", "1", "1", "1", "0", "0", "0"] and cols[10] == "BAD"
     cols = rows["20261121"].split()
-    assert cols[1:9] == ["yes", "3", "2", "0", "0", "0", "1", "0"]
-    assert cols[11] == "PARTIAL" and cols[12].endswith("/30")
+    assert cols[1:8] == ["yes", "2", "0", "0", "0", "1", "0"]
+    assert cols[10] == "PARTIAL" and cols[11].endswith("/30")
     for day in ("20261124", "20261119", "20261118"):
         assert rows[day].split()[1:5] == ["no", "no", "raw", "data"]
+    doc = json.loads(run_cli(capsys, lake.cli("--json"))[1])
+    for day in doc["days"]:  # a day's data flags on the line below its row, if any
+        below = lines[lines.index(rows[day["day"]]) + 1]
+        assert below.startswith("         flags: ") == bool(day["flags"]), below
     assert any(line.startswith("watermark: last_compacted_date: 20261121 (3 days behind")
                for line in lines)
-    worst = lines[next(i for i, line in enumerate(lines) if line.startswith("worst")) + 1:]
+    worst: list[str] = []  # one entry per partition: a reason too long goes below it
+    for line in lines[next(i for i, x in enumerate(lines) if x.startswith("worst")) + 1:]:
+        if line.startswith("    "):
+            worst[-1] += " " + line.strip()
+        else:
+            worst.append(line)
     assert worst[0].split()[:2] == [pid(SERIES[1], "20261122").state_key, "quarantined"]
-    assert worst[1].split()[1] == "failed" and "injected" in worst[1]
+    assert worst[1].split()[1] == "failed" and "injected: retries ran out" in worst[1]
 
 
 def test_text_width_on_extreme_values() -> None:
-    """Long keys and store names, many flags, huge counts: every line <= 100 columns,
+    """Long keys and store names, many flags, huge counts: every line <= 80 columns,
     with or without colour (colour codes take no column)."""
     flags = {f"flag_number_{i}": 1000 + i for i in range(12)}
     counts = {name: 9999 for name in CONDITIONS}
@@ -277,7 +287,7 @@ def test_text_width_on_extreme_values() -> None:
         text = render_text(report, colour=colour)
         assert ("\x1b[" in text) is colour
         for line in text.splitlines():
-            assert len(ANSI.sub("", line)) <= 100, line
+            assert len(ANSI.sub("", line)) <= 80, line
 
 
 # --------------------------------------------------------------------------- HTML
@@ -322,6 +332,67 @@ def test_html_page_renders_the_heatmap_in_chromium(
     keep = os.environ.get("QLC_REPORT_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+#: Appended to a copy of the page (its CSP allows inline scripts): measures the layout in
+#: a 390 px frame, then scrolls every scroll box to its right end and measures again.
+PROBE = """<script>(function () {
+  function box(el) { var r = el.getBoundingClientRect(); return [r.left, r.right]; }
+  function bg(sel) { var s = getComputedStyle(document.querySelector(sel));
+    return s.backgroundImage !== "none" ? "image" : s.backgroundColor; }
+  var heads = document.querySelectorAll("#heatmap th.day");
+  var out = {inner: window.innerWidth, page: document.documentElement.scrollWidth,
+    heads: Array.prototype.map.call(heads, function (h) { return h.getAttribute("data-day"); }),
+    newest: box(heads[0]), day: box(document.querySelector("table.days td")),
+    series: box(document.querySelector("#heatmap tbody th")),
+    badBadge: bg(".badge.lb-BAD"), badCell: bg("td.c-success.l-BAD"),
+    badBar: document.querySelector("rect.bar[data-label=BAD]") ?
+      getComputedStyle(document.querySelector("rect.bar[data-label=BAD]")).fill : null,
+    missing: bg("td.c-not_compacted"), body: bg("body")};
+  document.querySelectorAll(".scroll").forEach(function (el) { el.scrollLeft = 1e6; });
+  out.dayScrolled = box(document.querySelector("table.days td"));
+  out.seriesScrolled = box(document.querySelector("#heatmap tbody th"));
+  parent.postMessage(JSON.stringify(out), "*");
+})();</script>"""
+
+
+def phone_layout(page: Path, tmp_path: Path) -> dict[str, Any]:
+    """The page in a 390 px wide frame (headless chromium's window is at least 500 px
+    wide, a frame is not), measured by PROBE."""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    host = tmp_path / "host.html"
+    host.write_text(
+        '<!DOCTYPE html><html><body style="margin:0"><iframe src="probed.html" width="390" '
+        'height="2000" style="border:0"></iframe><script>window.addEventListener("message", '
+        'function (e) { var p = document.createElement("pre"); p.id = "probe"; '
+        "p.textContent = e.data; document.body.appendChild(p); });</script></body></html>")
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", host.as_uri(),
+                   profile=tmp_path / "profile-phone").stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result: dict[str, Any] = json.loads(html_unescape(found.group(1)))
+    return result
+
+
+def test_html_on_a_phone_shows_the_newest_days_and_one_colour_per_label(
+    lake: Lake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "report.html"
+    assert run_cli(capsys, lake.cli("--html", str(page)))[0] == 0
+    got = phone_layout(page, tmp_path)
+    inner = got["inner"]
+    assert inner == 390
+    assert got["page"] <= inner  # the page never scrolls sideways: its boxes do
+    assert got["heads"] == sorted(got["heads"], reverse=True) and got["heads"][0] == DAYS[0]
+    assert 0 <= got["newest"][0] and got["newest"][1] <= inner  # newest day in view
+    for name in ("day", "series", "dayScrolled", "seriesScrolled"):  # first columns stay
+        assert 0 <= got[name][0] and got[name][1] <= inner, (name, got[name])
+    assert got["badBadge"] == got["badCell"]  # BAD is one colour in headers and cells
+    assert got["badBar"] == got["badBadge"]  # and in the rows chart
+    assert got["missing"] not in (got["body"], "rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
+    labels = {background for background, _ in LABEL_COLOURS.values()}
+    assert not labels & set(CONDITION_COLOURS.values())  # no condition looks like a label
 
 
 def test_html_flag_markers_and_tooltips(lake: Lake) -> None:
@@ -520,3 +591,27 @@ def test_an_unlistable_partition_is_named_not_guessed(lake: Lake) -> None:
     problem = next(p for p in report.worst if p.key == bad.state_key)
     assert "raw listing failed" in problem.reason and "SlowDown" in problem.reason
     assert "unchecked" in render_text(report)
+
+
+def test_a_day_not_compacted_yet_shows_no_change_of_minus_100_percent() -> None:
+    """Raw data, nothing published, the day before published: not a -100 % collapse."""
+    windows = {"good": 96, "degraded": 0, "bad": 0, "partial": 0, "missing": 0,
+               "malformed": 0, "expected": 96}
+    counts = {**dict.fromkeys(CONDITIONS, 0), "not_compacted": 12}
+    pending = DayReport("20261124", False, True, Collector("GOOD", "stored", windows), counts,
+                        0, 28_600, {}, {})
+    done = replace(pending, day="20261123", ready=True, rows=28_000, state_labels={"GOOD": 12},
+                   partitions={**dict.fromkeys(CONDITIONS, 0), "success": 12})
+    assert pending.status == "pending" and pending.rows_change is None
+    assert done.rows_change == pytest.approx(28_000 / 28_600 - 1)
+    report = QualityReport("2026-11-25T00:00:00.000Z", TODAY, "20261123", "20261124", "raw",
+                           "compact", "binance", Watermark("20261123", None, None, 1),
+                           [pending, done], [], 0)
+    page = render_html(report)
+    row = re.search(r'<tr data-day="20261124">.*?</tr>', page)
+    assert row and "not compacted" in row.group(0) and "%" not in row.group(0)
+    text = render_text(report)
+    assert "-100" not in text
+    line = next(x for x in text.splitlines() if x.startswith("20261124"))
+    assert line.split()[1:9] == ["no", "0", "0", "0", "0", "12", "0", "0"]
+    assert line.split()[9] == "-"

@@ -18,8 +18,8 @@ figure does not apply to the stream, or an older writer did not record it):
 - duplicate_rows: rows equal to an earlier row in every column but seq and
   ts_recv (the same event delivered twice); counted across batch boundaries.
 - max_gap_ms: largest step between consecutive ts_event.
-- gap_threshold_ms, gaps_above_threshold: the stream's threshold
-  (`GAP_THRESHOLD_MS`) and how many consecutive steps exceed it.
+- gap_threshold_ms, gaps_above_threshold: the partition's threshold (below) and
+  how many consecutive steps exceed it.
 - lag_p50_ms / lag_p99_ms / lag_max_ms: ts_recv - ts_event (nearest-rank
   percentiles, exact below 10 s, to the second beyond); negative_lag_rows: rows
   with ts_recv < ts_event.
@@ -41,9 +41,16 @@ figure does not apply to the stream, or an older writer did not record it):
   compared as strings (Arrow unique + is_in), exact but slower.
 - crossed_rows / locked_rows: bid_price > ask_price / bid_price == ask_price.
 
-Gap thresholds (`GAP_THRESHOLD_MS`), for 24/7 USDT perpetuals of the ten most
-traded symbols: the threshold is a few missed publishes of the slowest venue, so
-a quiet hour does not raise it but a stalled feed does.
+Gap threshold of a partition: the larger of its stream's floor (`GAP_THRESHOLD_MS`)
+and `GAP_CADENCE_FACTOR` (40) times its own mean step ((ts_max - ts_min) / (rows - 1)).
+A flag that is on for every partition says nothing: the floor alone fired on every
+partition of a sparse stream (the demo's ~2,400 rows a day step ~36 s on average, and
+its longest step is up to 27 times that), while a busy stream's mean step is far below
+its floor, so the floor decides there and a multi-minute hole still raises the flag.
+The floors are a few missed publishes of the slowest venue, checked on what the real
+collector writes (tests/fixtures/collector-real: longest step bbo 7.1 s, trade 7.7 s,
+mark_price 4.2 s at ~1 s, funding 89 s at 30-90 s on okx, open_interest 3 s with one
+24 s hole while okx was offline, at rates far below the live ones):
 
 - bbo 10 s: the best bid/offer of a top-10 perp changes many times a second even
   at night; 10 s without one is a dead connection.
@@ -54,7 +61,8 @@ a quiet hour does not raise it but a stalled feed does.
   slowest publishes.
 - funding 10 min: the rate comes every 1-3 s on binance (mark price stream) but
   every 30-90 s on okx and only on change on bybit.
-- open_interest 5 min: published on change every few seconds, or polled.
+- open_interest 60 s: published every ~3 s (okx) or on change: twenty missed
+  publishes.
 - any other stream 60 s (`DEFAULT_GAP_THRESHOLD_MS`).
 
 Flags (`flags()`, in this order), raised when:
@@ -111,9 +119,14 @@ GAP_THRESHOLD_MS: dict[str, int] = {
     "trade": 60_000,
     "mark_price": 30_000,
     "funding": 600_000,
-    "open_interest": 300_000,
+    "open_interest": 60_000,
 }
 DEFAULT_GAP_THRESHOLD_MS = 60_000
+#: A partition's threshold is at least this many times its own mean step (docstring).
+GAP_CADENCE_FACTOR = 40
+#: Steps above the floor kept to count against the final threshold; beyond it the
+#: largest are kept (the count is then at least this, and the flag is raised anyway).
+_MAX_KEPT_STEPS = 100_000
 #: Price and quantity columns that must hold positive values.
 POSITIVE_COLUMNS = (
     "bid_price", "bid_qty", "ask_price", "ask_qty", "price", "qty",
@@ -272,7 +285,7 @@ class QualityAccumulator:
 
     `day` is the partition's date (YYYYMMDD), `path` the file the batches are written
     to (named if a time column cannot be converted to milliseconds), `stream` the
-    partition's stream (PartitionId.stream: picks the gap threshold). The figures
+    partition's stream (PartitionId.stream: picks the gap floor). The figures
     are defined in the module docstring.
     """
 
@@ -281,7 +294,7 @@ class QualityAccumulator:
         self._day_start = int(start.timestamp() * 1000)
         self._path = path
         self.stream = stream
-        self.gap_threshold_ms = GAP_THRESHOLD_MS.get(stream, DEFAULT_GAP_THRESHOLD_MS)
+        self.gap_floor_ms = GAP_THRESHOLD_MS.get(stream, DEFAULT_GAP_THRESHOLD_MS)
         self.reset()
 
     def reset(self) -> None:
@@ -291,7 +304,10 @@ class QualityAccumulator:
         self._after = 0
         self._duplicates = 0
         self._max_gap: int | None = None
-        self._gaps_above = 0
+        #: Steps above the floor (at most _MAX_KEPT_STEPS, the largest), and the extremes.
+        self._big_steps: list[np.ndarray] = []
+        self._kept_steps = 0
+        self._ts_range: tuple[int, int] | None = None
         self._last_ts: int | None = None
         #: Lags below _EXACT_LAG_MS (absolute): counts at lag + _EXACT_LAG_MS.
         self._exact_lags = np.zeros(2 * _EXACT_LAG_MS, dtype=np.int64)
@@ -345,6 +361,7 @@ class QualityAccumulator:
             self._duplicates += _duplicates_in(carry, times, _in_order(np.diff(times)))
             self._carry = None
         lags = self._lag_histogram()
+        threshold = self.gap_threshold()
         return DayQuality(
             rows=self._rows,
             out_of_day_rows=self._before + self._after,
@@ -354,8 +371,9 @@ class QualityAccumulator:
             lag_p99_ms=_percentile(lags, 0.99),
             out_of_day_before=self._before,
             out_of_day_after=self._after,
-            gap_threshold_ms=self.gap_threshold_ms,
-            gaps_above_threshold=self._gaps_above,
+            gap_threshold_ms=threshold,
+            gaps_above_threshold=sum(int(np.count_nonzero(kept > threshold))
+                                     for kept in self._big_steps),
             lag_max_ms=self._lag_max,
             negative_lag_rows=self._negative_lags,
             unsorted_rows_in_files=None if merge is None else merge.unsorted_rows_in_files,
@@ -383,28 +401,51 @@ class QualityAccumulator:
             self._before += int(np.count_nonzero(ts < start))
             self._after += int(np.count_nonzero(ts >= end))
 
+    def gap_threshold(self) -> int:
+        """The larger of the stream's floor and GAP_CADENCE_FACTOR mean steps of the rows
+        fed so far (module docstring)."""
+        if self._ts_range is None or self._rows < 2:
+            return self.gap_floor_ms
+        low, high = self._ts_range
+        return max(self.gap_floor_ms, GAP_CADENCE_FACTOR * (high - low) // (self._rows - 1))
+
     def _track_gaps(self, ts: np.ndarray) -> bool:
         """Steps between consecutive ts_event, the one from the previous batch included;
-        returns whether `ts` is sorted (no step below 0).
+        returns whether `ts` is sorted (no step below 0). Keeps the steps above the
+        floor, to be counted against the threshold known at the end.
 
         A piece of the batch at a time, so no batch-long array of steps is made."""
-        threshold = self.gap_threshold_ms
+        floor = self.gap_floor_ms
         biggest = self._max_gap
         lowest = 0
+        low, high = int(ts.min()), int(ts.max())
+        if self._ts_range is not None:
+            low, high = min(low, self._ts_range[0]), max(high, self._ts_range[1])
+        self._ts_range = (low, high)
         if self._last_ts is not None:
             step = int(ts[0]) - self._last_ts
             biggest = step if biggest is None else max(biggest, step)
-            self._gaps_above += step > threshold
+            if step > floor:
+                self._keep_steps(np.array([step], np.int64))
         for start, end in _pieces(ts.size - 1):
             steps = np.diff(ts[start : end + 1])
             step = int(steps.max())
             biggest = step if biggest is None else max(biggest, step)
-            if step > threshold:  # else none is: skip the count
-                self._gaps_above += int(np.count_nonzero(steps > threshold))
+            if step > floor:  # else none is: nothing to keep
+                self._keep_steps(steps[steps > floor])
             lowest = min(lowest, int(steps.min()))
         self._max_gap = biggest
         self._last_ts = int(ts[-1])
         return lowest >= 0
+
+    def _keep_steps(self, steps: np.ndarray) -> None:
+        self._big_steps.append(steps)
+        self._kept_steps += steps.size
+        if self._kept_steps > _MAX_KEPT_STEPS:
+            every = np.concatenate(self._big_steps)
+            self._big_steps = [np.partition(every, every.size - _MAX_KEPT_STEPS)
+                               [-_MAX_KEPT_STEPS:]]
+            self._kept_steps = _MAX_KEPT_STEPS
 
     def _count_lags(self, ts: np.ndarray, column: pa.ChunkedArray) -> None:
         """ts_recv - ts_event of the rows with a ts_recv, a piece of the batch at a time."""

@@ -25,8 +25,13 @@ listing changed since), `failed`, `quarantined`, `in_progress`, `not_compacted` 
 data files and no state entry) or `gone_from_raw` (a state entry, no raw data files
 now). `missing` = not_compacted + gone_from_raw.
 
-A day is `ready` as readers compute it (`last_compacted_date >= day`), except that a
-day without raw data is never shown ready: the report says "no raw data" instead.
+A day is in exactly one state (`DAY_STATES`, README "Quality report"): `ready` as
+readers compute it (`last_compacted_date >= day`) with something published; `pending`
+(after the watermark: a run will do it); `no_raw_data`; `not_compacted` (at or before
+the watermark, raw data, and not one partition published: a day older than the first
+run, which a fresh start never compacts, or whose outputs were cleaned). Readers would
+take a `not_compacted` day as ready and find nothing, so it is never shown ready: the
+report says what it is and how to backfill it (`backfill_hint`).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from compressor.quality.windows import (
 )
 from compressor.state import PartitionState, parse_document
 from compressor.storage.base import NotFound, Store, StoreConfigError, StoreError
-from compressor.text import one_line, utc_iso
+from compressor.text import backfill_hint, one_line, utc_iso
 
 REPORT_VERSION = 1
 DEFAULT_DAYS = 14
@@ -65,13 +70,15 @@ WORST_LIMIT = 15
 DEFAULT_WORKERS = 32
 #: Days scored or loaded at once (scoring fetches a day's windows with 16 threads).
 _VERDICT_WORKERS = 4
-LINE_WIDTH = 100
+LINE_WIDTH = 80
 
 CONDITIONS = ("success", "stale", "failed", "quarantined", "in_progress", "not_compacted",
               "gone_from_raw")
 #: Worst first; `success` comes last (unchecked against raw, then with data flags).
 _SEVERITY = {"quarantined": 0, "failed": 1, "not_compacted": 2, "stale": 3,
              "gone_from_raw": 4, "in_progress": 5, "success": 6}
+#: A day's state (`DayReport.status`); README "Quality report" defines each.
+DAY_STATES = ("ready", "pending", "no_raw_data", "not_compacted")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -134,6 +141,14 @@ class DayReport:
     #: day_quality_post of the day's published entries: label -> partitions.
     state_labels: dict[str, int]
     notes: tuple[str, ...] = ()
+    #: One of DAY_STATES; "" lets __post_init__ derive it from `ready`/`has_raw_data`.
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            derived = ("ready" if self.ready else "pending" if self.has_raw_data
+                       else "no_raw_data")
+            object.__setattr__(self, "status", derived)
 
     @property
     def total(self) -> int:
@@ -146,8 +161,9 @@ class DayReport:
     @property
     def rows_change(self) -> float | None:
         """(rows - previous) / previous; None when there is no previous day to compare, or
-        nothing to compare on this one (no raw data, nothing published: it says so)."""
-        if not self.rows_previous or not (self.rows or self.has_raw_data):
+        nothing to compare on this one: nothing published (no raw data, or not compacted
+        yet: a -100 % would read as a collapse of the data; the day says what it is)."""
+        if not self.rows_previous or not self.state_labels:
             return None
         return (self.rows - self.rows_previous) / self.rows_previous
 
@@ -269,6 +285,7 @@ def gather(
         collectors = {day: f.result() for day, f in verdict_futures.items()}
 
     lcd = doc["last_compacted_date"]
+    first = min((key[-8:] for key in doc["partitions"]), default=None)
     cells = _cells(raw_pids, entries, checks, set(wanted))
     by_day: dict[str, list[Cell]] = {day: [] for day in wanted}
     for cell in cells:
@@ -277,7 +294,7 @@ def gather(
     # a prefix holding no data file (strays only) is no raw data; unlisted ones count
     raw_days = {pid.date for pid in raw_pids if checks.files.get(pid.state_key) != 0}
     day_reports = [
-        _day_report(day, by_day[day], collectors[day], lcd, previous_rows.get(day),
+        _day_report(day, by_day[day], collectors[day], (lcd, first), previous_rows.get(day),
                     day in raw_days, checks.failed.get(day, 0))
         for day in wanted
     ]
@@ -556,10 +573,34 @@ def _previous_rows(entries: dict[str, PartitionState], wanted: Sequence[str]) ->
     return out
 
 
+def _day_status(day: str, has_raw: bool, published: int, lcd: str | None) -> str:
+    """The day's state (DAY_STATES): at or before the watermark, raw data and nothing
+    published is `not_compacted`, never `ready` (module docstring)."""
+    if not has_raw:
+        return "no_raw_data"
+    if lcd is None or lcd < day:
+        return "pending"
+    return "ready" if published else "not_compacted"
+
+
+def _not_compacted_note(day: str, first: str | None) -> str:
+    """Why a day at or before the watermark holds nothing, and the fix."""
+    if first is None:
+        why = "older than the first run (no partition is compacted yet)"
+    elif day < first:
+        why = f"older than the first run (the first compacted day is {first})"
+    else:
+        why = "no partition of it is published"
+    return (f"not compacted: {why}, yet last_compacted_date covers it, so readers take it "
+            f"as ready; backfill it: {backfill_hint(day)}")
+
+
 def _day_report(
-    day: str, cells: list[Cell], collector: Collector, lcd: str | None,
+    day: str, cells: list[Cell], collector: Collector, watermark: tuple[str | None, str | None],
     rows_previous: int | None, has_raw: bool, unchecked: int,
 ) -> DayReport:
+    """`watermark`: last_compacted_date and the first day the state has an entry for."""
+    lcd, first = watermark
     counts = {name: 0 for name in CONDITIONS}
     flags: Counter[str] = Counter()
     labels: Counter[str] = Counter()
@@ -571,8 +612,11 @@ def _day_report(
             rows += cell.rows
             labels[cell.label or "none"] += 1
     notes = []
+    status = _day_status(day, has_raw, sum(labels.values()), lcd)
     if not has_raw:
         notes.append("no raw data")
+    if status == "not_compacted":
+        notes.append(_not_compacted_note(day, first))
     other = {label: n for label, n in sorted(labels.items()) if label != collector.label}
     if collector.label is not None and other:
         listed = ", ".join(f"{label} {n}" for label, n in other.items())
@@ -582,7 +626,7 @@ def _day_report(
         notes.append(f"{unchecked} partitions could not be checked against raw (see below)")
     return DayReport(
         day=day,
-        ready=has_raw and lcd is not None and lcd >= day,
+        ready=status == "ready",
         has_raw_data=has_raw,
         collector=collector,
         partitions=counts,
@@ -591,6 +635,7 @@ def _day_report(
         flags=dict(sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))),
         state_labels=dict(sorted(labels.items())),
         notes=tuple(notes),
+        status=status,
     )
 
 
@@ -625,6 +670,7 @@ def _day_json(d: DayReport) -> dict[str, Any]:
     change = d.rows_change
     return {
         "day": d.day,
+        "status": d.status,
         "ready": d.ready,
         "has_raw_data": d.has_raw_data,
         "collector": {
@@ -653,13 +699,15 @@ def render_json(report: QualityReport) -> str:
 
 _COLOURS = {"GOOD": "32", "DEGRADED": "33", "BAD": "31", "PARTIAL": "35", "UNKNOWN": "2",
             "problem": "31", "bold": "1"}
-#: (header, width, right-aligned) of the day row's columns before the flags.
-_COLUMNS = (("day", 8, False), ("ready", 5, False), ("parts", 5, True), ("ok", 5, True),
-            ("fail", 4, True), ("quar", 4, True), ("run", 3, True), ("miss", 4, True),
-            ("stale", 5, True), ("rows", 5, True), ("chg", 6, True), ("label", 8, False),
-            ("g/d/b/p/m", 11, False))
-#: The partition and row columns, which a day without raw data replaces by a note.
-_COUNT_COLUMNS = slice(2, 11)
+#: (header, width, right-aligned) of the day row's columns: with single spaces the first
+#: eleven take 66 columns, leaving the windows 14 of 80 (README "Quality report"). The
+#: partitions' total is left to JSON: it is ok + fail + quar + run + miss + stale.
+_COLUMNS = (("day", 8, False), ("ready", 5, False), ("ok", 4, True), ("fail", 4, True),
+            ("quar", 4, True), ("run", 3, True), ("miss", 4, True), ("stale", 5, True),
+            ("rows", 5, True), ("chg", 5, True), ("label", 8, False), ("g/d/b/p/m", 14, False))
+#: The partition and row columns, which a day without raw data or never compacted
+#: replaces by what explains it.
+_COUNT_COLUMNS = slice(2, 10)
 
 
 def compact_count(n: int) -> str:
@@ -678,8 +726,8 @@ def _change(change: float | None) -> str:
         return "-"
     pct = change * 100
     if pct >= 999.5:
-        return ">+999%"
-    return f"{pct:+.1f}%" if abs(pct) < 99.95 else f"{pct:+.0f}%"
+        return ">999%"
+    return f"{pct:+.1f}%" if abs(pct) < 9.95 else f"{pct:+.0f}%"
 
 
 def _fit(text: str, width: int) -> str:
@@ -689,72 +737,80 @@ def _fit(text: str, width: int) -> str:
     return text[: max(0, width - 3)] + "..." if width >= 3 else text[:width]
 
 
-def _flags_text(flags: dict[str, int], width: int) -> str:
-    """'name n, name n' fitting `width`, ending '+K' when K more flag kinds do not fit."""
-    if not flags:
-        return "-"
-    items = [f"{name} {n}" for name, n in flags.items()]
-    for shown in range(len(items), 0, -1):
-        rest = len(items) - shown
-        text = ", ".join(items[:shown]) + (f" +{rest}" if rest else "")
-        if len(text) <= width:
-            return text
-    return _fit(f"{len(items)} kinds", width)
+def _wrap(text: str, width: int, indent: int) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent=" " * indent,
+                         subsequent_indent=" " * (indent + 2), break_on_hyphens=False,
+                         break_long_words=True)
 
 
 def render_text(report: QualityReport, colour: bool = False, width: int = LINE_WIDTH) -> str:
-    """The terminal report: one row per day (newest first), the watermark, notes, the
-    worst partitions. Every line fits `width` columns; ANSI colours only when `colour`."""
+    """The terminal report: one row per day (newest first; its data flags on a line of
+    their own below it), the watermark, notes, the worst partitions. Every line fits
+    `width` columns (80: a terminal or a phone's SSH app); ANSI colours only when `colour`."""
 
     def paint(text: str, what: str | None) -> str:
         code = _COLOURS.get(what or "")
         return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
 
     header = " ".join(f"{h:>{w}}" if right else f"{h:<{w}}" for h, w, right in _COLUMNS)
-    lines = [_fit(f"quality report {report.date_from}..{report.date_to} ({len(report.days)} "
-                  f"days, UTC)  raw {report.raw_uri}  compact {report.compact_uri}", width),
-             paint(header + " flags", "bold")]
-    cut_flags = set()
+    lines = _wrap(f"quality report {report.date_from}..{report.date_to} ({len(report.days)} "
+                  f"days, UTC); raw {report.raw_uri}; compact {report.compact_uri}", width, 0)
+    lines.append(paint(_fit(header.rstrip(), width), "bold"))
     for d in report.days:
-        row, complete = _day_row(d, paint, width)
-        lines.append(row)
-        if not complete:
-            cut_flags.add(d.day)
+        lines.append(_day_row(d, paint, width))
+        if d.flags:
+            lines.extend(_wrap("flags: " + ", ".join(f"{k} {v}" for k, v in d.flags.items()),
+                               width, 9))
     lines.append("")
-    lines.extend(_fit(line, width) for line in _watermark_lines(report))
-    noted = [d for d in report.days if d.collector.reasons or d.notes or d.day in cut_flags]
+    for line in _watermark_lines(report):
+        lines.extend(_wrap(line.lstrip(), width, len(line) - len(line.lstrip())))
+    noted = [d for d in report.days if d.collector.reasons or d.notes]
     if noted:
         lines.append("notes:")
         for d in noted:
-            flags = ("flags " + ", ".join(f"{k} {v}" for k, v in d.flags.items())
-                     if d.day in cut_flags else "")
-            why = "; ".join(x for x in (*d.notes, *d.collector.reasons, flags) if x)
+            why = "; ".join(x for x in (*d.notes, *d.collector.reasons) if x)
             source = {"stored": "", "scored": " (scored now)"}.get(d.collector.source, "")
             label = d.collector.label or "label n/a"
-            lines.extend(textwrap.wrap(f"{d.day} {label}{source}: {why}", width,
-                                       initial_indent="  ", subsequent_indent=" " * 11,
-                                       break_on_hyphens=False))
-    if report.worst_total:
-        lines.append(f"worst partitions ({len(report.worst)} of {report.worst_total}):")
-        key_width = min(40, max(len(p.key) for p in report.worst))
-        for p in report.worst:
-            key = f"  {p.key:<{key_width}} "
-            condition = f"{shown_condition(p):<13} "
-            if len(key + condition) >= width:
-                lines.append(_fit(key + condition, width))
-            else:
-                lines.append(key + paint(condition, "problem")
-                             + _fit(p.reason, width - len(key + condition)))
-    else:
-        lines.append("worst partitions: none (every partition compacted, current, unflagged)")
+            lines.extend(_wrap(f"{d.day} {label}{source}: {why}", width, 2))
+    lines.extend(_worst_lines(report, paint, width))
     return "\n".join(lines)
 
 
-def _day_row(
-    d: DayReport, paint: Callable[[str, str | None], str], width: int
-) -> tuple[str, bool]:
-    """One day, padded cell by cell (colour codes added after padding), then the flags in
-    whatever room is left; and whether every flag fitted."""
+def _worst_lines(report: QualityReport, paint: Callable[[str, str | None], str],
+                 width: int) -> list[str]:
+    """The worst partitions: key and condition, then the reason on the same line when it
+    fits, else wrapped on the lines below it (an error message is never cut)."""
+    if not report.worst_total:
+        return ["worst partitions: none (every partition compacted, current, unflagged)"]
+    lines = [f"worst partitions ({len(report.worst)} of {report.worst_total}):"]
+    key_width = min(36, max(len(p.key) for p in report.worst))
+    for p in report.worst:
+        key = f"  {p.key:<{key_width}} "
+        condition = f"{shown_condition(p):<13} "
+        if len(key + condition + p.reason) <= width:
+            lines.append(key + paint(condition, "problem") + p.reason)
+            continue
+        if len(key + condition) > width:
+            lines.append(_fit(key + condition, width).rstrip())
+        else:
+            lines.append(key + paint(shown_condition(p), "problem"))
+        lines.extend(_wrap(p.reason, width, 4))
+    return lines
+
+
+def _day_explained(d: DayReport) -> str | None:
+    """What replaces a day's counts when they would mislead, else None."""
+    if d.status == "no_raw_data" and not d.total:
+        return "no raw data"
+    if d.status == "not_compacted":
+        older = any("older than the first run" in note for note in d.notes)
+        return ("not compacted, older than the first run" if older
+                else "not compacted: nothing published")
+    return None
+
+
+def _day_row(d: DayReport, paint: Callable[[str, str | None], str], width: int) -> str:
+    """One day, padded cell by cell (colour codes added after padding), cut to `width`."""
     w = d.collector.windows
     windows = ("/".join(str(w[k]) for k in ("good", "degraded", "bad", "partial", "missing"))
                if w else "n/a")
@@ -765,7 +821,7 @@ def _day_row(
         return str(n), "problem" if n else None
 
     counts: list[tuple[str, str | None]] = [
-        (str(d.total), None), (str(p["success"]), None), problem(p["failed"]),
+        (str(p["success"]), None), problem(p["failed"]),
         problem(p["quarantined"]), problem(p["in_progress"]), problem(d.missing),
         problem(p["stale"]), (compact_count(d.rows), None), (_change(d.rows_change), None)]
     values = [(d.day, None), ("yes" if d.ready else "no", None), *counts, (label, label),
@@ -773,15 +829,17 @@ def _day_row(
     plain = [f"{v:>{c[1]}}" if c[2] else f"{v:<{c[1]}}"
              for (v, _), c in zip(values, _COLUMNS, strict=True)]
     painted = [paint(text, what) for text, (_, what) in zip(plain, values, strict=True)]
-    if not (d.has_raw_data or d.total):  # the counts give way to what explains them
+    explained = _day_explained(d)
+    if explained is not None:  # the counts give way to what explains them
         room = len(" ".join(plain[_COUNT_COLUMNS]))
-        plain[_COUNT_COLUMNS] = painted[_COUNT_COLUMNS] = [f"{'no raw data':<{room}}"]
-    row = " ".join(painted)
-    used = len(" ".join(plain)) + 1
-    if not (d.has_raw_data or d.total):
-        return row.rstrip(), True
-    flags = _flags_text(d.flags, max(1, width - used))
-    return row + " " + flags, flags == _flags_text(d.flags, 10**6)
+        plain[_COUNT_COLUMNS] = [f"{explained:<{room}}"]
+        painted[_COUNT_COLUMNS] = [paint(plain[_COUNT_COLUMNS][0], "problem"
+                                         if d.status == "not_compacted" else None)]
+    if len(" ".join(plain).rstrip()) > width:  # only on extreme values: cut the windows
+        plain[-1] = painted[-1] = _fit(plain[-1], max(0, width - len(" ".join(plain[:-1])) - 1))
+        if len(" ".join(plain)) > width:
+            return _fit(" ".join(plain), width)
+    return " ".join(painted).rstrip()
 
 
 def shown_condition(p: Problem) -> str:
