@@ -19,6 +19,7 @@ from compressor.lease import LeaseManager
 from compressor.meta import read_published
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
+from compressor.quality.labels import RULES_VERSION
 from compressor.quality.verdicts import DayVerdicts
 from compressor.quality.windows import load_verdict, windows_prefix
 from compressor.state import StateStore
@@ -59,7 +60,7 @@ def _labels(compact: LocalStore) -> dict[str, tuple[str, str]]:
         meta = json.loads(compact.get_bytes(
             f"exchange={ex}/stream={stream}/symbol={symbol}/date={day}/meta.json")[0])
         out[key] = (meta["day_quality"], entry["day_quality_post"])
-        assert meta["post_filter_version"] == entry["post_filter_version"] == "1.0.0"
+        assert meta["post_filter_version"] == entry["post_filter_version"] == RULES_VERSION
     return out
 
 

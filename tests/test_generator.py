@@ -284,7 +284,7 @@ def test_quality_windows_with_missing_coverage(tmp_path: Path) -> None:
     written = write_quality_windows(tmp_path, "20261124", ["bybit"], missing=[0, 95])
     names = [p.name for p in written]
     assert len(names) == 94  # the first and the last window of the day are missing
-    assert names[0] == "window=0030.json" and names[-1] == "window=2345.json"
+    assert names[0] == "window=0015.json" and names[-1] == "window=2330.json"  # by start
     assert sorted(p.name for p in (tmp_path / "quality/date=20261124").iterdir()) == sorted(names)
 
 
