@@ -4,6 +4,8 @@ Nothing here writes: a Plan is what `--dry-run` prints and what the job executes
 Days (README "How a run works"): a catch-up covers every raw day after
 last_compacted_date, the lookback window before it (late raw files), and any day
 at or before it that still has a partition whose state entry is not `success`.
+Daily and catch-up runs also cover the days whose `success` entries carry a label
+of other window rules, to relabel them (README "Collector health windows").
 Days without raw data between the watermark and today are *empty days*: they hold
 readiness back until their grace period has passed and a later day has raw data.
 """
