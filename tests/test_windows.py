@@ -839,7 +839,7 @@ def test_fetch_save_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
 
     windows = fetch_day_windows(raw, DAY, workers=4)
     assert sorted(windows) == sorted([key(k) for k in range(96) if not 40 <= k < 60]
-                                     + [K2400, key(0, "20261125")])  # + the next 0000
+                                     + [K2400])
     assert fetch_day_windows(raw, "20261126") == {}
     v = score_day(DAY, windows, now=NOW)
     assert v.counts == WindowCounts(good=76, missing=20, malformed=1)
@@ -878,8 +878,7 @@ def test_fetch_skips_vanished_and_raises_other_errors(tmp_path: Path) -> None:
     store = _FlakyStore(tmp_path, {key(3): NotFound("gone")})
     windows = fetch_day_windows(store, DAY)
     assert len(windows) == 95 and key(3) not in windows
-    # one GET each, and one of the next day's 0000 (the old name of the 23:45 window)
-    assert sorted(store.gets) == sorted([key(k) for k in range(96)] + [key(0, "20261125")])
+    assert sorted(store.gets) == sorted(key(k) for k in range(96))  # one GET each
     assert score_day(DAY, windows, now=NOW).reasons == ("1 window missing",)
 
     store = _FlakyStore(tmp_path, {key(3): TransientStoreError("503")})
@@ -902,11 +901,13 @@ def test_real_collector_windows_score_as_the_collector_wrote_them() -> None:
     store = LocalStore(REAL)
     feb = fetch_day_windows(store, "20260228")
     assert sorted(feb) == [f"quality/date=20260228/window={h}.json"
-                           for h in ("2315", "2330", "2345")] + [
-        "quality/date=20260301/window=0000.json"]  # the next day's 0000, not counted
+                           for h in ("2315", "2330", "2345")]
     labels = {k: score_window(json.loads(b), k) for k, b in feb.items()}
-    assert {k[-9:-5]: (v.slot_day, v.slot_hhmm, v.label.value, v.partial, v.misnamed)
-            for k, v in labels.items()} == {
+    labels["0000"] = score_window(json.loads(
+        (REAL / "quality/date=20260301/window=0000.json").read_bytes()),
+        "quality/date=20260301/window=0000.json")
+    assert {v.slot_hhmm: (v.slot_day, v.slot_hhmm, v.label.value, v.partial, v.misnamed)
+            for v in labels.values()} == {
         "2315": ("20260228", "2315", "DEGRADED", True, False),  # first window: 70 s
         "2330": ("20260228", "2330", "GOOD", False, False),
         "2345": ("20260228", "2345", "DEGRADED", False, False),  # 3 okx reconnects
@@ -988,3 +989,28 @@ def test_a_verdict_stored_by_rules_1_0_0_still_loads(tmp_path: Path) -> None:
             bad_doc[top][sub] = value
         with pytest.raises(ValueError, match=field):
             DayVerdict.from_json(bad_doc)
+
+
+def test_fetch_reads_the_next_days_0000_only_for_an_end_named_day(tmp_path: Path) -> None:
+    """A day written in the old end-named convention has no window starting at 23:45 in
+    its folder: one more GET, of the next day's 0000, finds it. A day written as the
+    collector writes it, or one without windows, costs no such request."""
+    for k in range(96):
+        end = datetime(2026, 11, 24, tzinfo=UTC) + timedelta(minutes=15 * (k + 1))
+        path = tmp_path / f"quality/date={end:%Y%m%d}/window={end:%H%M}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(window(k)))
+    store = _FlakyStore(tmp_path, {})
+    windows = fetch_day_windows(store, DAY)
+    assert len(windows) == 96 and K0000_NEXT in windows and store.gets[-1] == K0000_NEXT
+    v = score_day(DAY, windows, now=NOW)
+    assert v.counts == WindowCounts(good=96, missing=0, misnamed=96)
+    assert v.label is Label.GOOD
+    # the next day's folder holds only that end-named window: not the 25th's
+    nxt = score_day("20261125", fetch_day_windows(store, "20261125"), now=NOW)
+    assert nxt.counts == WindowCounts(missing=96, misnamed=1) and nxt.label is Label.UNKNOWN
+    assert nxt.misnamed_keys == (K0000_NEXT,)
+
+    store = _FlakyStore(tmp_path / "none", {})
+    (tmp_path / "none").mkdir()
+    assert fetch_day_windows(store, DAY) == {} and store.gets == []

@@ -48,9 +48,10 @@ the day's label (the coverage is there), but it is reported. So:
 - a window in D's folder whose `window_start` is on another day belongs to that
   day: misnamed in D's verdict, not counted in D's slots;
 - the old "named by end" convention put D's 23:45 window at `date=D+1/window=0000.json`
-  (or `date=D/window=2400.json`): `fetch_day_windows` also reads that one neighbour
-  key, and it counts for D (misnamed) when its `window_start` is D 23:45. Any other
-  object outside D's folder whose start is not on D is the other day's business.
+  (or `date=D/window=2400.json`): when D's folder has windows but none starting at
+  23:45, `fetch_day_windows` also reads that one neighbour key, and it counts for D
+  (misnamed) when its `window_start` is D 23:45. Any other object outside D's folder
+  whose start is not on D is the other day's business.
 
 Day (`score_day`), precedence BAD > PARTIAL > DEGRADED > GOOD, UNKNOWN when no window
 is usable at all (never GOOD without evidence). Every triggered reason is listed, the
@@ -88,7 +89,7 @@ import re
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from compressor.layout import parse_day
@@ -838,21 +839,35 @@ def old_last_window_key(day: str) -> str:
 
 def fetch_day_windows(raw: Store, day: str, workers: int = 16) -> dict[str, bytes]:
     """{key: bytes} of the day's `window=*.json` objects in the raw store, and of the
-    next day's `window=0000.json` (`old_last_window_key`) when it exists.
+    next day's `window=0000.json` (`old_last_window_key`) when the old convention may
+    hold the day's last window there.
 
     One LIST of `quality/date=<day>/`, then GETs in parallel. Other names under the
-    prefix (`._*`, `*.tmp`, subfolders) are not windows and are skipped. The
-    neighbour key is read with one plain GET, absent = NotFound (as cheap as a HEAD,
-    and no second request when it exists); `score_day` counts it only if it starts on
-    `day`. An object deleted between the LIST and its GET is missing (skipped); any
-    other StoreError propagates (nothing is scored from a partial read of a readable
-    store).
+    prefix (`._*`, `*.tmp`, subfolders) are not windows and are skipped. The neighbour
+    key is read (one GET, absent = NotFound) only when the day's folder has windows
+    but none starting at 23:45: a day written as the collector writes it costs no
+    extra request. `score_day` counts it only if it starts on `day`. An object
+    deleted between the LIST and its GET is missing (skipped); any other StoreError
+    propagates (nothing is scored from a partial read of a readable store).
     """
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers!r}")
     prefix = windows_prefix(day)
     keys = [info.key for info in raw.list_objects(prefix) if _is_window_name(info.key, prefix)]
-    keys.append(old_last_window_key(day))
+    out = _get_all(raw, keys, workers)
+    if out and not _covers_last_slot(out, day):
+        neighbour = old_last_window_key(day)
+        try:
+            out[neighbour] = raw.get_bytes(neighbour)[0]
+        except NotFound:
+            pass
+    return out
+
+
+def _get_all(raw: Store, keys: list[str], workers: int) -> dict[str, bytes]:
+    """{key: bytes} of `keys`, GET in parallel; a key gone since its LIST is skipped."""
+    if not keys:
+        return {}
     out: dict[str, bytes] = {}
     pool = ThreadPoolExecutor(max_workers=min(workers, len(keys)),
                               thread_name_prefix="quality-windows")
@@ -864,11 +879,23 @@ def fetch_day_windows(raw: Store, day: str, workers: int = 16) -> dict[str, byte
             try:
                 out[key] = future.result()[0]
             except NotFound:
-                if key.startswith(prefix):
-                    log.info("collector window %s vanished after the listing: missing", key)
+                log.info("collector window %s vanished after the listing: missing", key)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def _covers_last_slot(windows: Mapping[str, bytes], day: str) -> bool:
+    """Whether one of the objects says it starts at `day` 23:45 (not validated here)."""
+    last = datetime.strptime(day + "2345", "%Y%m%d%H%M").replace(tzinfo=UTC)
+    for data in windows.values():
+        try:
+            doc = _load(data)
+            if isinstance(doc, dict) and _iso_z(doc.get("window_start"), "") == last:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def save_verdict(compact: Store, verdict: DayVerdict) -> str:
