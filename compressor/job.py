@@ -542,7 +542,8 @@ class Job:
             started_at, attempts = self._next_attempt(pid)
             status, _, error = classify(exc)
             return self._record_failure(pid, status, error, started_at, attempts)
-        change = (f"{_label_of(base).value} (rules {_rules_of(base) or 'unknown'}) -> "
+        old_rules = base.meta.rules_version if base.meta is not None else None
+        change = (f"{_label_of(base).value} (rules {old_rules or 'unknown'}) -> "
                   f"{label.value} (rules {RULES_VERSION})")
         log.info("%s: up to date; day label %s", pid.state_key, change,
                  extra=self._fields(pid, "skipped", reason=f"up to date; day label {change}"))
@@ -669,18 +670,11 @@ def _label_of(source: Published | Meta) -> Label:
     return Label(value) if isinstance(value, str) and value in LABELS else Label.UNKNOWN
 
 
-def _rules_of(source: Published | Meta) -> str | None:
-    """The `post_filter_version` a meta.json carries (None when it has none)."""
-    meta = source.meta if isinstance(source, Published) else source
-    version = meta.extra.get("post_filter_version") if meta is not None else None
-    return version if isinstance(version, str) else None
-
-
-def _label_current(source: Published | Meta, label: Label) -> bool:
-    """Whether an up-to-date meta.json needs no relabel: it carries the day's `label`,
-    made by the current window rules. A label of other rules is relabelled in place
-    even when its string is the same (README "Collector health windows")."""
-    return _label_of(source) is label and _rules_of(source) == RULES_VERSION
+def _label_current(published: Published, label: Label) -> bool:
+    """Whether an up-to-date pair needs no relabel: its meta.json carries the day's
+    `label`, made by the current window rules. A label of other rules is relabelled in
+    place even when its string is the same (README "Collector health windows")."""
+    return _label_of(published) is label and published.labelled_by(RULES_VERSION)
 
 
 def _success_from_meta(
@@ -689,7 +683,7 @@ def _success_from_meta(
     """A `success` state entry rebuilt from a published meta.json (None if it won't do)."""
     if meta is None:
         return None
-    version = _rules_of(meta)
+    version = meta.rules_version
     try:
         figures = DayQuality.from_json(meta.extra.get("quality")).compact()
     except (TypeError, ValueError, AttributeError, KeyError):

@@ -458,10 +458,9 @@ def decide(
     if published.meta is None:
         return plan(Action.COMPACT, Reason.NEW)
     if published.current_for(partition.fingerprint):
-        version = published.meta.extra.get("post_filter_version")
-        if version != RULES_VERSION:
-            return plan(Action.SKIP, Reason.RELABEL, f"rules {version or 'unknown'} -> "
-                                                     f"{RULES_VERSION}")
+        if not published.labelled_by(RULES_VERSION):
+            version = published.meta.rules_version or "unknown"
+            return plan(Action.SKIP, Reason.RELABEL, f"rules {version} -> {RULES_VERSION}")
         return plan(Action.SKIP, Reason.UP_TO_DATE)
     before = published.meta.source_files
     return plan(
