@@ -655,15 +655,19 @@ def write_quality_windows(
 ) -> list[Path]:
     """Write the day's 96 collector health windows (BRIEF §5), skipping indices in `missing`.
 
-    Window k covers [00:00 + 15k min, +15 min); its file is named after the window end
-    (HHMM), so the last window of the day is `window=0000.json`. `missing` makes a day
-    whose coverage has holes, which the quality report must show (BRIEF §5;
-    compressor.quality.windows scores them).
+    Exactly as the collector writes them (README "Collector health windows"): window
+    k covers [00:00 + 15k min, +15 min) and is keyed by its START,
+    `quality/date=<start day>/window=<start HHMM>.json` (`0000` .. `2345`), as
+    `json.dump(indent=2)` without a trailing newline; floats rounded to 1 decimal,
+    counts as ints, and `queue_pct_peak` an int (95) when it is the backpressure floor
+    of a BAD window, a float otherwise. `missing` makes a day whose coverage has holes,
+    which the quality report must show (compressor.quality.windows scores them).
 
-    For known answers: windows in `partial` are written with `is_partial: true` and
-    `actual_duration_seconds: 450.0`; `overrides[k]` replaces top-level fields of window
-    k, except `signals`, whose entries replace the generated signals one by one. The
-    defaults' output is unchanged.
+    For known answers: a window in `partial` is the first one after a simulated
+    collector restart: `is_partial: true`, its nominal quarter-hour `window_start`,
+    and `actual_duration_seconds` 450.0 (the process came up half-way through it);
+    `overrides[k]` replaces top-level fields of window k, except `signals`, whose
+    entries replace the generated signals one by one.
     """
     spec = PartitionSpec(date=day, seed=seed)
     exchanges = list(exchanges)
@@ -671,58 +675,65 @@ def write_quality_windows(
     partial_set = set(partial)
     overrides = overrides or {}
     out = []
-    day0 = spec.day_start_ms
     directory = Path(root) / f"quality/date={day}"
     directory.mkdir(parents=True, exist_ok=True)
     for k in range(96):
         if k in skip:
             continue
-        start = day0 + k * 900_000
-        end = start + 900_000
-        roll = _unit(spec, "quality", k)
-        quality = "BAD" if roll < 0.005 else "DEGRADED" if roll < 0.035 else "GOOD"
-        offline = {ex: 0.0 for ex in exchanges}
-        if quality != "GOOD" and exchanges:
-            offline[exchanges[k % len(exchanges)]] = 120.0 if quality == "BAD" else 15.0
-        doc: dict[str, Any] = {
-            "window_start": _iso(start),
-            "window_end": _iso(end),
-            "quality": quality,
-            "is_partial": False,
-            "signals": {
-                "actual_duration_seconds": 900.0,
-                "offline_seconds_by_exchange": offline,
-                "ws_connected_seconds": {ex: 900.0 - s for ex, s in offline.items()},
-                "eps_by_exchange": {
-                    ex: {
-                        "avg": round(400 + 200 * _unit(spec, "eps", k, ex), 1),
-                        "min": round(50 * _unit(spec, "epsmin", k, ex), 1),
-                    }
-                    for ex in exchanges
-                },
-                # a healthy collector: drops only in its BAD windows, queues well below
-                # the 90 % that makes a window BAD (BRIEF §5 rules, quality/windows.py)
-                "dropped_events": 1 + int(1000 * roll) if quality == "BAD" else 0,
-                "queue_pct_peak": round((95.0 if quality == "BAD" else 45.0)
-                                        * _unit(spec, "queue", k), 1),
-                "drain_mode_accelerated_seconds": 0.0,
-                "reconnects": 0 if quality == "GOOD" else 1,
-                "s3_upload_failures": 0,
-            },
-        }
-        if k in partial_set:
-            doc["is_partial"] = True
-            doc["signals"]["actual_duration_seconds"] = 450.0
+        doc = _window_doc(spec, exchanges, k, k in partial_set)
         for field_name, value in overrides.get(k, {}).items():
             if field_name == "signals":
                 doc["signals"].update(value)
             else:
                 doc[field_name] = value
-        hhmm = datetime.fromtimestamp(end / 1000, tz=UTC).strftime("%H%M")
+        start = spec.day_start_ms + k * 900_000
+        hhmm = datetime.fromtimestamp(start / 1000, tz=UTC).strftime("%H%M")
         path = directory / f"window={hhmm}.json"
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        path.write_text(json.dumps(doc, indent=2))
         out.append(path)
     return out
+
+
+def _window_doc(spec: PartitionSpec, exchanges: list[str], k: int, partial: bool
+                ) -> dict[str, Any]:
+    """Window k of the day as the collector's ledger writes it (seeded by `spec`)."""
+    start = spec.day_start_ms + k * 900_000
+    duration = 450.0 if partial else 900.0
+    roll = _unit(spec, "quality", k)
+    quality = "BAD" if roll < 0.005 else "DEGRADED" if roll < 0.035 else "GOOD"
+    offline = {ex: 0.0 for ex in exchanges}
+    if quality != "GOOD" and exchanges:
+        offline[exchanges[k % len(exchanges)]] = 120.0 if quality == "BAD" else 15.0
+    # a healthy collector: drops only in its BAD windows, whose queue sits at the
+    # backpressure floor (an int, as the collector writes it); elsewhere a float
+    queue: int | float = 95 if quality == "BAD" else round(45.0 * _unit(spec, "queue", k), 1)
+    return {
+        "window_start": _iso(start),
+        "window_end": _iso(start + 900_000),
+        "quality": quality,
+        "is_partial": partial,
+        "signals": {
+            "actual_duration_seconds": duration,
+            "offline_seconds_by_exchange": offline,
+            "ws_connected_seconds": {ex: duration - s for ex, s in offline.items()},
+            "eps_by_exchange": {
+                ex: {
+                    "avg": round(400 + 200 * _unit(spec, "eps", k, ex), 1),
+                    "min": round(50 * _unit(spec, "epsmin", k, ex), 1),
+                }
+                for ex in exchanges
+            },
+            "dropped_events": 1 + int(1000 * roll) if quality == "BAD" else 0,
+            "queue_pct_peak": queue,
+            "drain_mode_accelerated_seconds": 0.0,
+            "reconnects": 0 if quality == "GOOD" else 1,
+            "s3_upload_failures": 0,
+        },
+    }
+
+
+#: The demo lake's first day has a collector restart in this window (09:15-09:30).
+DEMO_RESTART_SLOT = 37
 
 
 def write_demo_lake(
@@ -738,7 +749,9 @@ def write_demo_lake(
     """A small collector-shaped raw lake under `root` (binance has no open_interest).
 
     Returns the partitions written, sorted. Each day also gets its 96 health windows
-    under quality/date=YYYYMMDD/, as the collector writes them.
+    under quality/date=YYYYMMDD/, as the collector writes them; the first day's
+    collector restarts once, so its 09:15 window is the short partial first window
+    of the new process (`DEMO_RESTART_SLOT`).
     """
     written = []
     for day in days:
@@ -760,5 +773,6 @@ def write_demo_lake(
                     )
                     write_partition(spec, root)
                     written.append(spec.partition)
-        write_quality_windows(root, day, exchanges, seed=seed)
+        restart = (DEMO_RESTART_SLOT,) if day == days[0] else ()
+        write_quality_windows(root, day, exchanges, seed=seed, partial=restart)
     return sorted(written)

@@ -404,7 +404,7 @@ class Job:
                     return PartitionOutcome(pid, Status.NO_DATA)
                 fingerprint = current.partition.fingerprint
                 if current.action is Action.SKIP and base.current_for(fingerprint):
-                    if _label_of(base) is self.labels(pid.date):
+                    if _label_current(base, self.labels(pid.date)):
                         return self._up_to_date(pid, base, fingerprint)  # state synced
                     return self._relabel(current, base)
                 return self._compact(current, lease.check_held, base)
@@ -510,7 +510,7 @@ class Job:
             log.info("%s: its output changed since this run planned; re-checking it",
                      pid.state_key, extra=self._fields(pid))
             return None
-        if _label_of(now) is not self.labels(pid.date):
+        if not _label_current(now, self.labels(pid.date)):
             return None  # up to date, but the day's label changed: relabel under the lease
         if self._needs_sync(pid, now):
             # Only a lease holder writes an entry: a run without it could stamp a
@@ -527,6 +527,7 @@ class Job:
         return synced is not None and (
             entry is None or entry.status != "success" or entry.rows != synced.rows
             or entry.day_quality_post != synced.day_quality_post
+            or entry.post_filter_version != synced.post_filter_version
         )
 
     def _relabel(self, planned: PlannedPartition, base: Published) -> PartitionOutcome:
@@ -541,10 +542,11 @@ class Job:
             started_at, attempts = self._next_attempt(pid)
             status, _, error = classify(exc)
             return self._record_failure(pid, status, error, started_at, attempts)
-        log.info("%s: up to date; day label %s -> %s", pid.state_key,
-                 _label_of(base).value, label.value,
-                 extra=self._fields(pid, "skipped", reason=f"up to date; day label "
-                                    f"{_label_of(base).value} -> {label.value}"))
+        old_rules = base.meta.rules_version if base.meta is not None else None
+        change = (f"{_label_of(base).value} (rules {old_rules or 'unknown'}) -> "
+                  f"{label.value} (rules {RULES_VERSION})")
+        log.info("%s: up to date; day label %s", pid.state_key, change,
+                 extra=self._fields(pid, "skipped", reason=f"up to date; day label {change}"))
         return self._up_to_date(pid, replace(base, meta=meta), fingerprint)
 
     def _up_to_date(self, pid: PartitionId, published: Published, fingerprint: str
@@ -668,13 +670,20 @@ def _label_of(source: Published | Meta) -> Label:
     return Label(value) if isinstance(value, str) and value in LABELS else Label.UNKNOWN
 
 
+def _label_current(published: Published, label: Label) -> bool:
+    """Whether an up-to-date pair needs no relabel: its meta.json carries the day's
+    `label`, made by the current window rules. A label of other rules is relabelled in
+    place even when its string is the same (README "Collector health windows")."""
+    return _label_of(published) is label and published.labelled_by(RULES_VERSION)
+
+
 def _success_from_meta(
     meta: Meta | None, entry: PartitionState | None, now: str
 ) -> PartitionState | None:
     """A `success` state entry rebuilt from a published meta.json (None if it won't do)."""
     if meta is None:
         return None
-    version = meta.extra.get("post_filter_version")
+    version = meta.rules_version
     try:
         figures = DayQuality.from_json(meta.extra.get("quality")).compact()
     except (TypeError, ValueError, AttributeError, KeyError):
@@ -687,7 +696,7 @@ def _success_from_meta(
             updated_at=now,
             attempts=entry.attempts if entry else 1,
             day_quality_post=_label_of(meta).value,
-            post_filter_version=version if isinstance(version, str) else None,
+            post_filter_version=version,
             quality=figures,
             source_fingerprint=meta.source_fingerprint,
             skipped_files=meta.skipped_files or None,

@@ -90,6 +90,12 @@ class Meta:
 
     # -- the rules -------------------------------------------------------------
 
+    @property
+    def rules_version(self) -> str | None:
+        """`post_filter_version`: the window rules behind `day_quality` (None: absent)."""
+        version = self.extra.get("post_filter_version")
+        return version if isinstance(version, str) else None
+
     def describes(self, data: ObjectInfo | None) -> bool:
         """Whether `data` (a HEAD or listing of data.parquet) is the file named here."""
         return (
@@ -211,6 +217,12 @@ class Published:
         return self.consistent and self.meta is not None and (
             self.meta.source_fingerprint == fingerprint
         )
+
+    def labelled_by(self, rules_version: str) -> bool:
+        """Whether meta.json's day label was made by these window rules. An up-to-date
+        pair whose label another version made is relabelled in place, never compacted
+        again (README "Collector health windows")."""
+        return self.meta is not None and self.meta.rules_version == rules_version
 
     def mismatch(self) -> str | None:
         """Why a visible meta.json cannot be trusted (None when absent or consistent)."""

@@ -4,6 +4,8 @@ Nothing here writes: a Plan is what `--dry-run` prints and what the job executes
 Days (README "How a run works"): a catch-up covers every raw day after
 last_compacted_date, the lookback window before it (late raw files), and any day
 at or before it that still has a partition whose state entry is not `success`.
+Daily and catch-up runs also cover the days whose `success` entries carry a label
+of other window rules, to relabel them (README "Collector health windows").
 Days without raw data between the watermark and today are *empty days*: they hold
 readiness back until their grace period has passed and a later day has raw data.
 """
@@ -22,6 +24,7 @@ from typing import Protocol
 from compressor.discovery import Filters, Inventory, Partition, list_partition, walk
 from compressor.layout import PartitionId, format_day, parse_day
 from compressor.meta import Published, read_published
+from compressor.quality.labels import RULES_VERSION
 from compressor.state import PartitionState
 from compressor.storage.base import Store, StoreConfigError, StoreError
 from compressor.text import backfill_hint, human_size, one_line
@@ -67,6 +70,9 @@ class Reason(enum.StrEnum):
     RETRY_QUARANTINE = "--retry-quarantine"
     QUARANTINE_KEY_GONE = "quarantined key no longer in the raw listing"
     UP_TO_DATE = "up to date"
+    #: Up to date, but its day label was made by other window rules (README "Collector
+    #: health windows"): the run relabels it in place, without recompacting.
+    RELABEL = "up to date; day label of other rules"
     NO_DATA = "no raw data files"
     QUARANTINED = "quarantined"
     UNREADABLE = "could not list or read it"
@@ -74,7 +80,7 @@ class Reason(enum.StrEnum):
 
 
 #: Skips that leave a partition done (it counts for last_compacted_date and exit 0).
-DONE_SKIPS = frozenset({Reason.UP_TO_DATE, Reason.NO_DATA})
+DONE_SKIPS = frozenset({Reason.UP_TO_DATE, Reason.RELABEL, Reason.NO_DATA})
 
 
 class StateView(Protocol):
@@ -86,6 +92,8 @@ class StateView(Protocol):
     def get(self, pid: PartitionId | str) -> PartitionState | None: ...
 
     def days_not_success(self, until: str) -> set[str]: ...
+
+    def days_labelled_by_other_rules(self, version: str) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,9 @@ class Plan:
             f"skipped: {len(self.partitions) - len(compact)}",
         ]
         for p in self.partitions:
+            verb = "relabel" if p.reason is Reason.RELABEL else p.action.value
             lines.append(
-                f"  {p.action.value:<7} {p.pid.state_key:<44} {p.partition.file_count:>6} files "
+                f"  {verb:<7} {p.pid.state_key:<44} {p.partition.file_count:>6} files "
                 f"{human_size(p.partition.total_bytes):>9}  {p.describe}"
             )
         for day, ready in sorted(self.empty_days.items()):
@@ -239,13 +248,16 @@ def plan_days(
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
     empty_day_grace: int = DEFAULT_EMPTY_DAY_GRACE,
     retry_days: Sequence[str] = (),
+    relabel_days: Sequence[str] = (),
 ) -> Days:
     """The days a run covers, those that may move readiness, and the empty ones.
 
     catch-up: the pending days with raw data, the `lookback_days` raw days at or before
     last_compacted_date, and `retry_days` (days at or before it with a partition not
-    `success`); daily: yesterday. Both may move readiness over the pending days.
-    backfill: the range, never moves readiness.
+    `success`); daily: yesterday. Both may move readiness over the pending days, and
+    both also cover `relabel_days` with raw data (days with a `success` labelled by
+    other window rules: relabelled without recompacting, README "Collector health
+    windows"). backfill: the range, never moves readiness.
     """
     if mode is Mode.BACKFILL:
         assert backfill is not None
@@ -256,15 +268,16 @@ def plan_days(
     pending = pending_days(today, last_compacted, raw_dates)
     empty = {d: empty_day_ready(d, today, raw_dates, empty_day_grace)
              for d in pending if d not in raw}
+    end = format_day(today)
+    relabel = {d for d in relabel_days if d in raw and d < end}
     if mode is Mode.DAILY:
-        return Days([format_day(today - timedelta(days=1))], pending, empty)
-    run = {d for d in pending if d in raw}
+        return Days(sorted({format_day(today - timedelta(days=1))} | relabel), pending, empty)
+    run = {d for d in pending if d in raw} | relabel
     if last_compacted is not None:
         start = format_day(parse_day(last_compacted) - timedelta(days=max(0, lookback_days - 1)))
         if lookback_days > 0:
             run |= {d for d in raw if start <= d <= last_compacted}
         run |= {d for d in retry_days if d in raw and d <= last_compacted}
-    end = format_day(today)
     return Days(sorted(d for d in run if d < end), pending, empty)
 
 
@@ -351,9 +364,12 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     else:
         retry = (state.days_not_success(last) if last and options.mode is Mode.CATCH_UP
                  else set())
+        relabel = (state.days_labelled_by_other_rules(RULES_VERSION)
+                   if options.mode is not Mode.BACKFILL else set())
         days = plan_days(options.mode, options.today, last, inventory.dates, options.backfill,
                          lookback_days=options.lookback_days,
-                         empty_day_grace=options.empty_day_grace, retry_days=sorted(retry))
+                         empty_day_grace=options.empty_day_grace, retry_days=sorted(retry),
+                         relabel_days=sorted(relabel))
     ready, empty = days.ready, days.empty
     if options.filtered:
         ready, empty = [], {}  # a narrowed run never vouches for a whole day
@@ -458,6 +474,9 @@ def decide(
     if published.meta is None:
         return plan(Action.COMPACT, Reason.NEW)
     if published.current_for(partition.fingerprint):
+        if not published.labelled_by(RULES_VERSION):
+            version = published.meta.rules_version or "unknown"
+            return plan(Action.SKIP, Reason.RELABEL, f"rules {version} -> {RULES_VERSION}")
         return plan(Action.SKIP, Reason.UP_TO_DATE)
     before = published.meta.source_files
     return plan(

@@ -573,6 +573,22 @@ class StateStore:
                  if key[-8:] <= until and status != "success"}
         return days
 
+    def days_labelled_by_other_rules(self, version: str) -> set[str]:
+        """Days with a `success` entry whose `post_filter_version` is not `version`.
+
+        The next daily or catch-up run covers them (README "Collector health windows"):
+        every label made by older window rules is relabelled in place, without
+        recompacting, like `days_not_success` brings failed days back.
+        """
+        doc = self._document()
+        with self._lock:
+            raws = list(doc["partitions"].items())
+            queued = {k: (e.status, e.post_filter_version) for k, e in self._pending.items()}
+        current = {key: (raw.get("status"), raw.get("post_filter_version")) for key, raw in raws}
+        current.update(queued)
+        return {key[-8:] for key, (status, made_by) in current.items()
+                if status == "success" and made_by != version}
+
     def snapshot(self) -> StateSnapshot:
         """Every entry (as `get` gives it), last_compacted_date and updated_at."""
         entries = {key: self.get(key) for key in self.partition_keys()}

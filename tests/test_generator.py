@@ -274,6 +274,14 @@ def test_demo_lake(tmp_path: Path) -> None:
         assert len(list((tmp_path / part.prefix).glob("*.parquet"))) == 3
     windows = sorted((tmp_path / "quality/date=20261124").glob("window=*.json"))
     assert len(windows) == 96
+    # the first day's collector restarts once: the 09:15 window is its short first one
+    for day, restarted in (("20261123", ["window=0915.json"]), ("20261124", [])):
+        docs = {p.name: json.loads(p.read_bytes())
+                for p in (tmp_path / f"quality/date={day}").glob("window=*.json")}
+        assert sorted(n for n, d in docs.items() if d["is_partial"]) == restarted
+        for name in restarted:
+            assert docs[name]["window_start"] == f"{day[:4]}-{day[4:6]}-{day[6:]}T09:15:00Z"
+            assert docs[name]["signals"]["actual_duration_seconds"] < 900
     doc = json.loads(windows[0].read_text())
     assert doc["quality"] in ("GOOD", "DEGRADED", "BAD")
     assert doc["window_start"].endswith("Z") and doc["window_end"].endswith("Z")
@@ -284,7 +292,7 @@ def test_quality_windows_with_missing_coverage(tmp_path: Path) -> None:
     written = write_quality_windows(tmp_path, "20261124", ["bybit"], missing=[0, 95])
     names = [p.name for p in written]
     assert len(names) == 94  # the first and the last window of the day are missing
-    assert names[0] == "window=0030.json" and names[-1] == "window=2345.json"
+    assert names[0] == "window=0015.json" and names[-1] == "window=2330.json"  # by start
     assert sorted(p.name for p in (tmp_path / "quality/date=20261124").iterdir()) == sorted(names)
 
 

@@ -15,9 +15,11 @@ from compressor.layout import PartitionId, format_day
 from compressor.meta import Meta, Published
 from compressor.planning import (
     DEFAULT_EMPTY_DAY_GRACE,
+    DONE_SKIPS,
     Action,
     Days,
     Mode,
+    Plan,
     PlanOptions,
     Reason,
     build_plan,
@@ -26,6 +28,7 @@ from compressor.planning import (
     empty_day_ready,
     plan_days,
 )
+from compressor.quality.labels import RULES_VERSION
 from compressor.state import PartitionState, StateStore, ready_date
 from compressor.storage import LocalStore
 from compressor.storage.base import ObjectInfo
@@ -66,6 +69,19 @@ def test_catch_up_retries_days_at_or_before_the_watermark_with_unfinished_partit
                      retry_days=["20261101", "20261105", "20261123"])
     # 1105 has no raw data any more; 1123 is after the watermark (pending anyway)
     assert days.run == ["20261101", "20261122"]
+
+
+def test_daily_and_catch_up_cover_days_labelled_by_other_rules() -> None:
+    raw = ["20261101", "20261110", "20261122", "20261124", "20261125"]
+    relabel = ["20261101", "20261105", "20261125"]  # 1105: no raw; 1125: today
+    days = plan_days(Mode.DAILY, TODAY, "20261122", raw, relabel_days=relabel)
+    assert days.run == ["20261101", "20261124"] and days.ready == ["20261123", "20261124"]
+    days = plan_days(Mode.CATCH_UP, TODAY, "20261122", raw, lookback_days=0,
+                     relabel_days=relabel)
+    assert days.run == ["20261101", "20261124"]
+    rng = (date(2026, 11, 24), date(2026, 11, 24))
+    assert plan_days(Mode.BACKFILL, TODAY, "20261122", raw, rng,
+                     relabel_days=relabel).run == ["20261124"]
 
 
 def test_empty_days_wait_for_their_grace_and_for_later_data() -> None:
@@ -147,16 +163,18 @@ def test_readiness_never_passes_a_day_not_done(
 # --------------------------------------------------------------------------- decisions
 
 
-def _meta(fingerprint: str, files: int = 2, etag: str | None = "d1") -> Meta:
+def _meta(fingerprint: str, files: int = 2, etag: str | None = "d1",
+          rules: str | None = RULES_VERSION) -> Meta:
     return Meta(rows=5, ts_event_min=1, ts_event_max=2, sha256="0" * 64, size_bytes=9,
                 source_files=files, source_fingerprint=fingerprint, stream_type="trade",
-                data_etag=etag)
+                data_etag=etag,
+                extra={} if rules is None else {"post_filter_version": rules})
 
 
 def _published(fingerprint: str, files: int = 2, etag: str | None = "d1",
-               data_etag: str | None = "d1") -> Published:
+               data_etag: str | None = "d1", rules: str | None = RULES_VERSION) -> Published:
     data = ObjectInfo(PID.data_key, 9, data_etag) if data_etag else None
-    return Published(_meta(fingerprint, files, etag), "m1", data)
+    return Published(_meta(fingerprint, files, etag, rules), "m1", data)
 
 
 NOTHING = Published()
@@ -182,6 +200,20 @@ def test_decisions() -> None:
     assert (empty.action, empty.reason) == (Action.SKIP, Reason.NO_DATA)
     failed = PartitionState.failure(status="failed", error="reset", started_at=NOW)
     assert decide(PART, NOTHING, failed, opts).action is Action.COMPACT
+
+
+def test_an_output_labelled_by_other_rules_is_planned_relabel_not_compact() -> None:
+    opts = PlanOptions(today=TODAY)
+    fp = PART.fingerprint
+    for rules, detail in (("1.0.0", "rules 1.0.0 -> "), (None, "rules unknown -> ")):
+        p = decide(PART, _published(fp, rules=rules), None, opts)
+        assert (p.action, p.reason) == (Action.SKIP, Reason.RELABEL)
+        assert p.detail == detail + RULES_VERSION and Reason.RELABEL in DONE_SKIPS
+        plan = Plan(Mode.DAILY, "20261125", ["20261124"], [], None, [p])
+        line = plan.render().splitlines()[-2]
+        assert line.split()[:2] == ["relabel", PID.state_key] and "to compact: 0" in plan.render()
+    changed = decide(Partition(PID, FILES[:1]), _published(fp, rules="1.0.0"), None, opts)
+    assert changed.action is Action.COMPACT  # new raw files: compacted (and labelled) anew
 
 
 @pytest.mark.parametrize(("published", "needle"), [

@@ -19,6 +19,7 @@ from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import RawChangedError
 from compressor.partition.verify import VerificationError, verify_output
+from compressor.quality.labels import RULES_VERSION
 from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectInfo
 from tests.conftest import put_partition
@@ -96,7 +97,7 @@ def test_every_raw_row_exactly_once_sorted_with_seq(
     assert meta["source_fingerprint"] == part.fingerprint
     assert meta["created_at"].endswith("Z")
     assert meta["day_quality"] == "UNKNOWN"  # no collector windows for this day
-    assert meta["post_filter_version"] == "1.0.0"
+    assert meta["post_filter_version"] == RULES_VERSION
     assert meta["quality"]["rows"] == out.num_rows
     assert meta["quality"]["out_of_day_before"] > 0  # previous day's tail
     assert "skipped_files" not in meta

@@ -596,7 +596,7 @@ def test_an_unlistable_partition_is_named_not_guessed(lake: Lake) -> None:
 def test_a_day_not_compacted_yet_shows_no_change_of_minus_100_percent() -> None:
     """Raw data, nothing published, the day before published: not a -100 % collapse."""
     windows = {"good": 96, "degraded": 0, "bad": 0, "partial": 0, "missing": 0,
-               "malformed": 0, "expected": 96}
+               "malformed": 0, "misnamed": 0, "expected": 96}
     counts = {**dict.fromkeys(CONDITIONS, 0), "not_compacted": 12}
     pending = DayReport("20261124", False, True, Collector("GOOD", "stored", windows), counts,
                         0, 28_600, {}, {})
@@ -615,3 +615,32 @@ def test_a_day_not_compacted_yet_shows_no_change_of_minus_100_percent() -> None:
     line = next(x for x in text.splitlines() if x.startswith("20261124"))
     assert line.split()[1:9] == ["no", "0", "0", "0", "0", "12", "0", "0"]
     assert line.split()[9] == "-"
+
+
+def test_misnamed_windows_are_counted_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GOOD day whose 23:45 window is named by its end (`window=2400.json`): still
+    GOOD, and the report's JSON counts it misnamed; text and HTML say so."""
+    raw, compact = tmp_path / "raw", tmp_path / "compact"
+    raw.mkdir()
+    compact.mkdir()
+    day = "20261124"
+    put_partition(LocalStore(raw), PartitionSpec(*SERIES[0], date=day, files=2,
+                                                 rows_per_file=20), tmp_path / "gen")
+    write_windows(raw, day, "GOOD")
+    folder = raw / f"quality/date={day}"
+    (folder / "window=2345.json").rename(folder / "window=2400.json")
+    base = ["--raw", str(raw), "--compact", str(compact), "--today", TODAY,
+            "--tmp-dir", str(tmp_path / "tmp")]
+    assert main([*base, "--mode", "catch-up"]) == 0
+    capsys.readouterr()
+    code, out, _ = run_cli(capsys, [*base, "--quality-report", "--json", "--days", "1"])
+    collector = json.loads(out)["days"][0]["collector"]
+    assert code == 0 and collector["label"] == "GOOD"
+    assert collector["windows"]["misnamed"] == 1 and collector["windows"]["missing"] == 0
+    assert collector["reasons"] == ["1 misnamed window (counted by window_start)"]
+    html = tmp_path / "report.html"
+    code, out, _ = run_cli(capsys, [*base, "--quality-report", "--days", "1",
+                                    "--html", str(html)])
+    assert "1 misnamed window" in out and "1 misnamed window" in html.read_text()

@@ -204,6 +204,29 @@ def test_snapshot_is_the_loaded_state_with_queued_updates(store: Store) -> None:
     assert snap.updated_at == "2023-11-14T22:13:25.000Z"  # of the stored document
 
 
+def test_days_labelled_by_other_rules(tmp_path: Path) -> None:
+    """Days with a success entry whose label another rules version made (stored or
+    queued); failures and entries of the current version are not."""
+    def entry(version: str | None, status: str = "success") -> PartitionState:
+        if status != "success":
+            return failed(1, 2, status)
+        return PartitionState.success(rows=1, total_size_bytes=1, started_at=at(1),
+                                      updated_at=at(1), day_quality_post="GOOD",
+                                      post_filter_version=version)
+    store = LocalStore(tmp_path)
+    first = StateStore(store)
+    for day, version in (("20240101", "1.0.0"), ("20240102", "2.0.0"), ("20240103", None),
+                         ("20240104", "1.0.0")):
+        first.record(PartitionId("binance", "trade", "btcusdt", day), entry(version))
+    first.record(PartitionId("okx", "trade", "btcusdt", "20240105"), entry(None, "failed"))
+    first.flush()
+    state = StateStore(store)
+    assert state.days_labelled_by_other_rules("2.0.0") == {"20240101", "20240103", "20240104"}
+    state.record(PartitionId("binance", "trade", "btcusdt", "20240104"), entry("2.0.0"))
+    state.record(PartitionId("bybit", "trade", "btcusdt", "20240106"), entry("1.0.0"))
+    assert state.days_labelled_by_other_rules("2.0.0") == {"20240101", "20240103", "20240106"}
+
+
 def test_nothing_queued_writes_nothing(store: Store) -> None:
     counting = CountingStore(store)
     assert StateStore(counting).flush() is False

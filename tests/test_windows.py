@@ -1,5 +1,6 @@
-"""compressor.quality.windows: every window and day rule of 1.0.0 with known answers,
-its threshold edges, coverage (missing, partial, malformed), the stored verdict, and
+"""compressor.quality.windows: every window and day rule of 2.0.0 with known answers,
+its threshold edges, coverage (missing, partial, malformed, misnamed), the windows the
+real collector wrote (tests/fixtures/collector-real), the stored verdict, and
 fetch/save/load against a LocalStore filled by generator.write_quality_windows."""
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from compressor.quality.windows import (
     WindowVerdict,
     fetch_day_windows,
     load_verdict,
+    old_last_window_key,
     save_verdict,
     score_day,
     score_window,
     slot_of,
     verdict_key,
+    window_key,
 )
 from compressor.storage import LocalStore, NotFound, TransientStoreError
 
@@ -37,8 +40,9 @@ EXCHANGES = ("binance", "bybit", "okx")
 
 
 def hhmm(k: int) -> str:
-    end = (k + 1) * 15 % (24 * 60)
-    return f"{end // 60:02d}{end % 60:02d}"
+    """Slot k's HHMM: its window's START, as the collector names it."""
+    start = k * 15
+    return f"{start // 60:02d}{start % 60:02d}"
 
 
 def key(k: int, day: str = DAY) -> str:
@@ -125,11 +129,15 @@ def verdict(
 
 
 def test_slots_and_keys() -> None:
-    assert slot_of(key(0)) == (DAY, 0, "0015")
-    assert slot_of(key(95)) == (DAY, 95, "0000")
-    assert slot_of(f"quality/date={DAY}/window=2400.json") == (DAY, 95, "0000")
-    assert slot_of(f"quality/date={DAY}/window=1200.json") == (DAY, 47, "1200")
+    assert slot_of(key(0)) == (DAY, 0, "0000")
+    assert key(0) == f"quality/date={DAY}/window=0000.json"
+    assert slot_of(key(95)) == (DAY, 95, "2345")
+    assert slot_of(f"quality/date={DAY}/window=1200.json") == (DAY, 48, "1200")
+    assert window_key(DAY, "2345") == key(95)
+    assert old_last_window_key(DAY) == "quality/date=20261125/window=0000.json"
+    assert old_last_window_key("20261231") == "quality/date=20270101/window=0000.json"
     for bad_key in ("quality/date=20261124/window=1234.json",
+                    "quality/date=20261124/window=2400.json",
                     "quality/date=20261124/window=2415.json",
                     "quality/date=20261324/window=0015.json",
                     "x/quality/date=20261124/window=0015.json",
@@ -146,7 +154,8 @@ def test_slots_and_keys() -> None:
 
 def test_clean_window_is_good() -> None:
     v = score(window(5))
-    assert v == WindowVerdict(key(5), "0130", Label.GOOD, (), False, 0, 0.0)
+    assert v == WindowVerdict(key(5), DAY, "0115", Label.GOOD, (), False, 0, 0.0)
+    assert not v.misnamed
 
 
 @pytest.mark.parametrize(
@@ -267,9 +276,13 @@ def test_primary_not_reported_counts_offline_the_whole_window() -> None:
     assert v.label is Label.DEGRADED and v.primary_offline_seconds == 450.0 and v.partial
 
 
-def test_window_end_named_2400_is_the_last_slot() -> None:
+def test_the_slot_is_the_window_start_whatever_the_key() -> None:
     v = score_window(window(95), f"quality/date={DAY}/window=2400.json")
-    assert v.slot_hhmm == "0000" and v.label is Label.GOOD
+    assert (v.slot_day, v.slot_hhmm, v.label, v.misnamed) == (DAY, "2345", Label.GOOD, True)
+    v = score_window(window(95), old_last_window_key(DAY))  # the old "named by end" key
+    assert (v.slot_day, v.slot_hhmm, v.misnamed) == (DAY, "2345", True)
+    v = score_window(window(95), key(95))
+    assert (v.slot_day, v.slot_hhmm, v.misnamed) == (DAY, "2345", False)
 
 
 def _drop(path: str) -> Callable[[dict[str, Any]], None]:
@@ -324,12 +337,17 @@ MALFORMED_DOCS = [
     (_set("signals.ws_connected_seconds", {"okx": -1}), "signals.ws_connected_seconds.okx"),
     (_set("signals.s3_upload_failures", "no"), "signals.s3_upload_failures"),
     (_set("signals.actual_duration_seconds", None), "signals.actual_duration_seconds"),
-    (_set("window_end", "2026-11-24T01:45:00Z"), "window_end: .* is not the key's window end"),
+    (_set("window_end", "2026-11-24T01:45:00Z"), "window_end: .* is not window_start \\+ 900 s"),
+    (_set("window_end", "2026-11-24T01:15:00Z"), "window_end: .* is not window_start \\+ 900 s"),
     (_set("window_end", "2026-11-24T01:30:00+00:00"), "window_end: expected ISO"),
     (_set("window_end", "2026-11-24T25:30:00Z"), "window_end: not a valid time"),
     (_set("window_end", 1700000000), "window_end"),
-    (_set("window_start", "2026-11-24T01:00:00Z"), "window_start: .* within"),
-    (_set("window_start", "2026-11-24T01:30:00Z"), "window_start: .* within"),
+    (_set("window_start", "2026-11-24T01:00:00Z"), "window_end: .* is not window_start"),
+    (_set("window_start", "2026-11-24T01:30:00Z"), "window_end: .* is not window_start"),
+    (_set("window_start", "2026-11-24T01:22:00Z"), "window_start: .* not a quarter hour"),
+    (_set("window_start", "2026-11-24T01:15:30Z"), "window_start: .* not a quarter hour"),
+    (_set("window_start", "2026-11-24T01:15:00.5Z"), "window_start: .* not a quarter hour"),
+    (_set("window_start", "2026-11-24T01:15:00"), "window_start: expected ISO"),
 ]
 
 
@@ -358,21 +376,26 @@ def test_optional_signals_may_be_absent() -> None:
     assert score(doc).label is Label.GOOD
 
 
-def test_partial_window_start_may_be_late() -> None:
+def test_partial_window_keeps_its_nominal_start() -> None:
+    # the collector started at 01:22: its first window still starts at 01:15, and
+    # actual_duration_seconds (450) tells the real coverage
+    v = score(window(5, partial=True))
+    assert v.partial and v.label is Label.GOOD and v.slot_hhmm == "0115"
     doc = window(5, partial=True)
-    doc["window_start"] = "2026-11-24T01:22:00Z"  # the collector started at 01:22
-    v = score(doc)
-    assert v.partial and v.label is Label.GOOD
+    doc["window_start"] = "2026-11-24T01:22:00Z"
+    with pytest.raises(ValueError, match="window_start"):
+        score(doc)
 
 
 def test_window_verdict_json_round_trip() -> None:
     v = score(window(5, quality="BAD", partial=True, offline_seconds_by_exchange=offline(okx=250)))
     assert WindowVerdict.from_json(v.to_json()) == v
     assert WindowVerdict.from_bytes(v.to_bytes()) == v
-    doc = v.to_json()
-    doc["slot_hhmm"] = "0145"
-    with pytest.raises(ValueError, match="slot_hhmm"):
-        WindowVerdict.from_json(doc)
+    for name, value in (("slot_hhmm", "0150"), ("slot_hhmm", "2400"), ("slot_day", "2026")):
+        doc = v.to_json()
+        doc[name] = value
+        with pytest.raises(ValueError, match="slot_hhmm"):
+            WindowVerdict.from_json(doc)
     doc = v.to_json()
     doc["label"] = "PARTIAL"
     with pytest.raises(ValueError, match="label"):
@@ -536,11 +559,11 @@ MALFORMED_OBJECTS: list[tuple[str, str, bytes, tuple[str, ...], int]] = [
     ("missing field", key(7), encode({k: v for k, v in window(7).items() if k != "quality"}),
      (key(7),), 1),
     ("wrong type", key(7), encode(window(7, reconnects="5")), (key(7),), 1),
-    ("window_end of another slot", key(7), encode(window(8)), (key(7),), 1),
-    ("window of another day under this key", key(7), encode(window(7, "20261123")), (key(7),), 1),
-    ("duplicate slot 0000/2400", K2400, encode(window(95)), (key(95), K2400), 1),
-    ("key naming no slot", K1234, encode(window(7)), (K1234,), 0),
-    ("key of another day", key(7, "20261123"), encode(window(7)), (key(7, "20261123"),), 0),
+    ("window_start not a quarter hour", key(7),
+     encode({**window(7), "window_start": "2026-11-24T01:50:00Z"}), (key(7),), 1),
+    ("window_end not start + 900 s", key(7),
+     encode({**window(7), "window_end": "2026-11-24T02:15:00Z"}), (key(7),), 1),
+    ("a window_end-named key", K2400, b"{}", (K2400,), 0),
 ]
 
 
@@ -564,6 +587,82 @@ def test_malformed_objects_are_counted_named_and_missing(
 
 def _plural_malformed(n: int) -> str:
     return "1 malformed window" if n == 1 else f"{n} malformed windows"
+
+
+K0000_NEXT = old_last_window_key(DAY)
+
+MISNAMED_OBJECTS: list[tuple[str, str, bytes, tuple[str, ...], int]] = [
+    # (kind, key written over a full clean day, its bytes, keys named misnamed, slots
+    #  left uncovered): the window counts once, by its window_start
+    ("another slot's window under a key", key(7), encode(window(8)), (key(7),), 1),
+    ("another day's window in this folder", key(7), encode(window(7, "20261123")), (key(7),), 1),
+    ("the 2345 window also under 2400", K2400, encode(window(95)), (K2400,), 0),
+    ("a key naming no slot", K1234, encode(window(7)), (K1234,), 0),
+    ("a copy under another day's key", key(7, "20261123"), encode(window(7)),
+     (key(7, "20261123"),), 0),
+    ("the end-named 2345 window under the next day", K0000_NEXT, encode(window(95)),
+     (K0000_NEXT,), 0),
+]
+
+
+@pytest.mark.parametrize(("kind", "odd_key", "data", "named", "uncovered"), MISNAMED_OBJECTS,
+                         ids=[m[0] for m in MISNAMED_OBJECTS])
+def test_misnamed_objects_are_counted_by_window_start_and_named(
+    kind: str, odd_key: str, data: bytes, named: tuple[str, ...], uncovered: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = day_of(full_day())
+    raw[odd_key] = data
+    with caplog.at_level(logging.WARNING, logger="compressor.quality.windows"):
+        v = verdict(raw)
+    assert (v.counts.misnamed, v.counts.malformed) == (len(named), 0)
+    assert v.misnamed_keys == tuple(sorted(named)) and v.malformed_keys == ()
+    assert v.counts.missing == uncovered and v.counts.good == 96 - uncovered
+    # misnaming alone never lowers the label; a slot it leaves uncovered does
+    assert v.label is (Label.DEGRADED if uncovered else Label.GOOD)
+    assert v.reasons[-1] == "1 misnamed window (counted by window_start)"
+    assert all(k in caplog.text for k in named)
+
+
+def test_misnamed_window_alone_counts_in_its_slot() -> None:
+    raw = day_of(full_day())
+    raw[K2400] = raw.pop(key(95))  # the 23:45 window named by its end
+    v = verdict(raw)
+    assert v.counts == WindowCounts(good=96, missing=0, misnamed=1)
+    assert v.label is Label.GOOD and v.misnamed_keys == (K2400,)
+
+
+def test_duplicates_none_named_right() -> None:
+    raw = day_of(full_day())
+    doc = raw.pop(key(95))
+    raw[K2400] = raw[K0000_NEXT] = doc  # identical copies: counted once
+    v = verdict(raw)
+    assert v.counts == WindowCounts(good=96, missing=0, misnamed=2)
+    assert v.label is Label.GOOD
+    raw[K0000_NEXT] = encode(window(95, reconnects=1))  # different: neither is trusted
+    v = verdict(raw)
+    assert v.counts == WindowCounts(good=95, missing=1, malformed=2)
+    assert v.malformed_keys == (K2400, K0000_NEXT) and v.label is Label.DEGRADED
+
+
+def test_a_neighbour_window_of_its_own_day_is_not_ours() -> None:
+    raw = day_of(full_day())
+    raw[K0000_NEXT] = encode(window(0, "20261125"))  # the 25th's own first window
+    raw[key(1, "20261125")] = b"junk"  # and another day's junk
+    v = verdict(raw)
+    assert v.counts == WindowCounts(good=96, missing=0) and v.reasons == ()
+
+
+def test_a_day_named_by_window_end_scores_as_the_collector_meant_it() -> None:
+    """The old convention (HHMM = the window's end, the 23:45 window under the next
+    day's 0000): every window counts in its slot, each is reported misnamed."""
+    end_named = {}
+    for k in range(96):
+        end = (datetime(2026, 11, 24, tzinfo=UTC) + timedelta(minutes=15 * (k + 1)))
+        end_named[f"quality/date={end:%Y%m%d}/window={end:%H%M}.json"] = encode(window(k))
+    v = verdict(end_named)
+    assert v.counts == WindowCounts(good=96, missing=0, misnamed=96)
+    assert v.label is Label.GOOD and len(v.misnamed_keys) == MALFORMED_KEYS_CAP
 
 
 def test_malformed_keys_are_capped() -> None:
@@ -616,7 +715,8 @@ def test_day_verdict_round_trip() -> None:
     assert v.counts == WindowCounts(good=83, degraded=9, bad=2, partial=1, missing=2,
                                     malformed=1)
     assert v.counts.to_json() == {"good": 83, "degraded": 9, "bad": 2, "partial": 1,
-                                  "missing": 2, "malformed": 1, "expected": 96}
+                                  "missing": 2, "malformed": 1, "misnamed": 0,
+                                  "expected": 96}
     assert v.reasons == ("2 BAD windows", "2 windows missing", "1 malformed window")
     assert DayVerdict.from_json(v.to_json()) == v
     assert DayVerdict.from_bytes(v.to_bytes()) == v
@@ -734,17 +834,17 @@ def test_fetch_save_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     (folder / "window=0030.json.tmp").write_bytes(b"{")
     (folder / "sub").mkdir()
     (folder / "sub/window=0045.json").write_bytes(b"{}")
-    (folder / "window=2400.json").write_bytes(b"{}")  # a malformed duplicate of 0000
+    (folder / "window=2400.json").write_bytes(b"{}")  # malformed
     raw = LocalStore(raw_root)
 
     windows = fetch_day_windows(raw, DAY, workers=4)
     assert sorted(windows) == sorted([key(k) for k in range(96) if not 40 <= k < 60]
-                                     + [f"quality/date={DAY}/window=2400.json"])
+                                     + [K2400])
     assert fetch_day_windows(raw, "20261126") == {}
     v = score_day(DAY, windows, now=NOW)
-    assert v.counts == WindowCounts(good=75, missing=21, malformed=2)
-    assert v.label is Label.PARTIAL  # 75 full windows
-    assert v.malformed_keys == (key(95), f"quality/date={DAY}/window=2400.json")
+    assert v.counts == WindowCounts(good=76, missing=20, malformed=1)
+    assert v.label is Label.PARTIAL  # 76 full windows
+    assert v.malformed_keys == (K2400,)
 
     assert load_verdict(compact, DAY) is None
     etag = save_verdict(compact, v)
@@ -786,3 +886,131 @@ def test_fetch_skips_vanished_and_raises_other_errors(tmp_path: Path) -> None:
         fetch_day_windows(store, DAY, workers=2)
     with pytest.raises(ValueError, match="workers"):
         fetch_day_windows(store, DAY, workers=0)
+
+
+# ----------------------------------------------------------------- the real collector's windows
+
+
+REAL = Path(__file__).parent / "fixtures" / "collector-real"
+
+
+def test_real_collector_windows_score_as_the_collector_wrote_them() -> None:
+    """The four windows the collector wrote (tests/fixtures/collector-real): each in the
+    slot of its window_start, none malformed or misnamed (rules 1.0.0 read all four as
+    malformed and both days as UNKNOWN)."""
+    store = LocalStore(REAL)
+    feb = fetch_day_windows(store, "20260228")
+    assert sorted(feb) == [f"quality/date=20260228/window={h}.json"
+                           for h in ("2315", "2330", "2345")]
+    labels = {k: score_window(json.loads(b), k) for k, b in feb.items()}
+    labels["0000"] = score_window(json.loads(
+        (REAL / "quality/date=20260301/window=0000.json").read_bytes()),
+        "quality/date=20260301/window=0000.json")
+    assert {v.slot_hhmm: (v.slot_day, v.slot_hhmm, v.label.value, v.partial, v.misnamed)
+            for v in labels.values()} == {
+        "2315": ("20260228", "2315", "DEGRADED", True, False),  # first window: 70 s
+        "2330": ("20260228", "2330", "GOOD", False, False),
+        "2345": ("20260228", "2345", "DEGRADED", False, False),  # 3 okx reconnects
+        "0000": ("20260301", "0000", "BAD", False, False),  # 72 dropped, queue 95 (int)
+    }
+    v = score_day("20260228", feb, now=NOW)
+    assert v.counts == WindowCounts(good=1, degraded=2, partial=1, missing=93)
+    assert v.label is Label.PARTIAL and v.malformed_keys == v.misnamed_keys == ()
+    assert v.reasons == ("2 full windows < 80 (1 partial, 93 missing)", "93 windows missing")
+    assert v.primary_offline_seconds == 1.0
+    v = score_day("20260301", fetch_day_windows(store, "20260301"), now=NOW)
+    assert v.counts == WindowCounts(bad=1, missing=95) and v.dropped_events == 72
+    assert v.label is Label.PARTIAL
+
+
+def test_real_collector_window_makes_a_good_day() -> None:
+    """96 copies of the collector's clean 23:30 window, moved to every slot of a day
+    and written as the collector writes them: a GOOD day."""
+    doc = json.loads((REAL / "quality/date=20260228/window=2330.json").read_bytes())
+    raw = {}
+    for k in range(96):
+        start = datetime(2026, 2, 27, tzinfo=UTC) + timedelta(minutes=15 * k)
+        one = {**doc, "window_start": f"{start:%Y-%m-%dT%H:%M:%SZ}",
+               "window_end": f"{start + timedelta(minutes=15):%Y-%m-%dT%H:%M:%SZ}"}
+        raw[f"quality/date=20260227/window={start:%H%M}.json"] = json.dumps(one, indent=2).encode()
+    v = score_day("20260227", raw, now=NOW)
+    assert v.label is Label.GOOD and v.counts == WindowCounts(good=96, missing=0)
+
+
+def _shape(value: Any) -> Any:
+    """A JSON document's keys (in order) and value types, numbers as 'number'."""
+    if isinstance(value, dict):
+        return [(k, _shape(v)) for k, v in value.items()]
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def test_generator_writes_windows_as_the_collector_does(tmp_path: Path) -> None:
+    real = (REAL / "quality/date=20260228/window=2315.json").read_bytes()
+    paths = write_quality_windows(tmp_path, DAY, partial=[93], missing=[94])
+    assert [p.name for p in paths][:2] == ["window=0000.json", "window=0015.json"]
+    assert paths[-1].name == "window=2345.json" and paths[-1].parent.name == f"date={DAY}"
+    ours = paths[-2].read_bytes()  # 23:15, the first window after a simulated restart
+    assert not ours.endswith(b"\n") and not real.endswith(b"\n")
+    doc, real_doc = json.loads(ours), json.loads(real)
+    assert ours == json.dumps(doc, indent=2).encode()  # json.dump(indent=2)
+    assert _shape(doc) == _shape(real_doc)  # the same fields, in the same order
+    assert doc["window_start"] == "2026-11-24T23:15:00Z" and doc["is_partial"] is True
+    assert 0 < doc["signals"]["actual_duration_seconds"] < 900
+    counts = [doc["signals"][n] for n in ("dropped_events", "reconnects", "s3_upload_failures")]
+    assert all(type(c) is int for c in counts)
+    # queue_pct_peak: the backpressure floor of a BAD window is an int, else a float
+    docs = [json.loads(p.read_bytes()) for p in write_quality_windows(tmp_path / "s4", DAY,
+                                                                        seed=4)]
+    queues = {(d["quality"], type(d["signals"]["queue_pct_peak"])) for d in docs}
+    assert queues == {("BAD", int), ("GOOD", float), ("DEGRADED", float)}
+    v = score_day(DAY, fetch_day_windows(LocalStore(tmp_path), DAY), now=NOW)
+    assert v.counts.misnamed == v.counts.malformed == 0 and v.counts.missing == 1
+    assert v.counts.partial == 1
+
+
+def test_a_verdict_stored_by_rules_1_0_0_still_loads(tmp_path: Path) -> None:
+    doc = score_day(DAY, day_of(full_day()), now=NOW).to_json()
+    del doc["counts"]["misnamed"], doc["misnamed_keys"]
+    doc["rules_version"] = "1.0.0"
+    compact = LocalStore(tmp_path)
+    compact.put_bytes(verdict_key(DAY), json.dumps(doc).encode())
+    old = load_verdict(compact, DAY)
+    assert old is not None and old.rules_version == "1.0.0" and old.counts.misnamed == 0
+    assert old.misnamed_keys == () and RULES_VERSION == "2.0.0"
+    for change, field in ((("counts", "misnamed", -1), "counts.misnamed"),
+                          (("misnamed_keys", None, ["a"]), "misnamed_keys")):
+        bad_doc = copy.deepcopy(doc)
+        top, sub, value = change
+        if sub is None:
+            bad_doc[top] = value
+        else:
+            bad_doc[top][sub] = value
+        with pytest.raises(ValueError, match=field):
+            DayVerdict.from_json(bad_doc)
+
+
+def test_fetch_reads_the_next_days_0000_only_for_an_end_named_day(tmp_path: Path) -> None:
+    """A day written in the old end-named convention has no window starting at 23:45 in
+    its folder: one more GET, of the next day's 0000, finds it. A day written as the
+    collector writes it, or one without windows, costs no such request."""
+    for k in range(96):
+        end = datetime(2026, 11, 24, tzinfo=UTC) + timedelta(minutes=15 * (k + 1))
+        path = tmp_path / f"quality/date={end:%Y%m%d}/window={end:%H%M}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(window(k)))
+    store = _FlakyStore(tmp_path, {})
+    windows = fetch_day_windows(store, DAY)
+    assert len(windows) == 96 and K0000_NEXT in windows and store.gets[-1] == K0000_NEXT
+    v = score_day(DAY, windows, now=NOW)
+    assert v.counts == WindowCounts(good=96, missing=0, misnamed=96)
+    assert v.label is Label.GOOD
+    # the next day's folder holds only that end-named window: not the 25th's
+    nxt = score_day("20261125", fetch_day_windows(store, "20261125"), now=NOW)
+    assert nxt.counts == WindowCounts(missing=96, misnamed=1) and nxt.label is Label.UNKNOWN
+    assert nxt.misnamed_keys == (K0000_NEXT,)
+
+    store = _FlakyStore(tmp_path / "none", {})
+    (tmp_path / "none").mkdir()
+    assert fetch_day_windows(store, DAY) == {} and store.gets == []

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import enum
 
-#: Version of the window and day rules (compressor.quality.windows). The baseline is the
-#: previous implementation's rules, reproduced as they were named ("1.0.0").
-RULES_VERSION = "1.0.0"
+#: Version of the window and day rules (compressor.quality.windows). "1.0.0" was the
+#: previous implementation's rules, which read a window key's HHMM as the window's END;
+#: "2.0.0" places every window by its own `window_start`, as the collector names them.
+#: A label made under another version is relabelled by the next run that covers its
+#: day (README "Collector health windows"), without recompacting.
+RULES_VERSION = "2.0.0"
 
 
 class Label(enum.StrEnum):

@@ -94,7 +94,9 @@ class Collector:
     label: str | None
     #: "stored" (compacted/quality/date=D.json), "scored" (in memory, now), "unavailable".
     source: str
-    #: good, degraded, bad, partial, missing, malformed, expected (None: unavailable).
+    #: good, degraded, bad, partial, missing, malformed, misnamed, expected (None:
+    #: unavailable). The text and HTML tables show g/d/b/p/m; malformed and misnamed
+    #: windows show in `reasons`.
     windows: dict[str, int] | None = None
     reasons: tuple[str, ...] = ()
     scored_at: str | None = None
@@ -382,7 +384,8 @@ def _collector_of(verdict: DayVerdict, source: str) -> Collector:
         label=verdict.label.value,
         source=source,
         windows={name: int(counts.get(name, 0)) for name in
-                 ("good", "degraded", "bad", "partial", "missing", "malformed", "expected")},
+                 ("good", "degraded", "bad", "partial", "missing", "malformed", "misnamed",
+                  "expected")},
         reasons=tuple(verdict.reasons),
         scored_at=verdict.scored_at,
         rules_version=verdict.rules_version,

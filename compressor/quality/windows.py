@@ -1,13 +1,17 @@
-"""The collector's health windows (BRIEF §5) scored one by one, then the day (rules 1.0.0).
+"""The collector's health windows (BRIEF §5) scored one by one, then the day (rules 2.0.0).
 
 Input: `quality/date=<YYYYMMDD>/window=<HHMM>.json` in the RAW bucket, one per 15
-minutes (96 a day), HHMM = the window's END (the day's last window, 23:45-24:00, is
-`window=0000.json`). Output: one `DayVerdict` per day, stored in the compact bucket at
-`compacted/quality/date=<YYYYMMDD>.json` (`verdict_key`).
+minutes (96 a day), named as the collector names them (README "Collector health
+windows"): HHMM is the window's START and the date is the start's date, so a day
+runs `window=0000.json` .. `window=2345.json` and its last window (23:45-00:00) is
+`date=D/window=2345.json`. Output: one `DayVerdict` per day, stored in the compact
+bucket at `compacted/quality/date=<YYYYMMDD>.json` (`verdict_key`).
 
 The thresholds are the previous implementation's, reproduced exactly as the named
-constants below (`RULES_VERSION` "1.0.0"). Where those rules were silent this module
-decides, and says so:
+constants below. Rules 2.0.0 read the same signals as 1.0.0 but place each window by
+its own `window_start` (1.0.0 read the key as the window's end, so every window the
+collector really writes was malformed and every real day UNKNOWN). Where the rules
+were silent this module decides, and says so:
 
 Window (`score_window`):
 
@@ -29,22 +33,40 @@ the whole window (`actual_duration_seconds`, at most 900 s), and one absent from
 `eps_by_exchange` is never "healthy": no report is no evidence that it was collected
 (a misspelt primary therefore scores BAD days, never silently GOOD ones).
 
+Slot: a window's slot is its `window_start`, which must be a quarter hour
+(:00/:15/:30/:45 UTC, whole minutes) with `window_end` = start + 900 s, else the
+window is malformed. The first window after a collector start keeps the nominal
+quarter-hour start; `is_partial` and `actual_duration_seconds` tell its real
+coverage. The key is checked against the start (`window_key`): a key that disagrees
+is MISNAMED (`misnamed`, keys named in `misnamed_keys`, capped). A misnamed window
+still counts, once, in the slot of its `window_start`; misnaming alone never lowers
+the day's label (the coverage is there), but it is reported. So:
+
+- two objects claiming one slot: the one whose key agrees wins and the others are
+  misnamed duplicates; when none agrees, identical bytes count once (all misnamed)
+  and different bytes are not trusted (each malformed, the slot missing);
+- a window in D's folder whose `window_start` is on another day belongs to that
+  day: misnamed in D's verdict, not counted in D's slots;
+- the old "named by end" convention put D's 23:45 window at `date=D+1/window=0000.json`
+  (or `date=D/window=2400.json`): when D's folder has windows but none starting at
+  23:45, `fetch_day_windows` also reads that one neighbour key, and it counts for D
+  (misnamed) when its `window_start` is D 23:45. Any other object outside D's folder
+  whose start is not on D is the other day's business.
+
 Day (`score_day`), precedence BAD > PARTIAL > DEGRADED > GOOD, UNKNOWN when no window
 is usable at all (never GOOD without evidence). Every triggered reason is listed, the
-deciding ones first.
+deciding ones first (a note on misnamed windows last).
 
-- Coverage: a slot (one of the 96 HHMM) without a usable window is `missing`,
-  whether no object exists or its object is malformed. Missing slots count like
-  partial windows for the PARTIAL rule (full windows = 96 - partial - missing), and
-  a day with any missing slot or any malformed object is never GOOD (at best
-  DEGRADED): missing coverage must show (BRIEF §5).
+- Coverage: a slot (one of the 96 quarter hours) without a usable window is
+  `missing`, whether no object exists or its object is malformed. Missing slots
+  count like partial windows for the PARTIAL rule (full windows = 96 - partial -
+  missing), and a day with any missing slot or any malformed object is never GOOD
+  (at best DEGRADED): missing coverage must show (BRIEF §5).
 - Malformed (`malformed`, keys named in `malformed_keys`, capped): not UTF-8 JSON, not
   an object, a required field missing or of the wrong type (negative and non-finite
-  numbers included), a key that names no slot of the day, a `window_end` that is not
-  the key's slot end, a `window_start` not within the 15 minutes before it, or a
-  DUPLICATE slot: the last window may also be named `window=2400.json`; when both it
-  and `window=0000.json` exist, neither is trusted. Nothing malformed raises out of
-  `score_day`.
+  numbers included), a `window_start` that is not a quarter hour, a `window_end` that
+  is not start + 900 s, or a duplicate slot with different contents (above). Nothing
+  malformed raises out of `score_day`.
 - Required fields are the ones the rules read: `window_start`, `window_end`,
   `quality`, `is_partial`, and the signals `offline_seconds_by_exchange`,
   `eps_by_exchange` (`min` per exchange), `dropped_events`, `queue_pct_peak`,
@@ -54,7 +76,8 @@ deciding ones first.
   drops and offline seconds count in the day's totals.
 
 Readers should compare a loaded verdict's `rules_version` with `RULES_VERSION` and
-re-score when they differ.
+re-score when they differ (verdicts stored by 1.0.0 lack the misnamed count; they
+still load, with 0, and are re-scored).
 """
 
 from __future__ import annotations
@@ -76,7 +99,7 @@ from compressor.text import utc_iso
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------ the rules (1.0.0)
+# ------------------------------------------------------------------ the rules (2.0.0)
 
 WINDOWS_PER_DAY = 96
 """Windows expected in a day: one per 15 minutes."""
@@ -141,7 +164,8 @@ DAY_PARTIAL_MIN_FULL = 80
 """Day PARTIAL when fewer full windows than this exist (full = 96 - partial - missing)."""
 
 MALFORMED_KEYS_CAP = 20
-"""At most this many malformed keys are named in a DayVerdict (`counts.malformed` has all)."""
+"""At most this many malformed (and this many misnamed) keys are named in a DayVerdict
+(`counts.malformed` and `counts.misnamed` have all)."""
 
 WINDOWS_PREFIX = "quality/"
 VERDICT_PREFIX = "compacted/quality/"
@@ -165,10 +189,11 @@ def verdict_key(day: str) -> str:
 
 
 def slot_of(key: str) -> tuple[str, int, str]:
-    """(day, slot index 0..95, canonical HHMM) of a window key; ValueError otherwise.
+    """(day, slot index 0..95, HHMM) a window key names; ValueError otherwise.
 
-    Slot k ends at 00:00 + 15 (k + 1) minutes, so `0015` is slot 0 and `0000` (or its
-    alias `2400`) slot 95.
+    The collector names a window by its START: slot k starts at 00:00 + 15 k minutes,
+    so `0000` is slot 0 and `2345` slot 95. The key only names the slot; the window's
+    own `window_start` decides where it counts (module docstring).
     """
     match = _KEY_RE.fullmatch(key)
     if match is None:
@@ -179,13 +204,19 @@ def slot_of(key: str) -> tuple[str, int, str]:
     except ValueError as exc:
         raise ValueError(f"key: {exc}") from None
     hours, minutes = int(hhmm[:2]), int(hhmm[2:])
-    if hhmm == "2400":
-        hours = 0
-    elif hours > 23 or minutes % 15:
-        raise ValueError(f"key: {hhmm} is not the end of a 15-minute window")
-    index = (hours * 60 + minutes) // 15 - 1
-    index %= WINDOWS_PER_DAY
-    return day, index, f"{hours:02d}{minutes:02d}"
+    if hours > 23 or minutes % 15:
+        raise ValueError(f"key: {hhmm} is not the start of a 15-minute window")
+    return day, hours * 4 + minutes // 15, hhmm
+
+
+def window_key(day: str, hhmm: str) -> str:
+    """The key the collector writes for the window starting at `hhmm` of `day`."""
+    return f"{windows_prefix(day)}window={hhmm}.json"
+
+
+def _slot_of_start(start: datetime) -> tuple[str, str]:
+    """(day, HHMM) of an aligned window_start."""
+    return start.strftime("%Y%m%d"), start.strftime("%H%M")
 
 
 def _fmt(value: float) -> str:
@@ -254,6 +285,7 @@ def _str_list(value: Any, field: str) -> tuple[str, ...]:
 class _Signals:
     """The validated fields of one window document that the rules read."""
 
+    start: datetime
     quality: Label
     partial: bool
     offline: dict[str, float]
@@ -265,20 +297,24 @@ class _Signals:
     duration: float
 
 
-def _parse_window(doc: Any, day: str, index: int) -> _Signals:
-    """Validate a decoded window document for slot `index` of `day`; ValueError naming
-    the field otherwise."""
-    doc = _obj(doc, "window")
-    end = _iso_z(_get(doc, "window_end", ""), "window_end")
+def _window_times(doc: dict[str, Any]) -> datetime:
+    """The window's start, checked: a quarter hour, and `window_end` 900 s after it."""
     start = _iso_z(_get(doc, "window_start", ""), "window_start")
-    day0 = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
-    expected_end = day0 + timedelta(seconds=WINDOW_SECONDS * (index + 1))
+    end = _iso_z(_get(doc, "window_end", ""), "window_end")
+    if start.minute % 15 or start.second or start.microsecond:
+        raise ValueError(f"window_start: {doc['window_start']} is not a quarter hour "
+                         f"(:00/:15/:30/:45 UTC)")
+    expected_end = start + timedelta(seconds=WINDOW_SECONDS)
     if end != expected_end:
-        raise ValueError(f"window_end: {doc['window_end']} is not the key's window end "
-                         f"{expected_end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
-    if not end - timedelta(seconds=WINDOW_SECONDS) <= start < end:
-        raise ValueError(f"window_start: {doc['window_start']} is not within the "
-                         f"{WINDOW_SECONDS} s before window_end")
+        raise ValueError(f"window_end: {doc['window_end']} is not window_start + "
+                         f"{WINDOW_SECONDS} s ({expected_end.strftime('%Y-%m-%dT%H:%M:%SZ')})")
+    return start
+
+
+def _parse_window(doc: Any) -> _Signals:
+    """Validate a decoded window document; ValueError naming the field otherwise."""
+    doc = _obj(doc, "window")
+    start = _window_times(doc)
     quality = _get(doc, "quality", "")
     if quality not in _WINDOW_LABELS:
         raise ValueError(f"quality: expected GOOD, DEGRADED or BAD, got {quality!r}")
@@ -304,6 +340,7 @@ def _parse_window(doc: Any, day: str, index: int) -> _Signals:
     if "s3_upload_failures" in sig:
         _count(sig["s3_upload_failures"], "signals.s3_upload_failures")
     return _Signals(
+        start=start,
         quality=Label(quality),
         partial=partial,
         offline=offline,
@@ -325,6 +362,8 @@ class WindowVerdict:
     """One window's label under the rules, with why, and the figures the day sums."""
 
     key: str
+    #: The day and HHMM of the window's own `window_start` (its slot).
+    slot_day: str
     slot_hhmm: str
     label: Label
     reasons: tuple[str, ...] = ()
@@ -336,9 +375,15 @@ class WindowVerdict:
         if self.label not in _WINDOW_LABELS:
             raise ValueError(f"label: a window is GOOD, DEGRADED or BAD, not {self.label!r}")
 
+    @property
+    def misnamed(self) -> bool:
+        """The key is not the one the collector writes for this window's start."""
+        return self.key != window_key(self.slot_day, self.slot_hhmm)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
+            "slot_day": self.slot_day,
             "slot_hhmm": self.slot_hhmm,
             "label": self.label.value,
             "reasons": list(self.reasons),
@@ -355,9 +400,13 @@ class WindowVerdict:
         """Validate a decoded document; ValueError('<field>: <problem>') otherwise."""
         doc = _obj(doc, "window verdict")
         key = _text(_get(doc, "key", ""), "key")
-        slot = _get(doc, "slot_hhmm", "")
-        if slot != slot_of(key)[2]:
-            raise ValueError(f"slot_hhmm: {slot!r} is not the slot of key {key!r}")
+        slot_day = _text(_get(doc, "slot_day", ""), "slot_day")
+        slot = _text(_get(doc, "slot_hhmm", ""), "slot_hhmm")
+        try:
+            slot_of(window_key(slot_day, slot))
+        except ValueError:
+            raise ValueError(f"slot_day/slot_hhmm: {slot_day!r} {slot!r} is not a "
+                             f"window start") from None
         label = _get(doc, "label", "")
         if label not in _WINDOW_LABELS:
             raise ValueError(f"label: expected GOOD, DEGRADED or BAD, got {label!r}")
@@ -366,6 +415,7 @@ class WindowVerdict:
             raise ValueError(f"partial: expected true or false, got {partial!r}")
         return cls(
             key=key,
+            slot_day=slot_day,
             slot_hhmm=slot,
             label=Label(label),
             reasons=_str_list(_get(doc, "reasons", ""), "reasons"),
@@ -383,11 +433,13 @@ class WindowVerdict:
 def score_window(doc: Any, key: str, primary: str = DEFAULT_PRIMARY) -> WindowVerdict:
     """Score one decoded window document stored at `key` (see the module docstring).
 
-    Pure. ValueError naming the field when the key or the document is malformed.
+    Pure. ValueError naming the field when the document is malformed. The slot is
+    the document's `window_start`; the key is only recorded (`WindowVerdict.misnamed`).
     """
     _text(primary, "primary")
-    day, index, hhmm = slot_of(key)
-    s = _parse_window(doc, day, index)
+    _text(key, "key")
+    s = _parse_window(doc)
+    day, hhmm = _slot_of_start(s.start)
     reasons: list[str] = []
 
     # primary offline: absent from the report = offline the whole window
@@ -444,6 +496,7 @@ def score_window(doc: Any, key: str, primary: str = DEFAULT_PRIMARY) -> WindowVe
 
     return WindowVerdict(
         key=key,
+        slot_day=day,
         slot_hhmm=hhmm,
         label=label,
         reasons=tuple(reasons),
@@ -463,7 +516,9 @@ class WindowCounts:
     good + degraded + bad + missing == expected: a slot without a usable window (no
     object, or a malformed one) is missing. `partial` counts the scored windows that
     are partial (they are also in their label's count). `malformed` counts rejected
-    objects, including ones that name no slot of the day.
+    objects. `misnamed` counts objects whose key disagrees with their own
+    `window_start` (counted in that slot, once, or belonging to another day); it is
+    0 in verdicts stored by rules 1.0.0, which had no such count.
     """
 
     good: int = 0
@@ -473,9 +528,11 @@ class WindowCounts:
     missing: int = WINDOWS_PER_DAY
     malformed: int = 0
     expected: int = WINDOWS_PER_DAY
+    misnamed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("good", "degraded", "bad", "partial", "missing", "malformed"):
+        for name in ("good", "degraded", "bad", "partial", "missing", "malformed",
+                     "misnamed"):
             _count(getattr(self, name), f"counts.{name}")
         if self.expected != WINDOWS_PER_DAY:
             raise ValueError(f"counts.expected: expected {WINDOWS_PER_DAY}, got {self.expected!r}")
@@ -499,7 +556,7 @@ class WindowCounts:
         return {
             "good": self.good, "degraded": self.degraded, "bad": self.bad,
             "partial": self.partial, "missing": self.missing, "malformed": self.malformed,
-            "expected": self.expected,
+            "misnamed": self.misnamed, "expected": self.expected,
         }
 
     @classmethod
@@ -508,10 +565,15 @@ class WindowCounts:
         names = ("good", "degraded", "bad", "partial", "missing", "malformed", "expected")
         for name in names:
             _count(_get(doc, name, "counts."), f"counts.{name}")
-        extra = sorted(set(doc) - set(names))
+        extra = sorted(set(doc) - set(names) - set(_COUNTS_ADDED))
         if extra:
             raise ValueError(f"counts.{extra[0]}: unknown")
-        return cls(**{name: doc[name] for name in names})
+        added = {name: _count(doc.get(name, 0), f"counts.{name}") for name in _COUNTS_ADDED}
+        return cls(**{name: doc[name] for name in names}, **added)
+
+
+#: Counts added after rules 1.0.0: absent from the verdicts it stored, read as 0.
+_COUNTS_ADDED = ("misnamed",)
 
 
 @dataclass(frozen=True)
@@ -528,6 +590,7 @@ class DayVerdict:
     primary_exchange: str = DEFAULT_PRIMARY
     rules_version: str = RULES_VERSION
     malformed_keys: tuple[str, ...] = ()
+    misnamed_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -545,6 +608,9 @@ class DayVerdict:
         if len(self.malformed_keys) > min(self.counts.malformed, MALFORMED_KEYS_CAP):
             raise ValueError(f"malformed_keys: {len(self.malformed_keys)} keys for "
                              f"{self.counts.malformed} malformed (cap {MALFORMED_KEYS_CAP})")
+        if len(self.misnamed_keys) > min(self.counts.misnamed, MALFORMED_KEYS_CAP):
+            raise ValueError(f"misnamed_keys: {len(self.misnamed_keys)} keys for "
+                             f"{self.counts.misnamed} misnamed (cap {MALFORMED_KEYS_CAP})")
         if (self.label is Label.UNKNOWN) != (self.counts.scored == 0):
             raise ValueError(f"label: {self.label.value} with {self.counts.scored} "
                              f"scored windows (UNKNOWN exactly when none)")
@@ -557,6 +623,7 @@ class DayVerdict:
             "primary_exchange": self.primary_exchange,
             "counts": self.counts.to_json(),
             "malformed_keys": list(self.malformed_keys),
+            "misnamed_keys": list(self.misnamed_keys),
             "totals": {
                 "dropped_events": self.dropped_events,
                 "primary_offline_seconds": self.primary_offline_seconds,
@@ -584,6 +651,7 @@ class DayVerdict:
             primary_exchange=_text(_get(doc, "primary_exchange", ""), "primary_exchange"),
             counts=WindowCounts.from_json(_get(doc, "counts", "")),
             malformed_keys=_str_list(_get(doc, "malformed_keys", ""), "malformed_keys"),
+            misnamed_keys=_str_list(doc.get("misnamed_keys", []), "misnamed_keys"),
             dropped_events=_count(_get(totals, "dropped_events", "totals."),
                                   "totals.dropped_events"),
             primary_offline_seconds=_num(_get(totals, "primary_offline_seconds", "totals."),
@@ -634,32 +702,16 @@ def score_day(
     else:
         raise ValueError(f"now: expected a timezone-aware datetime or ISO-8601 Z, got {now!r}")
     malformed: dict[str, str] = {}
-    claims: dict[int, list[str]] = {}
-    for key in sorted(windows):
-        try:
-            key_day, index, _ = slot_of(key)
-            if key_day != day:
-                raise ValueError(f"key: a window of {key_day}, not {day}")
-        except ValueError as exc:
-            malformed[key] = str(exc)
-            continue
-        claims.setdefault(index, []).append(key)
-
-    scored: list[WindowVerdict] = []
-    for index in sorted(claims):
-        keys = claims[index]
-        if len(keys) > 1:
-            for key in keys:
-                malformed[key] = f"key: duplicate slot ({', '.join(keys)})"
-            continue
-        key = keys[0]
-        try:
-            scored.append(score_window(_load(windows[key]), key, primary))
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            malformed[key] = str(exc) or type(exc).__name__
+    misnamed: list[str] = []
+    claims = _claims(day, windows, primary, malformed, misnamed)
+    scored = [v for hhmm in sorted(claims)
+              if (v := _one_per_slot(claims[hhmm], windows, malformed, misnamed)) is not None]
     for key in sorted(malformed):
         log.warning("collector window %s is malformed, counted as missing: %s",
                     key, malformed[key])
+    for key in sorted(misnamed):
+        log.warning("collector window %s is misnamed: its key does not name its "
+                    "window_start; counted by window_start", key)
 
     by_label = {label: sum(1 for v in scored if v.label is label) for label in _WINDOW_LABELS}
     counts = WindowCounts(
@@ -669,6 +721,7 @@ def score_day(
         partial=sum(1 for v in scored if v.partial),
         missing=WINDOWS_PER_DAY - len(scored),
         malformed=len(malformed),
+        misnamed=len(misnamed),
     )
     dropped = sum(v.dropped_events for v in scored)
     primary_off = math.fsum(v.primary_offline_seconds for v in scored)
@@ -699,13 +752,15 @@ def score_day(
     if counts.malformed:
         degraded.append(_plural(counts.malformed, "malformed window"))
 
+    notes = [f"{_plural(counts.misnamed, 'misnamed window')} (counted by window_start)"
+             ] if counts.misnamed else []
     if not scored:
         label = Label.UNKNOWN
-        reasons = ["no usable window"] + [r for r in degraded if "malformed" in r]
+        reasons = ["no usable window"] + [r for r in degraded if "malformed" in r] + notes
     else:
         label = (Label.BAD if bad else Label.PARTIAL if partial
                  else Label.DEGRADED if degraded else Label.GOOD)
-        reasons = bad + partial + degraded
+        reasons = bad + partial + degraded + notes
     return DayVerdict(
         day=day,
         label=label,
@@ -717,7 +772,54 @@ def score_day(
         primary_exchange=primary,
         rules_version=RULES_VERSION,
         malformed_keys=tuple(sorted(malformed)[:MALFORMED_KEYS_CAP]),
+        misnamed_keys=tuple(sorted(misnamed)[:MALFORMED_KEYS_CAP]),
     )
+
+
+def _claims(
+    day: str, windows: Mapping[str, bytes], primary: str,
+    malformed: dict[str, str], misnamed: list[str],
+) -> dict[str, list[WindowVerdict]]:
+    """HHMM -> the scored windows whose `window_start` is that slot of `day`.
+
+    Only objects in the day's folder are reported (malformed, or misnamed when they
+    belong to another day); an object from elsewhere (the old end-named 23:45 window
+    under the next day, `fetch_day_windows`) counts only if it starts on `day`.
+    """
+    own = windows_prefix(day)
+    claims: dict[str, list[WindowVerdict]] = {}
+    for key in sorted(windows):
+        try:
+            verdict = score_window(_load(windows[key]), key, primary)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            if key.startswith(own):
+                malformed[key] = str(exc) or type(exc).__name__
+            continue
+        if verdict.slot_day == day:
+            claims.setdefault(verdict.slot_hhmm, []).append(verdict)
+        elif key.startswith(own):
+            misnamed.append(key)  # another day's window: that day counts it
+    return claims
+
+
+def _one_per_slot(
+    claimants: list[WindowVerdict], windows: Mapping[str, bytes],
+    malformed: dict[str, str], misnamed: list[str],
+) -> WindowVerdict | None:
+    """The window that counts for a slot: the one whose key agrees with its start,
+    else the only one (or identical copies, counted once); different copies none of
+    which is named right are not trusted (malformed, the slot missing)."""
+    agreeing = [v for v in claimants if not v.misnamed]
+    misnamed.extend(v.key for v in claimants if v.misnamed)
+    if agreeing:
+        return agreeing[0]
+    if len({windows[v.key] for v in claimants}) == 1:
+        return claimants[0]
+    keys = ", ".join(v.key for v in claimants)
+    for v in claimants:
+        misnamed.remove(v.key)
+        malformed[v.key] = f"key: duplicate slot {v.slot_hhmm} with different contents ({keys})"
+    return None
 
 
 # ------------------------------------------------------------------ I/O
@@ -728,11 +830,23 @@ def _is_window_name(key: str, prefix: str) -> bool:
     return "/" not in name and name.startswith("window=") and name.endswith(".json")
 
 
+def old_last_window_key(day: str) -> str:
+    """Where the old "named by end" convention put `day`'s 23:45 window: the next
+    day's `window=0000.json` (module docstring)."""
+    following = datetime.strptime(day, "%Y%m%d") + timedelta(days=1)
+    return window_key(following.strftime("%Y%m%d"), "0000")
+
+
 def fetch_day_windows(raw: Store, day: str, workers: int = 16) -> dict[str, bytes]:
-    """{key: bytes} of the day's `window=*.json` objects in the raw store.
+    """{key: bytes} of the day's `window=*.json` objects in the raw store, and of the
+    next day's `window=0000.json` (`old_last_window_key`) when the old convention may
+    hold the day's last window there.
 
     One LIST of `quality/date=<day>/`, then GETs in parallel. Other names under the
-    prefix (`._*`, `*.tmp`, subfolders) are not windows and are skipped. An object
+    prefix (`._*`, `*.tmp`, subfolders) are not windows and are skipped. The neighbour
+    key is read (one GET, absent = NotFound) only when the day's folder has windows
+    but none starting at 23:45: a day written as the collector writes it costs no
+    extra request. `score_day` counts it only if it starts on `day`. An object
     deleted between the LIST and its GET is missing (skipped); any other StoreError
     propagates (nothing is scored from a partial read of a readable store).
     """
@@ -740,6 +854,18 @@ def fetch_day_windows(raw: Store, day: str, workers: int = 16) -> dict[str, byte
         raise ValueError(f"workers: expected >= 1, got {workers!r}")
     prefix = windows_prefix(day)
     keys = [info.key for info in raw.list_objects(prefix) if _is_window_name(info.key, prefix)]
+    out = _get_all(raw, keys, workers)
+    if out and not _covers_last_slot(out, day):
+        neighbour = old_last_window_key(day)
+        try:
+            out[neighbour] = raw.get_bytes(neighbour)[0]
+        except NotFound:
+            pass
+    return out
+
+
+def _get_all(raw: Store, keys: list[str], workers: int) -> dict[str, bytes]:
+    """{key: bytes} of `keys`, GET in parallel; a key gone since its LIST is skipped."""
     if not keys:
         return {}
     out: dict[str, bytes] = {}
@@ -757,6 +883,19 @@ def fetch_day_windows(raw: Store, day: str, workers: int = 16) -> dict[str, byte
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def _covers_last_slot(windows: Mapping[str, bytes], day: str) -> bool:
+    """Whether one of the objects says it starts at `day` 23:45 (not validated here)."""
+    last = datetime.strptime(day + "2345", "%Y%m%d%H%M").replace(tzinfo=UTC)
+    for data in windows.values():
+        try:
+            doc = _load(data)
+            if isinstance(doc, dict) and _iso_z(doc.get("window_start"), "") == last:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def save_verdict(compact: Store, verdict: DayVerdict) -> str:
