@@ -31,7 +31,7 @@ same `host`, same `boot` (the kernel's boot id) AND same `pidns` (the inode of
 /proc/self/ns/pid). Containers that share a hostname but not a PID namespace
 (a Kubernetes pod's containers, `docker run --hostname`) differ in `pidns`; where
 either side cannot read one of them (the systemd unit's ProcSubset=pid hides the
-boot id, lock objects of versions before 1.2 carry neither) nothing is proven,
+boot id, lock objects of earlier versions carry neither) nothing is proven,
 and a lease is judged by its renewal alone: live until it expires.
 
 Process identity: a pid alone is not one. After a crash (or a reboot) the same pid

@@ -215,7 +215,7 @@ def test_lock_without_start_id_falls_back_to_the_pid(store: Store, live_child: A
 
 
 def test_a_lock_of_an_older_version_is_judged_by_its_expiry_alone(store: Store) -> None:
-    """Lock objects of versions before 1.2 name no boot id and no PID namespace: a dead
+    """Lock objects of earlier versions name no boot id and no PID namespace: a dead
     pid there may be a live run in another container with the same hostname."""
     doc = {"owner": {"host": HOST, "pid": dead_pid(), "run_id": "old-version"},
            "acquired_at": "2023-11-14T22:13:20Z", "expires_at": "2023-11-14T22:23:20Z",

@@ -330,7 +330,7 @@ def test_temp_dirs_are_removed_only_when_their_owner_is_provably_gone(tmp_path: 
         (gone / OWNER_LOCK).touch()
         given_up = tmp_path / f"{TMP_PREFIX}1.again"  # a late download wrote in it again
         (given_up / "in").mkdir(parents=True)
-        legacy = tmp_path / f"{TMP_PREFIX}4000001-abc"  # before 1.2: owner unknown
+        legacy = tmp_path / f"{TMP_PREFIX}4000001-abc"  # an earlier version's: owner unknown
         other = tmp_path / "unrelated-4000001"
         for d in (legacy, other):
             (d / "in").mkdir(parents=True)

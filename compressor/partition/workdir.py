@@ -10,7 +10,7 @@ another run's dir only when it can take that lock itself: its owner is then
 provably gone. A dir is made under a hidden staging name, locked, then renamed
 into place, so a `qlc-part-*` dir without a lock file is one its maker already
 gave up (a download that outlived its partition wrote into it again) and is
-removed too. Dirs in the format of versions before 1.2 (`qlc-part-<pid>-<random>`,
+removed too. Dirs in the format of earlier versions (`qlc-part-<pid>-<random>`,
 no lock) are left alone, with a warning: their owner cannot be told. The same
 rule serves a run's own leftovers: its dirs in use are locked by itself.
 """
@@ -65,7 +65,7 @@ def clean_stale_tmp(tmp_root: Path) -> list[Path]:
         if not path.is_dir() or path.is_symlink():
             continue
         if _LEGACY.match(path.name) and not (path / OWNER_LOCK).exists():
-            log.warning("left %s alone: made by a version before 1.2, whose owner cannot be "
+            log.warning("left %s alone: made by an earlier version, whose owner cannot be "
                         "told; remove it by hand once no run of that version is running", path)
             continue
         if _remove_if_unowned(path):
