@@ -455,8 +455,9 @@ class LeaseManager:
 
         True when the lock is gone (just released), malformed or expired (acquire takes
         it over), or its holder runs on this host (a live one finishes or dies soon; a
-        dead one is taken over at once). False for a live lease of another host: we
-        cannot see that run, so it is left to it.
+        dead one is taken over at once when it provably shared our process table, else
+        when its lease expires). False for a live lease of another host: we cannot see
+        that run, so it is left to it.
         """
         try:
             data, _ = self.store.get_bytes(partition.lock_key)
