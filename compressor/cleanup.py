@@ -6,7 +6,10 @@ default) prints. With --apply each partition is removed under its lease,
 meta.json first (readers stop seeing it at once, README "Guarantees"), then
 data.parquet, each If-Match what was read under the lease. The raw store is never
 touched: this module is never given it. last_compacted_date never moves forward;
-when the range holds ready days it moves back to the day before the first one.
+when the range holds ready days it moves back to the day before the first one,
+before anything is removed, and the partitions are marked `in_progress` meanwhile
+(`StateStore.hold_back`): a catch-up running at the same time cannot move it over
+them again (README "Readiness never lies").
 """
 
 from __future__ import annotations
@@ -74,8 +77,14 @@ class CleanupResult:
 
 def execute(plan: CleanupPlan, compact: Store, state: StateStore, leases: LeaseManager
             ) -> CleanupResult:
-    """Remove each partition under its lease, then its state entries (one CAS write)."""
+    """Mark the partitions and lower the watermark (one CAS write), remove each
+    partition under its lease, then its state entries (one CAS write).
+
+    The mark comes first so that no run's watermark passes a day while its outputs
+    disappear (README "Readiness never lies")."""
     result = CleanupResult(last_compacted_date=plan.last_compacted_date)
+    if plan.first_day is not None:
+        state.hold_back([p.state_key for p in plan.partitions], plan.first_day)
     for pid in plan.partitions:
         problem = _remove(pid, compact, leases)
         if problem is None:

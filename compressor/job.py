@@ -299,7 +299,8 @@ class Job:
             pool.shutdown(wait=True, cancel_futures=True)
             self.recorder.flush_quietly()
             report.state_error = self.recorder.error
-            report.last_compacted_after = self.watermark.value
+            report.last_compacted_after = (self.watermark.value if report.state_error
+                                           else self.watermark.settle())
         report.seconds = time.monotonic() - started
         return report
 

@@ -5,13 +5,15 @@ at once"); each partition is compacted under a lease (README, "How a run
 works", step 2.1). A lease is the object
 `compacted/locks/<ex>/<stream>/<sym>/<YYYYMMDD>.lock`::
 
-    {"owner": {"host": str, "pid": int, "run_id": str, "start": str (optional)},
+    {"owner": {"host": str, "pid": int, "run_id": str, "start": str (optional),
+               "boot": str (optional), "pidns": str (optional)},
      "acquired_at": ISO-8601 UTC "Z", "expires_at": ISO-8601 UTC "Z", "token": str}
 
 - acquire: create it with If-None-Match. When it exists, take it over with If-Match
-  on the ETag just read if it expired (now > expires_at + skew), if its owner ran on
-  this host and that process is gone (a crashed run must not block the next one for
-  a TTL), or if it is not a lease document at all. Otherwise someone holds it: None.
+  on the ETag just read if it expired (now > expires_at + skew), if its owner
+  provably shared our process table and that process is gone (a crashed run must
+  not block the next one for a TTL), or if it is not a lease document at all.
+  Otherwise someone holds it: None.
 - renew: rewrite it with a later expires_at, If-Match on the ETag of our own last
   write. Losing that CAS means someone took it over: the lease is lost. A background
   thread renews every held lease every TTL/3.
@@ -23,13 +25,22 @@ works", step 2.1). A lease is the object
   holder's lock stays. A renew-then-delete would leave a window between the two.
   Leftovers of dead runs are removed the same way (reap_stale).
 
+Owner identity: a run is its `run_id` (random per run). Whether its process is
+still running can be asked of the kernel only when it ran in our process table:
+same `host`, same `boot` (the kernel's boot id) AND same `pidns` (the inode of
+/proc/self/ns/pid). Containers that share a hostname but not a PID namespace
+(a Kubernetes pod's containers, `docker run --hostname`) differ in `pidns`; where
+either side cannot read one of them (the systemd unit's ProcSubset=pid hides the
+boot id, lock objects of earlier versions carry neither) nothing is proven,
+and a lease is judged by its renewal alone: live until it expires.
+
 Process identity: a pid alone is not one. After a crash (or a reboot) the same pid
 may belong to an unrelated process, which would keep a dead run's lease "alive" for
 a whole TTL. So the owner records `start`, "<boot_id>:<starttime>" on Linux (the
 kernel's boot id and field 22 of /proc/<pid>/stat, the start time in clock ticks
 since boot): its holder runs only while that pid is alive AND has the same start
 id. Where /proc is missing start is absent, and lock objects written before it
-existed parse the same: then the pid alone decides, as before.
+existed parse the same: then the pid alone decides, in our process table.
 
 Clocks: `clock` should be the store's clock (compressor.clock.StoreClock), so every
 run compares expires_at against the same time whatever its host's clock says. What
@@ -75,17 +86,27 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class LeaseOwner:
-    """Who holds a lease. `start`: see process_start_id (None where unknown)."""
+    """Who holds a lease (module docstring). `start`: see process_start_id; `boot`,
+    `pidns`: the kernel boot id and PID namespace inode (each None where unknown)."""
 
     host: str
     pid: int
     run_id: str
     start: str | None = None
+    boot: str | None = None
+    pidns: str | None = None
 
     @classmethod
     def current(cls, run_id: str | None = None) -> LeaseOwner:
         pid = os.getpid()
-        return cls(socket.gethostname(), pid, run_id or uuid.uuid4().hex, process_start_id(pid))
+        return cls(socket.gethostname(), pid, run_id or uuid.uuid4().hex, process_start_id(pid),
+                   _boot_id(), pid_namespace())
+
+    def shares_process_table(self, other: LeaseOwner) -> bool:
+        """True only when `other` provably ran in our process table: same host, and the
+        same known boot id and PID namespace. Its pid then names its process here."""
+        return (other.host == self.host and self.boot is not None and self.pidns is not None
+                and other.boot == self.boot and other.pidns == self.pidns)
 
     def describe(self) -> str:
         return f"host {self.host} pid {self.pid} run {self.run_id}"
@@ -103,8 +124,10 @@ class LeaseRecord:
     def to_bytes(self) -> bytes:
         owner: dict[str, Any] = {"host": self.owner.host, "pid": self.owner.pid,
                                  "run_id": self.owner.run_id}
-        if self.owner.start is not None:
-            owner["start"] = self.owner.start
+        for name in ("start", "boot", "pidns"):
+            value = getattr(self.owner, name)
+            if value is not None:
+                owner[name] = value
         doc = {
             "owner": owner,
             "acquired_at": utc_iso(self.acquired_at),
@@ -128,14 +151,15 @@ class LeaseRecord:
             raise ValueError("owner.host and owner.run_id must be strings")
         if not isinstance(pid, int) or isinstance(pid, bool):
             raise ValueError(f"owner.pid: expected an integer, got {pid!r}")
-        start = owner.get("start")  # absent in lock objects of older versions
-        if start is not None and not isinstance(start, str):
-            raise ValueError(f"owner.start: expected a string, got {start!r}")
+        for name in ("start", "boot", "pidns"):  # absent in lock objects of older versions
+            if owner.get(name) is not None and not isinstance(owner[name], str):
+                raise ValueError(f"owner.{name}: expected a string, got {owner[name]!r}")
         token = doc.get("token")
         if not isinstance(token, str) or not token:
             raise ValueError("token: expected a non-empty string")
         return cls(
-            owner=LeaseOwner(host, pid, run_id, start),
+            owner=LeaseOwner(host, pid, run_id, owner.get("start"), owner.get("boot"),
+                             owner.get("pidns")),
             acquired_at=_time_field(doc, "acquired_at"),
             expires_at=_time_field(doc, "expires_at"),
             token=token,
@@ -173,6 +197,15 @@ def _boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
             return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+@functools.cache
+def pid_namespace() -> str | None:
+    """The inode of this process's PID namespace (`/proc/self/ns/pid`), None if hidden."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
         return None
 
@@ -407,7 +440,7 @@ class LeaseManager:
         if now > current.expires_at + self.skew_s:
             return f"{current.owner.describe()} let it expire at {utc_iso(current.expires_at)}"
         owner = current.owner
-        if owner.host == self.owner.host:
+        if self.owner.shares_process_table(owner):
             if not self.is_alive(owner.pid):
                 return f"{owner.describe()} is no longer running on this host"
             if owner.start is not None:
@@ -422,8 +455,9 @@ class LeaseManager:
 
         True when the lock is gone (just released), malformed or expired (acquire takes
         it over), or its holder runs on this host (a live one finishes or dies soon; a
-        dead one is taken over at once). False for a live lease of another host: we
-        cannot see that run, so it is left to it.
+        dead one is taken over at once when it provably shared our process table, else
+        when its lease expires). False for a live lease of another host: we cannot see
+        that run, so it is left to it.
         """
         try:
             data, _ = self.store.get_bytes(partition.lock_key)

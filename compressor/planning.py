@@ -366,15 +366,14 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
                  else set())
         relabel = (state.days_labelled_by_other_rules(RULES_VERSION)
                    if options.mode is not Mode.BACKFILL else set())
-        days = plan_days(options.mode, options.today, last, inventory.dates, options.backfill,
-                         lookback_days=options.lookback_days,
-                         empty_day_grace=options.empty_day_grace, retry_days=sorted(retry),
-                         relabel_days=sorted(relabel))
-    ready, empty = days.ready, days.empty
-    if options.filtered:
-        ready, empty = [], {}  # a narrowed run never vouches for a whole day
-    if last is None and ready:
-        _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
+
+        def choose(raw_dates: Sequence[str]) -> Days:
+            return plan_days(options.mode, options.today, last, raw_dates, options.backfill,
+                             lookback_days=options.lookback_days,
+                             empty_day_grace=options.empty_day_grace, retry_days=sorted(retry),
+                             relabel_days=sorted(relabel))
+
+        days = choose(inventory.dates)
     pids = [pid for day in days.run for pid in inventory.partitions(day)]
 
     def decide_one(pid: PartitionId) -> PlannedPartition:
@@ -389,6 +388,16 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
         return decide(partition, published, state.get(pid), options)
 
     planned = _cap(_parallel_map(decide_one, pids), options.max_partitions)
+    strays = stray_only_days(planned)
+    if strays and options.mode is not Mode.BACKFILL:
+        # prefixes holding no data file are no raw data: such days are empty days
+        days = choose([d for d in inventory.dates if d not in strays])
+        planned = [p for p in planned if p.pid.date in days.run]
+    ready, empty = days.ready, days.empty
+    if options.filtered:
+        ready, empty = [], {}  # a narrowed run never vouches for a whole day
+    if last is None and ready:
+        _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
     return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty)
 
 
@@ -401,6 +410,19 @@ def _warn_fresh_start(first: str, older: Sequence[str]) -> None:
                     "will take them as ready: backfill them: %s", first, len(older), older[0],
                     older[-1], backfill_hint(older[0]).replace(
                         f"--date-to {older[0]}", f"--date-to {older[-1]}"))
+
+
+def stray_only_days(planned: Sequence[PlannedPartition]) -> set[str]:
+    """Days whose every partition prefix was listed and holds no raw data file (only
+    strays such as `.tmp` or `._*` objects): no raw data, like a day without
+    any prefix, so the empty-day grace applies (README "Readiness never lies"). A
+    partition that could not be listed keeps its day a raw day (it fails and holds
+    readiness back)."""
+    only: dict[str, bool] = {}
+    for p in planned:
+        day = p.pid.date
+        only[day] = only.get(day, True) and p.reason is Reason.NO_DATA
+    return {day for day, stray in only.items() if stray}
 
 
 def open_backfill_days(

@@ -96,26 +96,48 @@ class Watermark:
         self.state = recorder.state
         self.value = plan.last_compacted_date
         self._done: dict[str, bool] = dict(plan.empty_days)
+        #: Per decided day, the state keys of its partitions with raw data (what the
+        #: state must hold `success` for when the watermark is written over the day).
+        self._keys: dict[str, frozenset[str]] = {day: frozenset() for day in plan.empty_days}
 
     def day_finished(self, day: str, outcomes: Sequence[Confirmable], stopped: bool) -> None:
-        """Record whether `day` is done (confirmed against the truth) and advance."""
-        if day not in self.plan.ready_days:
+        """Record whether `day` is done (confirmed against the truth) and advance.
+
+        A day the plan counts as empty (no raw data files, only strays at most) keeps
+        the empty-day rule's decision (README "Readiness never lies")."""
+        if day not in self.plan.ready_days or day in self.plan.empty_days:
             return
+        self._keys[day] = frozenset(o.pid.state_key for o in outcomes
+                                    if o.fingerprint is not None)
         self._done[day] = not stopped and self.confirm(day, outcomes)
         self.advance()
 
     def advance(self) -> None:
-        """Move last_compacted_date over the ready days decided so far."""
+        """Vouch for the ready days decided so far; the state moves last_compacted_date
+        over each only while it is whole in the document it writes (a cleanup meanwhile
+        holds it back: compressor.state `vouched_watermark`)."""
         decided = []
         for day in self.plan.ready_days:
             if day not in self._done:
                 break
             decided.append((day, self._done[day]))
         new = ready_date(self.plan.last_compacted_date, decided)
-        if new != self.value:
+        if new != self.value and new is not None:
             log.info("last_compacted_date -> %s", new)
-            self.state.advance_last_compacted(new)
+            self.state.vouch_for({day: self._keys[day] for day, done in decided
+                                  if done and day <= new})
             self.value = new
+
+    def settle(self) -> str | None:
+        """The value to report once the state is flushed: ours, or the lower one the
+        state holds when a write could not move it as far (a cleanup meanwhile)."""
+        try:
+            written = self.state.written_last_compacted_date
+        except (StoreError, StateCorruptError):
+            return self.value
+        if self.value is not None and (written is None or written < self.value):
+            self.value = written
+        return self.value
 
     def confirm(self, day: str, outcomes: Sequence[Confirmable]) -> bool:
         """Whether the day is whole right now (module docstring); logs why not."""

@@ -24,9 +24,10 @@ from compressor.cleanup import execute as execute_cleanup
 from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, PartitionId
-from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner, pid_alive
+from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner
 from compressor.observe import RunObserver
-from compressor.partition.compact import CompactSettings, clean_stale_tmp
+from compressor.partition.compact import CompactSettings
+from compressor.partition.workdir import clean_stale_tmp
 from compressor.planning import Plan, PlanOptions, build_plan
 from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
 from compressor.state import StateStore
@@ -159,15 +160,15 @@ def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[]
     observer.planned(the_plan)
     compact.check_conditional_writes(PROBE_PREFIX)  # it writes: never in a dry run
     check_tmp_dir(config.tmp_dir)
-    for path in clean_stale_tmp(config.tmp_dir, pid_alive):
+    for path in clean_stale_tmp(config.tmp_dir):
         log.info("removed %s, left by a run that is gone", path)
     verdicts = DayVerdicts(raw, compact, primary_exchange=config.primary_exchange, clock=clock)
     report = execute(config, the_plan, raw, compact, state, clock, verdicts, should_stop,
                      observer)
     if should_stop():
         # a download still in flight when the partition gave up may have written after
-        # its temp dir was removed: remove this run's temp dirs once more
-        clean_stale_tmp(config.tmp_dir, lambda pid: pid != os.getpid())
+        # its temp dir was removed: remove such leftovers once more
+        clean_stale_tmp(config.tmp_dir)
     return RunResult(the_plan, report)
 
 

@@ -39,8 +39,18 @@ order, so it is commutative, associative and idempotent: the order in which
 concurrent runs flush, and retries of a write whose outcome was unknown, never
 change the result.
 
-`last_compacted_date` only moves forward (`advance_last_compacted`): the larger
-value wins, whoever wrote it. `ready_date` computes the candidate value.
+`last_compacted_date` only passes a day that is compacted at the moment it is written
+(README "Readiness never lies"). A run does not write a value it computed earlier:
+it *vouches* for days (`vouch_for`: each day with the state keys of its partitions
+that have raw data), and every compare-and-swap write recomputes the watermark from
+the document it replaces: from that document's value it moves over the next vouched
+day, and the next, as long as each is the very next calendar day and every one of
+its partitions has a `success` entry in the merged document. So a `--mode cleanup`
+that lowered the value and marked or removed a day's entries (`hold_back`, `forget`)
+between a run's check of the day and its write holds the run back before that day:
+no larger value computed from an older read is restored. `advance_last_compacted`
+(an operator's or a test's seed) is trusted as given and only moves it forward.
+`ready_date` computes a run's candidate value.
 
 Repair: a malformed state is never overwritten by the job (`StateCorruptError`,
 exit 2). `StateStore.backup_and_reset()` copies the bad object to
@@ -319,6 +329,32 @@ def ready_date(previous: str | None, days: Iterable[tuple[str, bool]]) -> str | 
     return result
 
 
+def _next_day(day: str) -> str:
+    return format_day(parse_day(day) + timedelta(days=1))
+
+
+def vouched_watermark(current: str | None, vouched: Mapping[str, frozenset[str]],
+                      partitions: Mapping[str, Any]) -> str | None:
+    """The watermark a vouching write may set over `current` (module docstring).
+
+    `partitions`: the raw entries of the document being written. It moves over each
+    vouched day after `current` in order and stops at the first one that is not the
+    next calendar day (nobody vouches for the gap: a cleanup lowered the value below
+    what the run started from) or that has a partition without a `success` entry.
+    """
+    value = current
+    for day in sorted(vouched):
+        if value is not None and day <= value:
+            continue
+        if value is not None and day != _next_day(value):
+            break
+        keys = vouched[day]
+        if any(partitions.get(k, {}).get("status") != "success" for k in keys):
+            break
+        value = day
+    return value
+
+
 def _max_day(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return a if b is None else b
@@ -494,6 +530,8 @@ class StateStore:
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: dict[str, PartitionState] = {}
         self._pending_lcd: str | None = None
+        #: Days a run vouches for (`vouch_for`), each with its partitions' state keys.
+        self._pending_vouch: dict[str, frozenset[str]] = {}
         self._pending_since: float | None = None
         self._doc: dict[str, Any] | None = None
         self._etag: str | None = None
@@ -533,10 +571,21 @@ class StateStore:
 
     @property
     def last_compacted_date(self) -> str | None:
-        """Loaded value merged with any queued advance."""
+        """Loaded value merged with any queued advance (a vouched one as if the days it
+        vouches for were written now, over the loaded document and the queued entries)."""
         doc = self._document()
         with self._lock:
-            return _max_day(doc["last_compacted_date"], self._pending_lcd)
+            value = _max_day(doc["last_compacted_date"], self._pending_lcd)
+            if not self._pending_vouch:
+                return value
+            vouched = dict(self._pending_vouch)
+            queued = {k: {"status": e.status} for k, e in self._pending.items()}
+        return vouched_watermark(value, vouched, {**doc["partitions"], **queued})
+
+    @property
+    def written_last_compacted_date(self) -> str | None:
+        """last_compacted_date of the document as last loaded or written (nothing queued)."""
+        return cast(str | None, self._document()["last_compacted_date"])
 
     def get(self, pid: PartitionId | str) -> PartitionState | None:
         """The partition's entry as loaded, merged with queued updates; None if absent."""
@@ -620,6 +669,19 @@ class StateStore:
             if self._pending_since is None:
                 self._pending_since = self.clock()
 
+    def vouch_for(self, days: Mapping[str, Iterable[str]]) -> None:
+        """Queue a move of last_compacted_date over `days` (day -> the state keys of its
+        partitions with raw data; none for a day without raw data). Each write counts
+        a day only while it is whole in the document written (`vouched_watermark`)."""
+        if not days:
+            return
+        with self._lock:
+            for day, keys in days.items():
+                parse_day(day)
+                self._pending_vouch[day] = self._pending_vouch.get(day, frozenset()) | set(keys)
+            if self._pending_since is None:
+                self._pending_since = self.clock()
+
     def _queue(self, skey: str, entry: PartitionState) -> None:
         old = self._pending.get(skey)
         self._pending[skey] = entry if old is None else merge_entries(old, entry)
@@ -644,27 +706,32 @@ class StateStore:
         """
         with self._flush_lock:
             with self._lock:
-                updates, lcd = self._pending, self._pending_lcd
+                updates, lcd, vouch = self._pending, self._pending_lcd, self._pending_vouch
                 self._pending, self._pending_lcd, self._pending_since = {}, None, None
-            if not updates and lcd is None:
+                self._pending_vouch = {}
+            if not updates and lcd is None and not vouch:
                 return False
             try:
-                self._write(updates, lcd)
+                self._write(updates, lcd, vouch)
             except BaseException:
-                self._requeue(updates, lcd)
+                self._requeue(updates, lcd, vouch)
                 raise
             return True
 
-    def _requeue(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
+    def _requeue(self, updates: dict[str, PartitionState], lcd: str | None,
+                 vouch: dict[str, frozenset[str]]) -> None:
         with self._lock:
             for skey, entry in updates.items():
                 self._queue(skey, entry)
             self._pending_lcd = _max_day(self._pending_lcd, lcd)
+            for day, keys in vouch.items():
+                self._pending_vouch[day] = self._pending_vouch.get(day, frozenset()) | keys
             if self._pending_since is None:
                 self._pending_since = self.clock()
 
-    def _write(self, updates: dict[str, PartitionState], lcd: str | None) -> None:
-        self._compare_and_swap(lambda doc: self._apply(doc, updates, lcd),
+    def _write(self, updates: dict[str, PartitionState], lcd: str | None,
+               vouch: Mapping[str, frozenset[str]]) -> None:
+        self._compare_and_swap(lambda doc: self._apply(doc, updates, lcd, vouch),
                                "updates kept for the next flush")
 
     def _compare_and_swap(
@@ -697,9 +764,11 @@ class StateStore:
         return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
 
     def _apply(
-        self, doc: dict[str, Any], updates: Mapping[str, PartitionState], lcd: str | None
+        self, doc: dict[str, Any], updates: Mapping[str, PartitionState], lcd: str | None,
+        vouch: Mapping[str, frozenset[str]] | None = None,
     ) -> dict[str, Any]:
-        """A new document: `doc` (not modified) with the updates merged in."""
+        """A new document: `doc` (not modified) with the updates merged in and the
+        watermark recomputed over the vouched days (module docstring)."""
         partitions = dict(doc["partitions"])
         for skey in [k for k, raw in partitions.items() if _needs_migration(raw)]:
             partitions[skey] = PartitionState.from_json(partitions[skey]).to_json()
@@ -709,6 +778,8 @@ class StateStore:
             partitions[skey] = merged.to_json()
         now = utc_iso(self.clock())
         new_lcd = _max_day(doc["last_compacted_date"], lcd)
+        if vouch:
+            new_lcd = self._vouched(new_lcd, vouch, partitions)
         moved = doc.get("last_compacted_moved_at")
         out = {
             "schema_version": SCHEMA_VERSION,
@@ -722,7 +793,44 @@ class StateStore:
             out["last_compacted_moved_at"] = moved
         return out
 
+    @staticmethod
+    def _vouched(current: str | None, vouch: Mapping[str, frozenset[str]],
+                 partitions: Mapping[str, Any]) -> str | None:
+        value = vouched_watermark(current, vouch, partitions)
+        wanted = max(vouch)
+        if value is None or value < wanted:
+            log.warning("last_compacted_date held at %s, not moved to %s: the day after it "
+                        "is not compacted in the state now (a cleanup removed it meanwhile?)",
+                        value or "-", wanted)
+        return value
+
     # -- cleanup -------------------------------------------------------------------
+
+    def hold_back(self, keys: Iterable[str], first_day: str) -> str | None:
+        """Before a cleanup removes anything: mark its partitions and lower the watermark.
+
+        One compare-and-swap: each key gets an `in_progress` entry of an attempt that
+        starts now (newer than any run's, so it wins the merge), and last_compacted_date
+        moves back to the day before `first_day` when it had reached it. From then on
+        no run can vouch for those days (`vouched_watermark` needs `success`), while
+        the outputs disappear and until `forget` removes the entries; a partition the
+        cleanup then leaves alone stays `in_progress`, so the next catch-up checks it
+        again. Returns the last_compacted_date written.
+        """
+        self.flush()
+        now = utc_iso(self.clock())
+        marks = {k: PartitionState.in_progress(started_at=now).to_json() for k in keys}
+
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
+            partitions = dict(doc["partitions"])
+            for key, mark in marks.items():
+                raw = partitions.get(key)
+                partitions[key] = mark if raw is None else merge_entries(
+                    PartitionState.from_json(raw), PartitionState.from_json(mark)).to_json()
+            return self._lowered(doc, first_day, partitions)
+
+        written = self._compare_and_swap(change, "nothing removed")
+        return cast(str | None, written["last_compacted_date"])
 
     def forget(self, keys: Iterable[str], first_day: str) -> str | None:
         """Remove entries and hold readiness back before `first_day` (--mode cleanup).
@@ -734,25 +842,30 @@ class StateStore:
         """
         self.flush()
         gone = set(keys)
-        before = format_day(parse_day(first_day) - timedelta(days=1))
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
-            lcd = doc["last_compacted_date"]
-            new_lcd = before if lcd is not None and lcd >= first_day else lcd
-            new_doc = {
-                "schema_version": SCHEMA_VERSION,
-                "last_compacted_date": new_lcd,
-                "updated_at": utc_iso(self.clock()),
-                "partitions": {k: v for k, v in doc["partitions"].items() if k not in gone},
-            }
-            moved = new_doc["updated_at"] if new_lcd != lcd else doc.get(
-                "last_compacted_moved_at")
-            if moved is not None:
-                new_doc["last_compacted_moved_at"] = moved
-            return new_doc
+            kept = {k: v for k, v in doc["partitions"].items() if k not in gone}
+            return self._lowered(doc, first_day, kept)
 
         written = self._compare_and_swap(change, "nothing removed")
         return cast(str | None, written["last_compacted_date"])
+
+    def _lowered(self, doc: dict[str, Any], first_day: str, partitions: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """`doc` with these partitions and its watermark moved back before `first_day`."""
+        before = format_day(parse_day(first_day) - timedelta(days=1))
+        lcd = doc["last_compacted_date"]
+        new_lcd = before if lcd is not None and lcd >= first_day else lcd
+        new_doc = {
+            "schema_version": SCHEMA_VERSION,
+            "last_compacted_date": new_lcd,
+            "updated_at": utc_iso(self.clock()),
+            "partitions": partitions,
+        }
+        moved = new_doc["updated_at"] if new_lcd != lcd else doc.get("last_compacted_moved_at")
+        if moved is not None:
+            new_doc["last_compacted_moved_at"] = moved
+        return new_doc
 
     # -- repair --------------------------------------------------------------------
 

@@ -40,11 +40,14 @@ from compressor.partition.compact import CompactSettings, compact_partition
 from compressor.planning import Action, Mode, PlanOptions, build_plan
 from compressor.state import StateStore
 from compressor.storage import LocalStore, S3Store
+from tests import jobworld
 from tests.conftest import FlakyLocalStore, make_s3_store, put_partition
+from tests.jobworld import JobWorld, spec, wait_for
 from tests.s3proxy import S3Proxy
 from tests.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, cli_environment
 
 REPO = Path(__file__).resolve().parents[1]
+jw = jobworld.jw  # the fixture
 TODAY = "20261125"
 DAYS = ("20261123", "20261124")
 PARTS = (("binance", "trade", "btcusdt"), ("okx", "bbo", "ethusdt"),
@@ -376,3 +379,56 @@ def test_a_recheck_that_cannot_read_fails_and_never_publishes_the_older_listing(
     doc = json.loads(local.compact.get_bytes(STATE_KEY)[0])
     entry = doc["partitions"][pid.state_key]
     assert entry["status"] == "failed" and "could not re-check" in entry["error"]
+
+
+# --------------------------------------------------------------------------- containers:
+# same hostname, another PID namespace (a Kubernetes pod's containers, `docker run
+# --hostname`), one temp volume. The second run is started in a PID namespace of its
+# own with `unshare --pid --fork --mount-proc` (as root): the live run's pid is no
+# process there, exactly as another container sees it.
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare --pid (root)")
+def test_a_run_in_another_pid_namespace_never_reaps_a_live_runs_lease_or_temp_dir(
+    jw: JobWorld,
+) -> None:
+    import signal
+
+    live_day, other_day = "20261124", "20261123"
+    jw.add(spec(date=live_day, files=300, rows_per_file=20))
+    jw.add(spec(date=other_day, files=2))
+    tmp = jw.tmp / "shared"
+    common = ["--mode", "backfill", "--today", TODAY, "--tmp-dir", str(tmp)]
+    live = jw.popen(*common, "--date-from", live_day)
+    try:
+        # caught while it holds its lease and works in its temp dir
+        wait_for(lambda: bool(jw.locks()) and bool(jw.tmp_leftovers(tmp)), 60,
+                 "the live run's lease and temp dir", live)
+        live.send_signal(signal.SIGSTOP)
+        work_dirs, locks = jw.tmp_leftovers(tmp), jw.locks()
+        lock_doc = json.loads(jw.compact.get_bytes(locks[0])[0])
+        other = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc",
+             *jw.argv(*common, "--date-from", other_day)],
+            env=jw.env, cwd=jw.cwd, capture_output=True, text=True, timeout=120)
+        assert other.returncode == 0, other.stderr
+        assert jw.locks() == locks, "the live run's lease was reaped"
+        assert json.loads(jw.compact.get_bytes(locks[0])[0]) == lock_doc
+        assert jw.tmp_leftovers(tmp) == work_dirs, "the live run's temp dir was removed"
+    finally:
+        live.send_signal(signal.SIGCONT)
+    done = jw.finish(live)
+    assert done.code == 0, done.err
+    assert {k: e["status"] for k, e in jw.entries().items()} == {
+        spec(date=live_day).partition.state_key: "success",
+        spec(date=other_day).partition.state_key: "success"}
+    assert set(jw.outputs_of()) == set(jw.entries())
+    assert jw.locks() == [] and jw.tmp_leftovers(tmp) == []

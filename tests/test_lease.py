@@ -23,7 +23,9 @@ from compressor.lease import (
     LeaseManager,
     LeaseOwner,
     LeaseRecord,
+    _boot_id,
     pid_alive,
+    pid_namespace,
     process_start_id,
 )
 from compressor.storage.base import Store, TransientStoreError
@@ -45,8 +47,11 @@ class Clock:
 
 def manager(store: Store, clock: Clock | None = None, *, host: str = HOST, pid: int | None = None,
             run: str = "run", ttl: float = 600, start: str | None = None,
-            **kw: Any) -> LeaseManager:
-    owner = LeaseOwner(host, os.getpid() if pid is None else pid, run, start)
+            boot: str | None = "this", pidns: str | None = "this", **kw: Any) -> LeaseManager:
+    """A run's manager; its owner shares this process table unless boot/pidns say not."""
+    owner = LeaseOwner(host, os.getpid() if pid is None else pid, run, start,
+                       _boot_id() if boot == "this" else boot,
+                       pid_namespace() if pidns == "this" else pidns)
     return LeaseManager(store, owner=owner, ttl_s=ttl, skew_s=30, auto_renew=False,
                         clock=clock or Clock(), **kw)
 
@@ -65,7 +70,8 @@ def test_acquire_writes_lock_document(store: Store) -> None:
     assert lease is not None
     data, _ = store.get_bytes("compacted/locks/binance/trade/btcusdt/20240101.lock")
     doc = json.loads(data)
-    assert doc["owner"] == {"host": HOST, "pid": os.getpid(), "run_id": "r1"}
+    assert doc["owner"] == {"host": HOST, "pid": os.getpid(), "run_id": "r1",
+                            "boot": _boot_id(), "pidns": pid_namespace()}
     assert doc["token"] == lease.token and len(doc["token"]) >= 16
     assert doc["acquired_at"].endswith("Z") and doc["expires_at"].endswith("Z")
     assert parse_utc_iso(doc["expires_at"]) - parse_utc_iso(doc["acquired_at"]) == 600
@@ -199,15 +205,42 @@ def test_live_process_with_its_start_id_is_not_taken(store: Store, live_child: A
 
 
 def test_lock_without_start_id_falls_back_to_the_pid(store: Store, live_child: Any) -> None:
-    """Lock objects written before owners recorded a start id: the pid alone decides."""
-    doc = {"owner": {"host": HOST, "pid": live_child.pid, "run_id": "old-version"},
+    """An owner without a start id, in our process table: the pid alone decides."""
+    held = manager(store, pid=live_child.pid, run="no-start").acquire(PID)
+    assert held is not None
+    assert manager(store, run="next").acquire(PID) is None
+    other = PartitionId("okx", "trade", "btcusdt", "20240101")
+    assert manager(store, pid=dead_pid(), run="no-start").acquire(other) is not None
+    assert manager(store, run="next").acquire(other) is not None
+
+
+def test_a_lock_of_an_older_version_is_judged_by_its_expiry_alone(store: Store) -> None:
+    """Lock objects of earlier versions name no boot id and no PID namespace: a dead
+    pid there may be a live run in another container with the same hostname."""
+    doc = {"owner": {"host": HOST, "pid": dead_pid(), "run_id": "old-version"},
            "acquired_at": "2023-11-14T22:13:20Z", "expires_at": "2023-11-14T22:23:20Z",
            "token": "t" * 32}
     store.put_bytes(PID.lock_key, json.dumps(doc).encode())
     assert manager(store, run="next").acquire(PID) is None  # T0 = acquired_at: not expired
-    doc["owner"]["pid"] = dead_pid()  # type: ignore[index]
-    store.put_bytes(PID.lock_key, json.dumps(doc).encode())
-    assert manager(store, run="next").acquire(PID) is not None
+    assert manager(store, run="next").reap_stale() == []
+    assert manager(store, Clock(T0 + 600 + 31), run="next").acquire(PID) is not None
+
+
+@pytest.mark.parametrize("differs", ["pidns", "boot"])
+def test_a_dead_pid_of_another_namespace_or_boot_is_not_taken_for_a_dead_run(
+    store: Store, differs: str
+) -> None:
+    """Same hostname, another PID namespace (a container beside us) or another boot:
+    its pid says nothing here. Its lease stays until it expires, and reap_stale keeps it."""
+    kw = {differs: "elsewhere"}
+    held = manager(store, pid=dead_pid(), run="container-a", **kw).acquire(PID)
+    assert held is not None
+    assert manager(store, run="container-b").acquire(PID) is None
+    assert manager(store, run="container-b").reap_stale() == []
+    held.check_held()
+    for unknown in ("boot", "pidns"):  # either side cannot tell: nothing proven either
+        assert manager(store, run="hidden", **{unknown: None}).acquire(PID) is None
+    assert manager(store, Clock(T0 + 600 + 31), run="container-b").acquire(PID) is not None
 
 
 def test_malformed_lock_taken_over(store: Store) -> None:
@@ -424,18 +457,21 @@ def test_current_owner_records_its_start_id(store: Store) -> None:
     assert LeaseManager(store, owner=owner, auto_renew=False).acquire(PID) is not None
     doc = json.loads(store.get_bytes(PID.lock_key)[0])
     assert doc["owner"] == {"host": HOST, "pid": os.getpid(), "run_id": "r1",
-                            "start": owner.start}
+                            "start": owner.start, "boot": _boot_id(),
+                            "pidns": str(os.stat("/proc/self/ns/pid").st_ino)}
     assert process_start_id(dead_pid()) is None and process_start_id(0) is None
 
 
 def test_lease_record_round_trip_and_rejects() -> None:
     rec = LeaseRecord(LeaseOwner("h", 3, "r"), T0, T0 + 600, "tok")
     assert LeaseRecord.from_bytes(rec.to_bytes()) == rec
-    with_start = LeaseRecord(LeaseOwner("h", 3, "r", "boot:42"), T0, T0 + 600, "tok")
+    with_start = LeaseRecord(LeaseOwner("h", 3, "r", "boot:42", "b00t", "4026531836"),
+                             T0, T0 + 600, "tok")
     assert LeaseRecord.from_bytes(with_start.to_bytes()) == with_start
     for bad in (b"[]", b"{}", b'{"owner": {"host": "h", "pid": "3", "run_id": "r"}}',
                 rec.to_bytes().replace(b"tok", b""),
-                with_start.to_bytes().replace(b'"boot:42"', b"42")):
+                with_start.to_bytes().replace(b'"boot:42"', b"42"),
+                with_start.to_bytes().replace(b'"4026531836"', b"4026531836")):
         with pytest.raises(ValueError):
             LeaseRecord.from_bytes(bad)
 

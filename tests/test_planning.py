@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 
 from compressor.discovery import Filters, Partition, list_partition
 from compressor.generator import PartitionSpec
+from compressor.job import Job
 from compressor.layout import PartitionId, format_day
+from compressor.lease import LeaseManager
 from compressor.meta import Meta, Published
+from compressor.partition.compact import CompactSettings
 from compressor.planning import (
     DEFAULT_EMPTY_DAY_GRACE,
     DONE_SKIPS,
@@ -30,7 +33,7 @@ from compressor.planning import (
 )
 from compressor.quality.labels import RULES_VERSION
 from compressor.state import PartitionState, StateStore, ready_date
-from compressor.storage import LocalStore
+from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectInfo
 from compressor.text import utc_iso
 from tests.conftest import put_partition, store_listing
@@ -291,3 +294,36 @@ def test_a_filtered_run_never_moves_readiness(tmp_path: Path) -> None:
     assert plan.days == ["20261124"] and len(plan.partitions) == 1
     assert plan.ready_days == []
     assert build_plan(raw, compact, state, PlanOptions(today=TODAY)).ready_days == ["20261124"]
+
+
+def test_a_day_whose_prefixes_hold_only_strays_is_an_empty_day(
+    store: Store, tmp_path: Path
+) -> None:
+    """1123's partition prefix holds only a `.tmp` and a `._*.parquet` object: no raw
+    data. It waits for the empty-day grace like a day without any prefix, instead of
+    being declared done at once with 0 outputs; on the local store and on S3."""
+    (tmp_path / "compact").mkdir()
+    compact = LocalStore(tmp_path / "compact")
+    for day in ("20261122", "20261124"):
+        put_partition(store, PartitionSpec(date=day, files=1, rows_per_file=5), tmp_path)
+    stray = PartitionId("binance", "trade", "btcusdt", "20261123")
+    store.put_bytes(stray.prefix + "part-1795400000-000001.parquet.tmp", b"half")
+    store.put_bytes(stray.prefix + "._part-1795400000-000001.parquet", b"mac")
+    state = StateStore(compact)
+    state.advance_last_compacted("20261121")
+    state.flush()
+    plan = build_plan(store, compact, state, PlanOptions(today=TODAY))
+    assert plan.days == ["20261122", "20261124"]
+    assert plan.empty_days == {"20261123": False}  # within its grace
+    assert "empty   20261123" in plan.render()
+    report = Job(plan, store, compact, state, CompactSettings(tmp_root=tmp_path / "work"),
+                 LeaseManager(compact, auto_renew=False)).run()
+    assert report.last_compacted_after == "20261122"
+    assert StateStore(compact).last_compacted_date == "20261122"
+    later = build_plan(store, compact, state, PlanOptions(today=date(2026, 11, 27)))
+    assert later.empty_days == {"20261123": True, "20261125": False, "20261126": False}
+    daily = build_plan(store, compact, state, PlanOptions(mode=Mode.DAILY,
+                                                          today=date(2026, 11, 24)))
+    assert daily.empty_days == {"20261123": False}
+    assert Job(daily, store, compact, state, CompactSettings(tmp_root=tmp_path / "work"),
+               LeaseManager(compact, auto_renew=False)).run().last_compacted_after == "20261122"

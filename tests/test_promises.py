@@ -518,3 +518,72 @@ def test_a_clock_offset_within_the_measurement_noise_is_taken_as_none(tmp_path: 
     assert StoreClock.measure(Offset(tmp_path, 0.9)).offset == 0.0
     assert StoreClock.measure(Offset(tmp_path, -1.5)).offset == 0.0
     assert StoreClock.measure(Offset(tmp_path, 300.4)).offset == 300.4
+
+
+# ------------------------------------------------------------------ cleanup during a catch-up
+
+
+class _HookedRaw(LocalStore):
+    """A raw store that runs `hook` once, as a run starts fetching its `at`-th partition."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.at = 0
+        self.hook: Callable[[], None] = lambda: None
+
+    def data_reader(self) -> Any:
+        self.at -= 1
+        if self.at == 0:
+            self.hook()
+        return super().data_reader()
+
+
+def _lcd_of(store: Store) -> str | None:
+    doc = json.loads(store.get_bytes("compacted/_state.json")[0])
+    return doc["last_compacted_date"]
+
+
+def test_a_cleanup_during_a_catch_up_holds_the_watermark_before_the_cleaned_day(
+    store: Store, settings: CompactSettings, tmp_path: Path
+) -> None:
+    """A catch-up over 1120..1122 confirms 1120 and 1121 and writes the watermark; a
+    `--mode cleanup --apply` of 1120 lands while the run works on 1122. The run's last
+    write must not move the watermark over 1120 again (it has no outputs and no state
+    entry any more); the next catch-up compacts 1120 again."""
+    from compressor.cleanup import CleanupPlan
+    from compressor.cleanup import execute as cleanup
+
+    (tmp_path / "hooked").mkdir()
+    raw = _HookedRaw(tmp_path / "hooked")
+    days = ["20261120", "20261121", "20261122"]
+    for day in days:
+        put_partition(raw, _spec(date=day), tmp_path)
+    state = StateStore(store)
+    state.advance_last_compacted("20261119")
+    state.flush()
+    job = _catch_up(raw, store, state, settings)
+    assert job.plan.days == days
+    first = _spec(date=days[0]).partition
+
+    def cleanup_of_the_first_day() -> None:
+        deadline = time.monotonic() + 60
+        while _lcd_of(store) != days[1]:  # the run has vouched for 1120 and 1121
+            assert time.monotonic() < deadline, "the run never wrote 20261121"
+            time.sleep(0.01)
+        other = StateStore(store)
+        other.load()
+        plan = CleanupPlan([first], other.last_compacted_date)
+        done = cleanup(plan, store, other, LeaseManager(store, auto_renew=False))
+        assert done.removed == [first] and done.last_compacted_date == "20261119"
+
+    raw.at, raw.hook = 3, cleanup_of_the_first_day  # as the run starts on 1122
+    report = job.run()
+    assert raw.at <= 0, "the hook ran"
+    assert read_published(store, first).meta is None
+    assert _lcd_of(store) == "20261119"  # not 20261122: 1120 is not compacted
+    assert report.last_compacted_after == "20261119"
+    again = _catch_up(raw, store, state, settings).run()
+    assert [(o.pid.date, o.status) for o in again.outcomes] == [
+        (days[0], Status.SUCCESS), (days[1], Status.UP_TO_DATE), (days[2], Status.UP_TO_DATE)]
+    assert _lcd_of(store) == days[2]
+    _whole_pair_of(store, list_partition(raw, first))

@@ -307,16 +307,44 @@ def test_fence_runs_before_every_write(
     assert store.ops == []
 
 
+def test_temp_dirs_are_removed_only_when_their_owner_is_provably_gone(tmp_path: Path) -> None:
+    """A dir is another run's until its owner lock can be taken: whatever its pid says
+    (a pid of another PID namespace is no process here)."""
+    import os
+    import subprocess
+    import sys
 
-def test_temp_dirs_of_dead_runs_are_removed(tmp_path: Path) -> None:
-    from compressor.partition.compact import TMP_PREFIX, clean_stale_tmp
+    from compressor.partition.workdir import OWNER_LOCK, TMP_PREFIX, clean_stale_tmp, work_dir
 
-    dead = tmp_path / f"{TMP_PREFIX}4000001-abc"
-    live = tmp_path / f"{TMP_PREFIX}4000002-def"
-    other = tmp_path / "unrelated-4000001"
-    for d in (dead, live, other):
-        (d / "in").mkdir(parents=True)
-    removed = clean_stale_tmp(tmp_path, lambda pid: pid == 4000002)
-    assert removed == [dead]
-    assert not dead.exists() and live.exists() and other.exists()
-    assert clean_stale_tmp(tmp_path / "missing", lambda pid: False) == []
+    holder = subprocess.Popen(  # another run's process: makes a dir and keeps using it
+        [sys.executable, "-c", "import sys, time\n"
+         "from pathlib import Path\n"
+         "from compressor.partition.workdir import work_dir\n"
+         "with work_dir(Path(sys.argv[1])) as p:\n"
+         "    print(p, flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        live = Path(holder.stdout.readline().strip())
+        gone = tmp_path / f"{TMP_PREFIX}1.dead"  # its owner's lock was released
+        (gone / "in").mkdir(parents=True)
+        (gone / OWNER_LOCK).touch()
+        given_up = tmp_path / f"{TMP_PREFIX}1.again"  # a late download wrote in it again
+        (given_up / "in").mkdir(parents=True)
+        legacy = tmp_path / f"{TMP_PREFIX}4000001-abc"  # an earlier version's: owner unknown
+        other = tmp_path / "unrelated-4000001"
+        for d in (legacy, other):
+            (d / "in").mkdir(parents=True)
+        with work_dir(tmp_path) as mine:
+            assert mine.name.startswith(f"{TMP_PREFIX}{os.getpid()}.")
+            removed = clean_stale_tmp(tmp_path)
+            assert mine.exists()
+        assert not mine.exists()
+        assert removed == sorted([gone, given_up])
+        assert live.exists() and legacy.exists() and other.exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert clean_stale_tmp(tmp_path) == [live]  # its owner is gone now
+    assert clean_stale_tmp(tmp_path / "missing") == []

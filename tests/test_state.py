@@ -452,6 +452,38 @@ def test_last_compacted_never_moves_backward(store: Store) -> None:
     assert check.last_compacted_date == "20240111"
 
 
+def test_a_vouched_watermark_passes_only_days_whole_in_the_document_written(
+    store: Store,
+) -> None:
+    """A run vouches for 0102..0104 after checking them; a cleanup then marks and
+    removes 0103 and lowers the value. The run's write stops before 0103, and a
+    vouch that does not reach down to the value written (a gap) moves nothing."""
+    keys = {d: f"ex/trade/btc/{d}" for d in ("20240102", "20240103", "20240104")}
+    run = StateStore(store)
+    run.advance_last_compacted("20240101")
+    for key in keys.values():
+        run.record(key, ok(started=1))
+    run.flush()
+    cleanup = StateStore(store)
+    assert cleanup.hold_back([keys["20240103"]], "20240103") == "20240101"
+    assert StateStore(store).get(keys["20240103"]).status == "in_progress"  # type: ignore[union-attr]
+    run.vouch_for({d: [k] for d, k in keys.items()})
+    run.flush()
+    assert StateStore(store).last_compacted_date == "20240102"
+    cleanup.forget([keys["20240103"]], "20240103")
+    run.vouch_for({d: [k] for d, k in keys.items()})
+    run.flush()
+    assert StateStore(store).last_compacted_date == "20240102"
+    late = StateStore(store)
+    late.vouch_for({"20240104": [keys["20240104"]]})  # nothing vouches for 0103
+    late.flush()
+    assert StateStore(store).last_compacted_date == "20240102"
+    run.record(keys["20240103"], ok(started=time.time()))  # compacted again
+    run.vouch_for({d: [k] for d, k in keys.items()})
+    run.flush()
+    assert StateStore(store).last_compacted_date == "20240104"
+
+
 # ------------------------------------------------------------------ batching
 
 

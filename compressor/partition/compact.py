@@ -7,9 +7,6 @@ passes what it read under it (`base`), the fence and the day's label.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +29,7 @@ from compressor.partition.fetch import (
 )
 from compressor.partition.publish import no_fence, publish
 from compressor.partition.verify import Verified, verify_output
+from compressor.partition.workdir import work_dir
 from compressor.quality.labels import RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 from compressor.storage.base import (
@@ -42,9 +40,6 @@ from compressor.text import utc_iso
 
 log = logging.getLogger(__name__)
 
-
-#: Per-partition temp dirs are named `<TMP_PREFIX><pid>-<random>` under the tmp root.
-TMP_PREFIX = "qlc-part-"
 
 
 class BadInputError(Exception):
@@ -118,8 +113,7 @@ def compact_partition(
         base = read_published(compact, partition.pid)
     settings.tmp_root.mkdir(parents=True, exist_ok=True)
     check_room(partition, settings.tmp_root)
-    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=settings.tmp_root))
-    try:
+    with work_dir(settings.tmp_root) as work:
         started = lap = time.monotonic()
         try:
             fetched = fetch(partition, raw, work / "in", workers=settings.download_workers,
@@ -151,8 +145,6 @@ def compact_partition(
         _lap(timings, "upload", lap)
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
                              merged, final, skipped_keys)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 
@@ -176,19 +168,6 @@ def _lap(timings: dict[str, float] | None, step: str, since: float) -> float:
     if timings is not None:
         timings[step] = now - since
     return now
-
-
-def clean_stale_tmp(tmp_root: Path, is_alive: Callable[[int], bool]) -> list[Path]:
-    """Remove temp dirs left by runs on this host whose process is gone; returns them."""
-    removed = []
-    for path in tmp_root.glob(f"{TMP_PREFIX}*") if tmp_root.is_dir() else ():
-        pid_text = path.name[len(TMP_PREFIX):].split("-", 1)[0]
-        if path.is_dir() and pid_text.isdigit() and not is_alive(int(pid_text)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
 
 
 def _merge(
