@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from compressor.clock import StoreClock
+from compressor.layout import PartitionId
+from compressor.lease import LeaseManager, LeaseOwner
 from compressor.storage import (
     LocalStore,
     NotFound,
@@ -591,6 +593,50 @@ def test_local_writes_race_with_deletes_of_the_same_dir(local: LocalStore) -> No
     assert errors == []
     assert keys_of(local) == []
     assert list(local.root.iterdir()) == []
+
+
+def _hammer(root: str, worker: int, rounds: int, start: object, errors: object) -> None:
+    """One process: leases taken and released, keys written and deleted, in directories
+    that share parents with every other worker's (so each delete may prune theirs)."""
+    store = LocalStore(Path(root))
+    leases = LeaseManager(store, owner=LeaseOwner("host", 1000 + worker, f"r{worker}", None),
+                          ttl_s=600, skew_s=30, auto_renew=False)
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        for i in range(rounds):
+            part = PartitionId("ex", f"s{i % 2}", f"sym{worker}", f"2024010{i % 3 + 1}")
+            lease = leases.acquire(part)
+            assert lease is not None, f"worker {worker} lost its own partition {part}"
+            key = f"compacted/data/s{i % 2}/w{worker}/{i}/meta.json"
+            store.put_bytes(key, b"x", if_none_match=True)
+            store.delete(key)
+            assert lease.release()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        errors.put(f"worker {worker}: {exc!r}")  # type: ignore[attr-defined]
+
+
+def test_local_store_is_safe_under_concurrent_prunes(local: LocalStore) -> None:
+    """Many processes take and release leases and write and delete keys in sibling
+    directories while a cleanup deletes everything it lists: a delete prunes emptied
+    directories up to the root, and no writer may lose the directory it is creating."""
+    ctx = multiprocessing.get_context("fork")
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(str(local.root), w, 150, start, errors))
+             for w in range(6)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    while any(p.is_alive() for p in procs):  # the cleanup, at the same time
+        for info in local.list_objects("compacted/data/"):
+            local.delete(info.key)
+    for proc in procs:
+        proc.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert keys_of(local) == []
 
 
 # ------------------------------------------------------------------- S3 only

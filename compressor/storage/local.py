@@ -275,14 +275,27 @@ class LocalStore(Store):
         raise StoreError(f"cannot write key {key!r}: its directory keeps disappearing")
 
     def _makedirs(self, key: str, directory: str) -> None:
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StoreError(
-                f"cannot write key {key!r}: a parent of it is an existing object"
-            ) from None
-        except OSError as exc:
-            raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+        """Create the key's directory and its parents.
+
+        A concurrent delete prunes emptied directories (S3 prefixes vanish with their
+        last key): between os.makedirs seeing a parent and creating the child below
+        it, that parent may be removed (ENOENT). That is a race, not a missing root:
+        create the chain again.
+        """
+        for _ in range(_DIR_RACE_RETRIES):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                return
+            except (FileExistsError, NotADirectoryError):
+                raise StoreError(
+                    f"cannot write key {key!r}: a parent of it is an existing object"
+                ) from None
+            except FileNotFoundError:
+                self._real_root()  # StoreConfigError when the root itself is gone
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+        raise StoreError(f"cannot write key {key!r}: its directory keeps disappearing")
 
     def _commit(self, key: str, target: str, tmp: str, precondition: Callable[[], None]) -> None:
         """Check the precondition and replace the target, atomically under the dir lock."""
