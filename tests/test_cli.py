@@ -354,6 +354,7 @@ def _tomorrow() -> str:
         (["--mode", "backfill", "--date-from", "20261120", "--date-to", "20261118"], "before"),
         (["--mode", "daily", "--date-from", "20261120"], "cleanup and verify only"),
         (["--streams", ","], "--streams"),
+        (["--mode", "cleanup", "--date-from", "20261120", "--app"], "--app"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle: str) -> None:
@@ -362,6 +363,24 @@ def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert needle in r.err and "Traceback" not in r.err
     assert r.out == ""
+
+
+def test_no_option_is_taken_by_a_prefix() -> None:
+    """`--app` once ran a cleanup as `--apply`: every option, shortened by a letter
+    or two, is a usage error naming what was typed."""
+    from compressor.cli import UsageError, build_parser
+
+    parser = build_parser()
+    longs = [opt for action in parser._actions for opt in action.option_strings
+             if opt.startswith("--") and opt != "--help"]
+    assert "--apply" in longs and len(longs) > 30
+    for opt in longs:
+        for cut in (1, 2):
+            short = opt[:-cut]
+            if short in longs or len(short) < 3:
+                continue
+            with pytest.raises(UsageError, match=f"unrecognized arguments: {short}"):
+                parser.parse_args([short])
 
 
 def test_missing_bucket_exits_2_naming_it(world: World) -> None:
