@@ -8,6 +8,7 @@ faults.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -220,6 +221,29 @@ class FlakyLocalStore(LocalStore):
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         self._fault("remove_stale_partials", "")
         return super().remove_stale_partials(max_age_s)
+
+
+#: Set (to 1) where the full suite must run, e.g. by .ci/run: a missing tool fails its
+#: tests instead of skipping them.
+REQUIRE_TOOLS_ENV = "QLC_REQUIRE_TOOLS"
+
+
+def require_tool(name: str, *, found: str | None = None, package: str | None = None) -> str:
+    """The path of an external tool a test needs (README "Development").
+
+    On a machine without it the test is skipped with a one-line reason saying what to
+    install, so the README's test command passes on a bare machine; with
+    QLC_REQUIRE_TOOLS=1 (CI installs every tool) it fails instead, so CI never skips
+    it silently. `found`: the path when the caller looks it up itself (a library, not
+    a program on PATH); otherwise `name` is looked up on PATH.
+    """
+    path = found if found is not None else shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (apt-get install -y {package or name})"
+    if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_TOOLS_ENV}=1 requires it", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture
