@@ -383,6 +383,54 @@ def test_no_option_is_taken_by_a_prefix() -> None:
                 parser.parse_args([short])
 
 
+@pytest.fixture
+def local_lake(tmp_path: Path) -> Path:
+    """lake/raw: one binance/trade/btcusdt partition on 20261123; lake/compact: empty."""
+    lake = tmp_path / "lake"
+    for name in ("raw", "compact"):
+        (lake / name).mkdir(parents=True)
+    put_partition(LocalStore(lake / "raw"), PartitionSpec(
+        exchange="binance", stream="trade", symbol="btcusdt", date="20261123", files=2,
+        rows_per_file=20), tmp_path)
+    return lake
+
+
+def _run_local(lake: Path, raw: Path, *args: str) -> Result:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "--raw", str(raw), "--compact",
+         str(lake / "compact"), "--today", TODAY, "--tmp-dir", str(lake / "tmp"), *args],
+        env=env, cwd=lake, capture_output=True, text=True, timeout=120)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("raw", "args", "needle"), [
+    ("raw/exchange=binance", [], "holds no exchange=... folders at its top (found stream=trade/)"),
+    (".", [], "holds no exchange=... folders at its top (found raw/)"),
+    ("compact", ["--dry-run"], "holds no exchange=... folders at its top (found no folders)"),
+    ("raw", ["--exchanges", "okx"], "--exchanges okx: no such exchange in raw store"),
+    ("raw", ["--symbols", "ethusdt", "--dry-run"], "no such symbol in raw store"),
+])
+def test_a_raw_store_or_filter_that_finds_nothing_exits_2(
+        local_lake: Path, raw: str, args: list[str], needle: str) -> None:
+    """--raw one level too deep or too shallow, or a filter naming nothing there, would
+    plan nothing and exit 0 as if done: a usage error naming what was found."""
+    r = _run_local(local_lake, local_lake / raw, "--mode", "backfill", "--date-from",
+                   "20261123", *args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert "Traceback" not in r.err and r.out == ""
+    assert list((local_lake / "compact").iterdir()) == []
+
+
+def test_a_day_without_raw_data_is_nothing_to_do(local_lake: Path) -> None:
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261120")
+    assert r.code == 0, r.err
+    assert "backfill run over 20261120: nothing to do (no raw partition to plan on these " \
+           "days)" in r.out
+
+
 def test_missing_bucket_exits_2_naming_it(world: World) -> None:
     env = {**world.env, "S3_BUCKET": "qlc-no-such-bucket"}
     r = world.run("--today", TODAY, env=env)
