@@ -770,6 +770,18 @@ def test_s3_unreachable_endpoint_fails_fast(s3_bucket: str) -> None:
     assert_no_secret(err.value)
 
 
+def test_s3_check_gives_up_within_a_minute_by_default(s3_bucket: str) -> None:
+    """The start-up check's default figures: 60 s in all, tries of at most 10 s (so a
+    few tries, each logged, fit in it), botocore retrying none of them itself."""
+    store = make_s3_store("http://127.0.0.1:9", s3_bucket)
+    assert store.check_timeout == 60
+    config = store._check_client.meta.config
+    assert config.read_timeout == 10 and config.connect_timeout == 3
+    assert config.retries["total_max_attempts"] == 1
+    short = make_s3_store("http://127.0.0.1:9", s3_bucket, check_timeout=4, read_timeout=60)
+    assert short._check_client.meta.config.read_timeout == 1
+
+
 def run_workload(store: S3Store, tmp_path: Path) -> None:
     """A bit of everything the job does, checked for correctness."""
     for i in range(4):
@@ -1067,6 +1079,9 @@ def test_run_on_a_server_ignoring_conditional_writes_exits_2(
     cli_env: dict[str, str], s3proxy: S3Proxy, tmp_path: Path
 ) -> None:
     through_proxy = {**cli_env, "S3_COMPACT_ENDPOINT": s3proxy.endpoint}
+    raw = make_s3_store(cli_env["S3_ENDPOINT"], cli_env["S3_BUCKET"])
+    raw.put_bytes("exchange=binance/stream=trade/symbol=btcusdt/date=20200101/p.parquet",
+                  b"x")  # a raw store holds exchange= folders; a day the run never plans
     ok = run_cli(through_proxy, tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert s3proxy.counts()["PUT"] >= 3  # the probe ran
