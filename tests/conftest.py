@@ -247,6 +247,33 @@ def require_tool(name: str, *, found: str | None = None, package: str | None = N
 
 
 @pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """`view(src)`: `src` again, through a read-only bind mount (EROFS on any write).
+
+    A real read-only filesystem: tests run as root, whom file modes do not stop.
+    Needs root (CI runs as root); skipped where mounts are not allowed."""
+    mounts: list[Path] = []
+
+    def view(src: Path) -> Path:
+        mount = tmp_path / f"ro-{len(mounts)}-{src.name}"
+        mount.mkdir()
+        for cmd in (["mount", "--bind", str(src), str(mount)],
+                    ["mount", "-o", "remount,ro,bind", str(mount)]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:  # a bind already made is undone below
+                pytest.skip(f"cannot make a read-only bind mount here: {done.stderr.strip()}")
+            if mount not in mounts:
+                mounts.append(mount)
+        return mount
+
+    try:
+        yield view
+    finally:
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB filesystem (tmpfs) for a temp dir; needs root (CI runs as root)."""
     mount = tmp_path / "tiny"

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -429,6 +430,50 @@ def test_a_day_without_raw_data_is_nothing_to_do(local_lake: Path) -> None:
     assert r.code == 0, r.err
     assert "backfill run over 20261120: nothing to do (no raw partition to plan on these " \
            "days)" in r.out
+
+
+def test_read_only_modes_work_on_a_read_only_store(
+        local_lake: Path, read_only_view: Callable[[Path], Path]) -> None:
+    """--quality-report, --dry-run, --mode verify and a cleanup without --apply only
+    read: they work on read-only stores (a read-only bind mount); a run that writes is
+    refused naming the cause, not as a store that ignores conditional writes."""
+    done = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                      "20261123")
+    assert done.code == 0, done.err
+    raw, compact = read_only_view(local_lake / "raw"), read_only_view(local_lake / "compact")
+    day = ["--date-from", "20261123"]
+    for args, says in [(["--quality-report", "--days", "3"], "quality report"),
+                       (["--dry-run", "--mode", "backfill", *day, "--overwrite"],
+                        "to compact: 1"),
+                       (["--mode", "verify", *day, "--deep"], "1 partitions checked, 0 problems"),
+                       (["--mode", "cleanup", *day], "binance/trade/btcusdt/20261123")]:
+        r = _run_local(local_lake, raw, "--compact", str(compact), *args)
+        assert r.code == 0, (args, r.err)
+        assert says in r.out, (args, r.out)
+    r = _run_local(local_lake, raw, "--compact", str(compact), "--mode", "backfill", *day,
+                   "--overwrite")
+    assert r.code == 2, r.err
+    assert f"local store '{compact}' cannot be written" in r.err
+    assert "Read-only file system" in r.err and "conditional writes" not in r.err
+    # a read-only raw store is all a run needs of it
+    r = _run_local(local_lake, raw, "--mode", "backfill", *day, "--overwrite")
+    assert r.code == 0, r.err
+
+
+def test_a_file_in_the_way_of_the_compact_store_is_named(local_lake: Path) -> None:
+    compact = local_lake / "compact"
+    (compact / "compacted").write_bytes(b"")  # where the state and leases go
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261123")
+    assert r.code == 2
+    line = r.err.strip()
+    assert "\n" not in line and "conditional writes" not in line, line
+    assert f"local store '{compact}' cannot be written: cannot write key 'compacted/" in line
+    assert "'compacted' is a file, not a directory" in line
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261123", "--compact", str(compact / "compacted"))
+    assert r.code == 2
+    assert f"local store root '{compact / 'compacted'}' is a file, not a directory" in r.err
 
 
 def test_missing_bucket_exits_2_naming_it(world: World) -> None:
