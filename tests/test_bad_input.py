@@ -132,6 +132,8 @@ def test_contract_violations_quarantine_naming_file_and_column(jw: JobWorld) -> 
         "missing": (table.drop_columns(["ts_event"]), "ts_event"),
         "nullts": (table.set_column(0, "ts_event", pa.array([None] + ts[1:], pa.int64())),
                    "ts_event"),
+        "floatts": (table.set_column(0, "ts_event", table.column(0).cast(pa.float64())),
+                    "ts_event"),
     }
     keys = {}
     for symbol, (bad_table, column) in cases.items():
@@ -144,6 +146,23 @@ def test_contract_violations_quarantine_naming_file_and_column(jw: JobWorld) -> 
     for pid_key, (key, column) in keys.items():
         _assert_quarantined(jw, result, pid_key, key, column)
     assert set(jw.outputs_of()) == {"binance/trade/okusdt/20261124"}
+
+    # the runbook's "accept losing that object's rows": a file whose own ts_event is
+    # unusable is left out, named like a corrupt one; a type conflict is between files
+    # (the odd one may be an earlier file), so it stays quarantined, saying what to do
+    retry = jw.run(*DAILY, "--retry-quarantine", "--skip-corrupt")
+    assert retry.code == 1, retry.err
+    metas = jw.outputs_of()  # each pair checked: meta.json describes its data.parquet
+    for pid_key, (key, _) in keys.items():
+        entry = jw.entries()[pid_key]
+        if "/symbol=conflict/" in key:
+            assert entry["status"] == "quarantined" and pid_key not in metas
+            assert "--skip-corrupt does not skip a type conflict" in entry["error"]
+            continue
+        assert entry["status"] == "success" and entry["skipped_files"] == [key]
+        assert metas[pid_key]["skipped_files"] == [key]
+        assert metas[pid_key]["source_files"] == base.files  # of base.files + 1 listed
+        assert f"{key}: unusable, skipped (--skip-corrupt)" in retry.err
 
 
 # --------------------------------------------------------------------------- state
