@@ -77,7 +77,14 @@ class UsageError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit 2 via UsageError)."""
+    """argparse that reports a usage error as one line (exit 2 via UsageError).
+
+    Abbreviated options are refused (README "Command line"): argparse would take
+    `--app` for `--apply`, and a typo must never run a destructive action.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

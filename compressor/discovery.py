@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from compressor.layout import DATA_FILE, PartitionId, is_raw_data_key
-from compressor.storage.base import ObjectInfo, Store
+from compressor.storage.base import ObjectInfo, Store, StoreConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,28 @@ class Partition:
         return source_fingerprint(self.files)
 
 
+#: The levels of the raw layout a filter narrows, with the flag that narrows each.
+LEVELS = (("exchange", "--exchanges"), ("stream", "--streams"), ("symbol", "--symbols"))
+#: How many names an error about what was found shows.
+SHOWN = 8
+
+
+class RawLayoutError(StoreConfigError):
+    """The raw store holds no partition the run could ever compact: a --raw pointing at
+    the wrong folder, or a filter that names nothing there (README "Command line")."""
+
+
 @dataclass(frozen=True)
 class Inventory:
-    """Every raw partition found by one walk, grouped by day (YYYYMMDD)."""
+    """Every raw partition found by one walk, grouped by day (YYYYMMDD).
+
+    `top`: the names at the store's top level (what `--raw` points at); `seen`: per
+    level, every value found under the kept parents, filtered out or not (what a
+    filter could have matched)."""
 
     by_day: dict[str, list[PartitionId]]
+    top: tuple[str, ...] = ()
+    seen: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def dates(self) -> list[str]:
@@ -103,10 +120,15 @@ def unsafe_value(value: str) -> str | None:
     return None
 
 
-def _children(store: Store, prefix: str, name: str, allowed: frozenset[str] | None) -> list[str]:
-    """Sub-prefixes `<prefix><name>=<value>/` whose value passes the filter."""
+def _children(store: Store, prefix: str, name: str, allowed: frozenset[str] | None,
+              seen: set[str] | None = None, listed: list[str] | None = None) -> list[str]:
+    """Sub-prefixes `<prefix><name>=<value>/` whose value passes the filter.
+
+    `seen` collects every valid value, `listed` every sub-prefix, filtered or not."""
     found = []
     for child in store.list_prefixes(prefix):
+        if listed is not None:
+            listed.append(child[len(prefix):])
         part = child[len(prefix) : -1]
         key, sep, value = part.partition("=")
         if key != name or not sep or not value:
@@ -115,6 +137,8 @@ def _children(store: Store, prefix: str, name: str, allowed: frozenset[str] | No
         if why is not None:
             log.warning("ignoring raw prefix %r: not a partition (%s)", child, why)
             continue
+        if seen is not None:
+            seen.add(value)
         if allowed is not None and value not in allowed:
             continue
         found.append(child)
@@ -125,9 +149,11 @@ def walk(store: Store, filters: Filters | None = None) -> Inventory:
     """Walk exchange= -> stream= -> symbol= -> date= prefixes; filters apply while walking."""
     filters = filters or Filters()
     by_day: dict[str, list[PartitionId]] = {}
-    for ex in _children(store, "", "exchange", filters.exchanges):
-        for st in _children(store, ex, "stream", filters.streams):
-            for sy in _children(store, st, "symbol", filters.symbols):
+    seen: dict[str, set[str]] = {level: set() for level, _ in LEVELS}
+    top: list[str] = []
+    for ex in _children(store, "", "exchange", filters.exchanges, seen["exchange"], top):
+        for st in _children(store, ex, "stream", filters.streams, seen["stream"]):
+            for sy in _children(store, st, "symbol", filters.symbols, seen["symbol"]):
                 for day_prefix in _children(store, sy, "date", None):
                     try:
                         pid = PartitionId.from_prefix(day_prefix)
@@ -136,7 +162,43 @@ def walk(store: Store, filters: Filters | None = None) -> Inventory:
                     by_day.setdefault(pid.date, []).append(pid)
     for pids in by_day.values():
         pids.sort()
-    return Inventory(by_day)
+    return Inventory(by_day, tuple(top), seen)
+
+
+def check_found(inventory: Inventory, filters: Filters, uri: str) -> None:
+    """RawLayoutError when the walk found no partition at all (README "Command line").
+
+    A store without a single `exchange=` folder at its top is the wrong folder (one
+    level too deep or too shallow); a filter that matches none of the values found
+    names a partition that does not exist. Either would otherwise plan nothing and
+    exit 0, as if the job had done its work. A day without data is not an error.
+    """
+    if inventory.by_day:
+        return
+    if not inventory.seen.get("exchange"):
+        found = f"found {_names(inventory.top)}" if inventory.top else "found no folders"
+        raise RawLayoutError(f"raw store {uri} holds no exchange=... folders at its top "
+                             f"({found}): point --raw at the folder that holds them")
+    for level, flag in LEVELS:
+        wanted: frozenset[str] | None = getattr(filters, f"{level}s")
+        seen = inventory.seen.get(level, set())
+        if wanted is not None and not wanted & seen:
+            raise RawLayoutError(f"{flag} {','.join(sorted(wanted))}: no such {level} in raw "
+                                 f"store {uri} (found {_names(seen) or 'none'})")
+    if filters != Filters():
+        raise RawLayoutError(f"no raw partition in {uri} matches the filters together "
+                             f"({_filter_text(filters)})")
+
+
+def _names(values: Iterable[str]) -> str:
+    names = sorted(values)
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def _filter_text(filters: Filters) -> str:
+    return " ".join(f"{flag} {','.join(sorted(wanted))}" for level, flag in LEVELS
+                    if (wanted := getattr(filters, f"{level}s")) is not None)
 
 
 def list_partition(store: Store, pid: PartitionId) -> Partition:

@@ -123,7 +123,8 @@ class RunReport:
     def render(self) -> str:
         counts = ", ".join(
             f"{self.count(s)} {s.value}" for s in Status if self.count(s)
-        ) or "nothing to do"
+        ) or ("nothing to do (no raw partition to plan on these days)" if self.plan.days
+              else "nothing to do")
         lines = [
             f"{self.plan.mode.value} run over {', '.join(self.plan.days) or 'no days'}: "
             f"{counts} in {self.seconds:.1f}s",

@@ -12,10 +12,14 @@ class MergeInputError(Exception):
 
     `corrupt` is True when the object itself is damaged (unreadable Parquet), False when
     it is readable but violates the contract (schema conflict, ts_event problems).
-    Both quarantine the partition; callers may skip corrupt files on request.
+    Both quarantine the partition. `skippable`: the file alone is at fault, whatever the
+    other files hold (unreadable, or its own ts_event unusable), so leaving it out is
+    what --skip-corrupt means (README "Runbook"). A schema conflict is not: it is between
+    this file and earlier ones, and the odd one out may be an earlier file.
     """
 
     corrupt = False
+    skippable = True
 
     def __init__(self, path: Path | str, message: str, column: str | None = None) -> None:
         self.path = str(path)
@@ -33,6 +37,8 @@ class CorruptFileError(MergeInputError):
 
 class SchemaConflictError(MergeInputError):
     """A column's type cannot be unified with the same column in earlier files."""
+
+    skippable = False
 
 
 class MissingTsEventError(MergeInputError):

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Protocol
 
-from compressor.discovery import Filters, Inventory, Partition, list_partition, walk
+from compressor.discovery import (
+    Filters,
+    Inventory,
+    Partition,
+    check_found,
+    list_partition,
+    walk,
+)
 from compressor.layout import PartitionId, format_day, parse_day
 from compressor.meta import Published, read_published
 from compressor.quality.labels import RULES_VERSION
@@ -354,6 +361,7 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     the next run); only a store that is unusable as a whole (StoreConfigError) stops.
     """
     inventory: Inventory = walk(raw, options.filters)
+    check_found(inventory, options.filters, raw.uri)
     if options.shard is not None:
         shard = options.shard
         inventory = Inventory({day: kept for day, pids in inventory.by_day.items()

@@ -8,6 +8,7 @@ faults.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,21 +118,12 @@ def make_s3_store(endpoint: str, bucket: str, **kwargs: object) -> S3Store:
     )
 
 
-#: Set (as .ci/run does) to make a missing tool fail the tests that need it, not skip them.
-REQUIRE_TOOLS = os.environ.get("QLC_REQUIRE_TOOLS") == "1"
-
-
 @pytest.fixture(scope="session")
 def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RGW]:
     """A real Ceph RGW (tests/rgwserver.py) for the whole session; the tests that use it
-    are marked `rgw`. Without Debian's ceph packages they skip, unless QLC_REQUIRE_TOOLS=1."""
-    missing = missing_binaries()
-    if missing:
-        why = (f"Ceph RGW tests need Debian's ceph-mon, ceph-osd and radosgw "
-               f"(missing: {', '.join(missing)})")
-        if REQUIRE_TOOLS:
-            pytest.fail(why + " and QLC_REQUIRE_TOOLS=1")
-        pytest.skip(why)
+    are marked `rgw`. Without Debian's ceph packages they skip (`require_tool`)."""
+    for name in missing_binaries()[:1]:
+        require_tool(name, package="ceph-mon ceph-osd radosgw")
     with rgw_server(tmp_path_factory.mktemp("rgw") / "cluster") as server:
         yield server
 
@@ -266,6 +258,59 @@ class FlakyLocalStore(LocalStore):
     def remove_stale_partials(self, max_age_s: float = 86400.0) -> int:
         self._fault("remove_stale_partials", "")
         return super().remove_stale_partials(max_age_s)
+
+
+#: Set (to 1) where the full suite must run, e.g. by .ci/run: a missing tool fails its
+#: tests instead of skipping them.
+REQUIRE_TOOLS_ENV = "QLC_REQUIRE_TOOLS"
+
+
+def require_tool(name: str, *, found: str | None = None, package: str | None = None) -> str:
+    """The path of an external tool a test needs (README "Development").
+
+    On a machine without it the test is skipped with a one-line reason saying what to
+    install, so the README's test command passes on a bare machine; with
+    QLC_REQUIRE_TOOLS=1 (CI installs every tool) it fails instead, so CI never skips
+    it silently. `found`: the path when the caller looks it up itself (a library, not
+    a program on PATH); otherwise `name` is looked up on PATH.
+    """
+    path = found if found is not None else shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (apt-get install -y {package or name})"
+    if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_TOOLS_ENV}=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """`view(src)`: `src` again, through a read-only bind mount (EROFS on any write).
+
+    A real read-only filesystem: tests run as root, whom file modes do not stop.
+    Needs root (CI runs as root); skipped where mounts are not allowed."""
+    mounts: list[Path] = []
+
+    def view(src: Path) -> Path:
+        mount = tmp_path / f"ro-{len(mounts)}-{src.name}"
+        mount.mkdir()
+        for cmd in (["mount", "--bind", str(src), str(mount)],
+                    ["mount", "-o", "remount,ro,bind", str(mount)]):
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True)
+            except OSError as exc:  # no mount(8) at all
+                pytest.skip(f"cannot make a read-only bind mount here: {exc}")
+            if done.returncode != 0:  # a bind already made is undone below
+                pytest.skip(f"cannot make a read-only bind mount here: {done.stderr.strip()}")
+            if mount not in mounts:
+                mounts.append(mount)
+        return mount
+
+    try:
+        yield view
+    finally:
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture

@@ -286,6 +286,10 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                           aws_secret_access_key=key["SecretAccessKey"])
         for bucket in ("qlc-auth-raw", "qlc-auth-compact"):
             s3.create_bucket(Bucket=bucket)
+        # a raw store holds exchange= folders (an empty one is the wrong --raw); the
+        # runs here plan another day, so this object is never read
+        s3.put_object(Bucket="qlc-auth-raw", Body=b"x",
+                      Key="exchange=binance/stream=trade/symbol=btcusdt/date=20200101/p.parquet")
         yield {"url": url, "access": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
 

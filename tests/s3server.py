@@ -40,6 +40,20 @@ def _serialised(self, environ, start_response):
             return _call(self, environ, start_response)
     return _call(self, environ, start_response)
 ms.DomainDispatcherApplication.__call__ = _serialised
+# moto 5 checks If-None-Match on CompleteMultipartUpload but not If-Match, which AWS
+# honours (README "Store compatibility"); under the lock above, check and complete are
+# one step, as on S3.
+from moto.s3.exceptions import PreconditionFailed
+from moto.s3.responses import S3Response
+_post = S3Response._key_response_post
+def _complete_if_match(self, request, body, bucket_name, query, key_name):
+    expected = self.headers.get("If-Match")
+    if query.get("uploadId") and expected is not None:
+        existing = self.backend.get_object(bucket_name, key_name)
+        if existing is None or existing.etag.strip('"') != expected.strip().strip('"'):
+            raise PreconditionFailed("If-Match")
+    return _post(self, request, body, bucket_name, query, key_name)
+S3Response._key_response_post = _complete_if_match
 ms.main(sys.argv[1:])
 """
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,6 +132,8 @@ def test_contract_violations_quarantine_naming_file_and_column(jw: JobWorld) -> 
         "missing": (table.drop_columns(["ts_event"]), "ts_event"),
         "nullts": (table.set_column(0, "ts_event", pa.array([None] + ts[1:], pa.int64())),
                    "ts_event"),
+        "floatts": (table.set_column(0, "ts_event", table.column(0).cast(pa.float64())),
+                    "ts_event"),
     }
     keys = {}
     for symbol, (bad_table, column) in cases.items():
@@ -141,6 +146,23 @@ def test_contract_violations_quarantine_naming_file_and_column(jw: JobWorld) -> 
     for pid_key, (key, column) in keys.items():
         _assert_quarantined(jw, result, pid_key, key, column)
     assert set(jw.outputs_of()) == {"binance/trade/okusdt/20261124"}
+
+    # the runbook's "accept losing that object's rows": a file whose own ts_event is
+    # unusable is left out, named like a corrupt one; a type conflict is between files
+    # (the odd one may be an earlier file), so it stays quarantined, saying what to do
+    retry = jw.run(*DAILY, "--retry-quarantine", "--skip-corrupt")
+    assert retry.code == 1, retry.err
+    metas = jw.outputs_of()  # each pair checked: meta.json describes its data.parquet
+    for pid_key, (key, _) in keys.items():
+        entry = jw.entries()[pid_key]
+        if "/symbol=conflict/" in key:
+            assert entry["status"] == "quarantined" and pid_key not in metas
+            assert "--skip-corrupt does not skip a type conflict" in entry["error"]
+            continue
+        assert entry["status"] == "success" and entry["skipped_files"] == [key]
+        assert metas[pid_key]["skipped_files"] == [key]
+        assert metas[pid_key]["source_files"] == base.files  # of base.files + 1 listed
+        assert f"{key}: unusable, skipped (--skip-corrupt)" in retry.err
 
 
 # --------------------------------------------------------------------------- state
@@ -254,6 +276,64 @@ def test_unreachable_endpoint_exits_2_quickly(jw: JobWorld, which: str) -> None:
     line = one_line_error(result)
     assert "cannot reach S3 endpoint http://127.0.0.1:" in line
     assert result.seconds < 10
+
+
+class SilentServer:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never answers: an
+    endpoint that is up but is no S3 server (a wrong port, a hung proxy)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.accepted.append(conn)  # held open, never read from or written to
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_an_endpoint_that_never_answers_is_waited_for_aloud_then_exits_2(
+        jw: JobWorld, silent_server: SilentServer) -> None:
+    """It took 8.5 silent minutes: now each try is a log line with its number, and the
+    start-up gives up within S3_CHECK_TIMEOUT seconds (60 by default; 10 here: tries
+    of 2.5 s, the pauses between them 0.5 s, 1 s, ...)."""
+    result = jw.run(*DAILY, env=jw.env_with(S3_ENDPOINT=with_userinfo(silent_server.url),
+                                            S3_CHECK_TIMEOUT="10"))
+    assert result.code == 2, result.err
+    lines = result.err_lines
+    waits = [line for line in lines if "waiting for S3 endpoint" in line]
+    assert len(waits) >= 2, result.err
+    for n, line in enumerate(waits, 1):
+        assert f"(bucket '{jw.env['S3_BUCKET']}'): try {n}: no answer (ReadTimeoutError)" in line
+    assert lines[-1].startswith("quantlab-compact: error: S3 endpoint http://127.0.0.1:")
+    assert f"gave no usable answer for bucket '{jw.env['S3_BUCKET']}' within 10s " \
+           f"({len(waits) + 1} tries" in lines[-1]
+    assert "S3_CHECK_TIMEOUT" in lines[-1] and "Traceback" not in result.err
+    assert len(silent_server.accepted) == len(waits) + 1
+
+
+def test_s3_check_timeout_must_be_a_positive_number(jw: JobWorld) -> None:
+    result = jw.run(*DAILY, env=jw.env_with(S3_CHECK_TIMEOUT="soon"))
+    assert result.code == 2
+    assert "S3_CHECK_TIMEOUT must be a number, not 'soon'" in one_line_error(result)
 
 
 @pytest.mark.parametrize(("offset", "side"), [(3600, "behind"), (-7200, "ahead of")])

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compressor.meta import Meta
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "exchange=okx/stream=bbo/symbol=ethusdt/date=20261124/"
@@ -43,6 +44,7 @@ def _chaos() -> ModuleType:
 
 
 def test_five_chaos_trials_have_no_divergence(tmp_path: Path) -> None:
+    require_tool("libfaketime", found=_chaos().faketime_library(), package="faketime")
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "chaos.py"), "--trials", "5", "--seed", "29",
          "--work", str(tmp_path / "work")],

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -354,6 +355,7 @@ def _tomorrow() -> str:
         (["--mode", "backfill", "--date-from", "20261120", "--date-to", "20261118"], "before"),
         (["--mode", "daily", "--date-from", "20261120"], "cleanup and verify only"),
         (["--streams", ","], "--streams"),
+        (["--mode", "cleanup", "--date-from", "20261120", "--app"], "--app"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle: str) -> None:
@@ -362,6 +364,116 @@ def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert needle in r.err and "Traceback" not in r.err
     assert r.out == ""
+
+
+def test_no_option_is_taken_by_a_prefix() -> None:
+    """`--app` once ran a cleanup as `--apply`: every option, shortened by a letter
+    or two, is a usage error naming what was typed."""
+    from compressor.cli import UsageError, build_parser
+
+    parser = build_parser()
+    longs = [opt for action in parser._actions for opt in action.option_strings
+             if opt.startswith("--") and opt != "--help"]
+    assert "--apply" in longs and len(longs) > 30
+    for opt in longs:
+        for cut in (1, 2):
+            short = opt[:-cut]
+            if short in longs or len(short) < 3:
+                continue
+            with pytest.raises(UsageError, match=f"unrecognized arguments: {short}"):
+                parser.parse_args([short])
+
+
+@pytest.fixture
+def local_lake(tmp_path: Path) -> Path:
+    """lake/raw: one binance/trade/btcusdt partition on 20261123; lake/compact: empty."""
+    lake = tmp_path / "lake"
+    for name in ("raw", "compact"):
+        (lake / name).mkdir(parents=True)
+    put_partition(LocalStore(lake / "raw"), PartitionSpec(
+        exchange="binance", stream="trade", symbol="btcusdt", date="20261123", files=2,
+        rows_per_file=20), tmp_path)
+    return lake
+
+
+def _run_local(lake: Path, raw: Path, *args: str) -> Result:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "--raw", str(raw), "--compact",
+         str(lake / "compact"), "--today", TODAY, "--tmp-dir", str(lake / "tmp"), *args],
+        env=env, cwd=lake, capture_output=True, text=True, timeout=120)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("raw", "args", "needle"), [
+    ("raw/exchange=binance", [], "holds no exchange=... folders at its top (found stream=trade/)"),
+    (".", [], "holds no exchange=... folders at its top (found raw/)"),
+    ("compact", ["--dry-run"], "holds no exchange=... folders at its top (found no folders)"),
+    ("raw", ["--exchanges", "okx"], "--exchanges okx: no such exchange in raw store"),
+    ("raw", ["--symbols", "ethusdt", "--dry-run"], "no such symbol in raw store"),
+])
+def test_a_raw_store_or_filter_that_finds_nothing_exits_2(
+        local_lake: Path, raw: str, args: list[str], needle: str) -> None:
+    """--raw one level too deep or too shallow, or a filter naming nothing there, would
+    plan nothing and exit 0 as if done: a usage error naming what was found."""
+    r = _run_local(local_lake, local_lake / raw, "--mode", "backfill", "--date-from",
+                   "20261123", *args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert "Traceback" not in r.err and r.out == ""
+    assert list((local_lake / "compact").iterdir()) == []
+
+
+def test_a_day_without_raw_data_is_nothing_to_do(local_lake: Path) -> None:
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261120")
+    assert r.code == 0, r.err
+    assert "backfill run over 20261120: nothing to do (no raw partition to plan on these " \
+           "days)" in r.out
+
+
+def test_read_only_modes_work_on_a_read_only_store(
+        local_lake: Path, read_only_view: Callable[[Path], Path]) -> None:
+    """--quality-report, --dry-run, --mode verify and a cleanup without --apply only
+    read: they work on read-only stores (a read-only bind mount); a run that writes is
+    refused naming the cause, not as a store that ignores conditional writes."""
+    done = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                      "20261123")
+    assert done.code == 0, done.err
+    raw, compact = read_only_view(local_lake / "raw"), read_only_view(local_lake / "compact")
+    day = ["--date-from", "20261123"]
+    for args, says in [(["--quality-report", "--days", "3"], "quality report"),
+                       (["--dry-run", "--mode", "backfill", *day, "--overwrite"],
+                        "to compact: 1"),
+                       (["--mode", "verify", *day, "--deep"], "1 partitions checked, 0 problems"),
+                       (["--mode", "cleanup", *day], "binance/trade/btcusdt/20261123")]:
+        r = _run_local(local_lake, raw, "--compact", str(compact), *args)
+        assert r.code == 0, (args, r.err)
+        assert says in r.out, (args, r.out)
+    r = _run_local(local_lake, raw, "--compact", str(compact), "--mode", "backfill", *day,
+                   "--overwrite")
+    assert r.code == 2, r.err
+    assert f"local store '{compact}' cannot be written" in r.err
+    assert "Read-only file system" in r.err and "conditional writes" not in r.err
+    # a read-only raw store is all a run needs of it
+    r = _run_local(local_lake, raw, "--mode", "backfill", *day, "--overwrite")
+    assert r.code == 0, r.err
+
+
+def test_a_file_in_the_way_of_the_compact_store_is_named(local_lake: Path) -> None:
+    compact = local_lake / "compact"
+    (compact / "compacted").write_bytes(b"")  # where the state and leases go
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261123")
+    assert r.code == 2
+    line = r.err.strip()
+    assert "\n" not in line and "conditional writes" not in line, line
+    assert f"local store '{compact}' cannot be written: cannot write key 'compacted/" in line
+    assert "'compacted' is a file, not a directory" in line
+    r = _run_local(local_lake, local_lake / "raw", "--mode", "backfill", "--date-from",
+                   "20261123", "--compact", str(compact / "compacted"))
+    assert r.code == 2
+    assert f"local store root '{compact / 'compacted'}' is a file, not a directory" in r.err
 
 
 def test_missing_bucket_exits_2_naming_it(world: World) -> None:

@@ -432,3 +432,30 @@ def test_a_run_in_another_pid_namespace_never_reaps_a_live_runs_lease_or_temp_di
         spec(date=other_day).partition.state_key: "success"}
     assert set(jw.outputs_of()) == set(jw.entries())
     assert jw.locks() == [] and jw.tmp_leftovers(tmp) == []
+
+
+def test_backfills_with_four_workers_on_a_local_store_record_every_partition(
+        tmp_path: Path) -> None:
+    """Two backfills with 4 workers each at once, twice, on local directories: leases
+    are created and released (their emptied directories pruned) side by side in the
+    same parents, and every partition must still end with a `success` entry."""
+    from compressor.generator import write_demo_lake
+
+    raw, compact = tmp_path / "raw", tmp_path / "compact"
+    compact.mkdir()
+    pids = write_demo_lake(raw, DAYS, exchanges=("binance", "bybit"), streams=("trade", "bbo"),
+                           symbols=("btcusdt", "ethusdt", "solusdt", "xrpusdt", "adausdt"),
+                           files_per_partition=1, rows_per_file=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    for _ in range(2):
+        results = _start_together(
+            [["--raw", str(raw), "--compact", str(compact), *BACKFILL, "--overwrite",
+              "--workers", "4", "--today", TODAY, "--tmp-dir", str(tmp_path / f"tmp{n}")]
+             for n in range(2)], env, tmp_path)
+        for r in results:
+            assert r.returncode == 0, r.stderr
+            assert "could not take the partition lease" not in r.stderr
+        state = json.loads((compact / STATE_KEY).read_bytes())
+        assert {k: e["status"] for k, e in state["partitions"].items()} == {
+            p.state_key: "success" for p in pids}
+    assert not any((compact / LOCKS_PREFIX).rglob("*.lock"))

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from compressor.discovery import Filters, list_partition, source_fingerprint, walk
+from compressor.discovery import (
+    Filters,
+    RawLayoutError,
+    check_found,
+    list_partition,
+    source_fingerprint,
+    walk,
+)
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.storage import Store
@@ -61,6 +68,59 @@ def test_filters_apply_while_walking(store: Store, tmp_path: Path) -> None:
     assert walk(store, Filters.parse("kraken", None, None)).dates == []
     with pytest.raises(ValueError):
         Filters.parse(" , ", None, None)
+
+
+@pytest.mark.parametrize(("filters", "needle"), [
+    (("kraken,ftx", None, None), "--exchanges ftx,kraken: no such exchange in raw store "
+     "{uri} (found binance, okx)"),
+    (("okx", "bbo", None), "--streams bbo: no such stream in raw store {uri} (found trade)"),
+    ((None, None, "solusdt"), "--symbols solusdt: no such symbol in raw store {uri} "
+     "(found btcusdt, ethusdt)"),
+])
+def test_a_filter_that_matches_nothing_names_what_was_found(
+        store: Store, tmp_path: Path, filters: tuple[str | None, ...], needle: str) -> None:
+    _lake(store, tmp_path)
+    wanted = Filters.parse(*filters)
+    with pytest.raises(RawLayoutError) as caught:
+        check_found(walk(store, wanted), wanted, store.uri)
+    assert str(caught.value) == needle.format(uri=store.uri)
+
+
+def test_a_filter_that_matches_something_is_no_error(store: Store, tmp_path: Path) -> None:
+    _lake(store, tmp_path)
+    wanted = Filters.parse("kraken,okx", None, None)
+    check_found(walk(store, wanted), wanted, store.uri)  # okx exists
+    check_found(walk(store), Filters(), store.uri)
+
+
+@pytest.mark.parametrize(("prefix", "found"), [
+    ("exchange=binance/", "found stream=bbo/, stream=trade/"),  # --raw one level too deep
+    ("top/", "found raw/"),  # one level too shallow
+    ("", "found no folders"),  # nothing at all
+])
+def test_a_store_without_exchange_folders_is_the_wrong_folder(
+        store: Store, tmp_path: Path, prefix: str, found: str) -> None:
+    if prefix == "top/":
+        store.put_bytes("raw/exchange=binance/stream=trade/symbol=btcusdt/date=20261123/"
+                        "part-1.parquet", b"x")
+    elif prefix:
+        _lake(store, tmp_path)
+    # the store as the operator's --raw would open it: rooted at `prefix`
+    rooted = _rooted(store, prefix) if prefix not in ("", "top/") else store
+    with pytest.raises(RawLayoutError, match=f"holds no exchange=... folders at its top "
+                       rf"\({found}\): point --raw at the folder that holds them"):
+        check_found(walk(rooted), Filters(), rooted.uri)
+
+
+def _rooted(store: Store, prefix: str) -> Store:
+    """The same data, one level down: a LocalStore on a subdirectory, an S3Store with a
+    key prefix (both as `--raw` with a deeper path opens them)."""
+    from compressor.storage import LocalStore, S3Store
+
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root / prefix.rstrip("/"))
+    assert isinstance(store, S3Store)
+    return make_s3_store(store.endpoint, store.bucket, prefix=prefix)
 
 
 def test_list_partition_keeps_data_files_in_key_order(store: Store, tmp_path: Path) -> None:

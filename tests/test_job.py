@@ -98,7 +98,9 @@ def lake(tmp_path: Path) -> Lake:
      Status.QUARANTINED, "a/b.parquet", "a/b.parquet: not Parquet"),
     (BadInputError("a/c.parquet", SchemaConflictError("/tmp/w/in/000002.parquet", "string "
                                                       "vs double", column="price")),
-     Status.QUARANTINED, "a/c.parquet", "a/c.parquet column 'price': string vs double"),
+     Status.QUARANTINED, "a/c.parquet", "a/c.parquet column 'price': string vs double "
+     "(--skip-corrupt does not skip a type conflict: fix or delete the object whose type is "
+     "the odd one; README \"Runbook\")"),
     (MergeAborted("interrupted while merging"), Status.FAILED, None, "interrupted"),
     (LeaseLost("compacted/locks/x.lock", "expired"), Status.FAILED, None,
      "compacted/locks/x.lock: lease lost: expired"),

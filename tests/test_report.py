@@ -58,7 +58,13 @@ from compressor.quality.report import (
 from compressor.quality.verdicts import DayVerdicts
 from compressor.state import StateStore
 from compressor.storage import LocalStore, Store, TransientStoreError
-from tests.conftest import FlakyLocalStore, make_s3_store, put_partition, store_listing
+from tests.conftest import (
+    FlakyLocalStore,
+    make_s3_store,
+    put_partition,
+    require_tool,
+    store_listing,
+)
 from tests.s3proxy import S3Proxy
 
 TODAY = "20261125"
@@ -66,7 +72,6 @@ DAYS = ("20261124", "20261123", "20261122", "20261121", "20261120", "20261119", 
 SERIES = (("binance", "trade", "btcusdt"), ("okx", "bbo", "ethusdt"), ("bybit", "trade", "btcusdt"))
 RAW_DAYS = ("20261120", "20261121", "20261122", "20261123")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CHROMIUM = "/usr/bin/chromium"
 
 
 def pid(series: tuple[str, str, str], day: str) -> PartitionId:
@@ -294,9 +299,8 @@ def test_text_width_on_extreme_values() -> None:
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    assert Path(CHROMIUM).exists(), "chromium is required: apt-get install -y chromium"
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={profile}", *args],
         capture_output=True, text=True, timeout=120, check=True)
@@ -305,6 +309,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
 def test_html_page_renders_the_heatmap_in_chromium(
     lake: Lake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    require_tool("chromium")
     page = tmp_path / "report.html"
     code, out, _ = run_cli(capsys, lake.cli("--html", str(page)))
     assert code == 0 and out.startswith("quality report")

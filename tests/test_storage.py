@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from compressor.clock import StoreClock
+from compressor.layout import PartitionId
+from compressor.lease import LeaseManager, LeaseOwner
 from compressor.storage import (
     LocalStore,
     NotFound,
@@ -37,6 +39,7 @@ from compressor.storage import (
 )
 from compressor.storage.base import TMP_MARK
 from compressor.storage.s3 import TOMBSTONE
+from compressor.storage.s3probe import ServerFeatures
 from tests.conftest import (
     TEST_ACCESS_KEY,
     TEST_SECRET_KEY,
@@ -611,6 +614,50 @@ def test_local_writes_race_with_deletes_of_the_same_dir(local: LocalStore) -> No
     assert list(local.root.iterdir()) == []
 
 
+def _hammer(root: str, worker: int, rounds: int, start: object, errors: object) -> None:
+    """One process: leases taken and released, keys written and deleted, in directories
+    that share parents with every other worker's (so each delete may prune theirs)."""
+    store = LocalStore(Path(root))
+    leases = LeaseManager(store, owner=LeaseOwner("host", 1000 + worker, f"r{worker}", None),
+                          ttl_s=600, skew_s=30, auto_renew=False)
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        for i in range(rounds):
+            part = PartitionId("ex", f"s{i % 2}", f"sym{worker}", f"2024010{i % 3 + 1}")
+            lease = leases.acquire(part)
+            assert lease is not None, f"worker {worker} lost its own partition {part}"
+            key = f"compacted/data/s{i % 2}/w{worker}/{i}/meta.json"
+            store.put_bytes(key, b"x", if_none_match=True)
+            store.delete(key)
+            assert lease.release()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        errors.put(f"worker {worker}: {exc!r}")  # type: ignore[attr-defined]
+
+
+def test_local_store_is_safe_under_concurrent_prunes(local: LocalStore) -> None:
+    """Many processes take and release leases and write and delete keys in sibling
+    directories while a cleanup deletes everything it lists: a delete prunes emptied
+    directories up to the root, and no writer may lose the directory it is creating."""
+    ctx = multiprocessing.get_context("fork")
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(str(local.root), w, 150, start, errors))
+             for w in range(6)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    while any(p.is_alive() for p in procs):  # the cleanup, at the same time
+        for info in local.list_objects("compacted/data/"):
+            local.delete(info.key)
+    for proc in procs:
+        proc.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert keys_of(local) == []
+
+
 # ------------------------------------------------------------------- S3 only
 
 
@@ -740,6 +787,18 @@ def test_s3_unreachable_endpoint_fails_fast(s3_bucket: str) -> None:
     assert endpoint in str(err.value) and s3_bucket in str(err.value)
     assert "\n" not in str(err.value)
     assert_no_secret(err.value)
+
+
+def test_s3_check_gives_up_within_a_minute_by_default(s3_bucket: str) -> None:
+    """The start-up check's default figures: 60 s in all, tries of at most 10 s (so a
+    few tries, each logged, fit in it), botocore retrying none of them itself."""
+    store = make_s3_store("http://127.0.0.1:9", s3_bucket)
+    assert store.check_timeout == 60
+    config = store._check_client.meta.config
+    assert config.read_timeout == 10 and config.connect_timeout == 3
+    assert config.retries["total_max_attempts"] == 1
+    short = make_s3_store("http://127.0.0.1:9", s3_bucket, check_timeout=4, read_timeout=60)
+    assert short._check_client.meta.config.read_timeout == 1
 
 
 def run_workload(store: S3Store, tmp_path: Path) -> None:
@@ -876,16 +935,18 @@ def test_s3_multipart_put_file_if_match(
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
-def test_s3_moto_ignores_if_match_on_complete_without_the_proxy(
+def test_the_test_server_honours_if_match_on_complete_without_the_proxy(
     proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
 ) -> None:
-    """Why the proxy checks it: moto 5.2 completes over a stale If-Match. When this
-    fails, moto honours If-Match on CompleteMultipartUpload itself."""
+    """moto 5 alone completes over a stale If-Match; tests/s3server.py's launcher makes
+    it check, as AWS does, so the probe finds every feature on the test server."""
     store = proxied(multipart_threshold=1024)
     store.put_bytes("k", b"current")
     s3proxy.complete_if_match = False
-    info = store.put_file("k", write_file(tmp_path, "f", b"z" * 4096), if_match=md5(b"stale"))
-    assert info.etag.endswith("-1")
+    with pytest.raises(PreconditionFailed):
+        store.put_file("k", write_file(tmp_path, "f", b"z" * 4096), if_match=md5(b"stale"))
+    store.check_conditional_writes(PROBES)
+    assert store.features == ServerFeatures()
 
 
 def test_s3_multipart_conditional_reply_lost_still_wins(
@@ -1050,6 +1111,9 @@ def test_run_on_a_server_ignoring_conditional_writes_exits_2(
     cli_env: dict[str, str], s3proxy: S3Proxy, tmp_path: Path
 ) -> None:
     through_proxy = {**cli_env, "S3_COMPACT_ENDPOINT": s3proxy.endpoint}
+    raw = make_s3_store(cli_env["S3_ENDPOINT"], cli_env["S3_BUCKET"])
+    raw.put_bytes("exchange=binance/stream=trade/symbol=btcusdt/date=20200101/p.parquet",
+                  b"x")  # a raw store holds exchange= folders; a day the run never plans
     ok = run_cli(through_proxy, tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert s3proxy.counts()["PUT"] >= 3  # the probe ran

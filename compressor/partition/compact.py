@@ -53,7 +53,10 @@ class BadInputError(Exception):
         self.key = key
         self.cause = cause
         column = f" column {cause.column!r}" if cause.column else ""
-        super().__init__(f"{key}{column}: {cause.reason}")
+        remedy = "" if cause.skippable else (
+            " (--skip-corrupt does not skip a type conflict: fix or delete the object whose "
+            "type is the odd one; README \"Runbook\")")
+        super().__init__(f"{key}{column}: {cause.reason}{remedy}")
 
 
 
@@ -200,9 +203,10 @@ def _merge(
         except MergeInputError as exc:
             found = fetched.key_of(exc.path)
             key = found or exc.path
-            if not (settings.skip_corrupt and exc.corrupt and found is not None):
+            if not (settings.skip_corrupt and exc.skippable and found is not None):
                 raise BadInputError(key, exc) from exc
-            log.warning("%s: corrupt, skipped (--skip-corrupt): %s", key, exc.reason)
+            log.warning("%s: %s, skipped (--skip-corrupt): %s", key,
+                        "corrupt" if exc.corrupt else "unusable", exc.reason)
             skipped.add(key)
             output.unlink(missing_ok=True)
 

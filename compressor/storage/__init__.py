@@ -78,7 +78,7 @@ def open_store(uri: str, env: Mapping[str, str], *, role: str) -> Store:
 
 
 def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
-    from .s3 import MiB, S3Store
+    from .s3 import DEFAULT_CHECK_TIMEOUT_S, MiB, S3Store
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
@@ -112,6 +112,7 @@ def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
         connect_timeout=_number(env, "S3_CONNECT_TIMEOUT", 10.0),
         read_timeout=_number(env, "S3_READ_TIMEOUT", 60.0),
         multipart_threshold=int(_number(env, "S3_MULTIPART_THRESHOLD", 64 * MiB)),
+        check_timeout=_number(env, "S3_CHECK_TIMEOUT", DEFAULT_CHECK_TIMEOUT_S),
     )
 
 

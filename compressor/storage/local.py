@@ -30,6 +30,7 @@ import hashlib
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,12 +67,33 @@ class LocalStore(Store):
     # ----------------------------------------------------------------- checks
 
     def check(self) -> None:
+        """The root is a readable directory. Not whether it is writable: read-only modes
+        (README "Command line": --dry-run, --quality-report, --mode verify) must work on
+        a read-only store; a run that writes learns it from check_conditional_writes."""
         if not self.root.exists():
             raise StoreConfigError(f"local store root {self.uri!r} does not exist")
         if not self.root.is_dir():
-            raise StoreConfigError(f"local store root {self.uri!r} is not a directory")
-        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
-            raise StoreConfigError(f"local store root {self.uri!r} is not readable and writable")
+            raise StoreConfigError(f"local store root {self.uri!r} is a file, not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreConfigError(f"local store root {self.uri!r} is not readable")
+
+    def check_conditional_writes(self, prefix: str) -> None:
+        """Whether this store can be written at all, then the probe (Store's).
+
+        Conditional writes here hold by construction (flock, module docstring), so the
+        probe can only fail for want of writing: a read-only root, a file where a
+        directory of the key should be. That is named as it is, not taken for a store
+        that ignores conditions.
+        """
+        key = f"{prefix}writable-{uuid.uuid4().hex}"
+        try:
+            self.put_bytes(key, b"", if_none_match=True)
+            self.delete(key)
+        except StoreConfigError:
+            raise
+        except StoreError as exc:
+            raise StoreConfigError(f"local store {self.uri!r} cannot be written: {exc}") from None
+        super().check_conditional_writes(prefix)
 
     def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
         """0.0: every process using a local directory runs on the host that has it."""
@@ -275,14 +297,36 @@ class LocalStore(Store):
         raise StoreError(f"cannot write key {key!r}: its directory keeps disappearing")
 
     def _makedirs(self, key: str, directory: str) -> None:
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StoreError(
-                f"cannot write key {key!r}: a parent of it is an existing object"
-            ) from None
-        except OSError as exc:
-            raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+        """Create the key's directory and its parents.
+
+        A concurrent delete prunes emptied directories (S3 prefixes vanish with their
+        last key): between os.makedirs seeing a parent and creating the child below
+        it, that parent may be removed (ENOENT). That is a race, not a missing root:
+        create the chain again.
+        """
+        for _ in range(_DIR_RACE_RETRIES):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                return
+            except (FileExistsError, NotADirectoryError):
+                raise StoreError(
+                    f"cannot write key {key!r}: {self._blocking_file(key)!r} is a file, "
+                    "not a directory (an existing object)"
+                ) from None
+            except FileNotFoundError:
+                self._real_root()  # StoreConfigError when the root itself is gone
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot write key {key!r}: {exc.strerror}") from None
+        raise StoreError(f"cannot write key {key!r}: its directory keeps disappearing")
+
+    def _blocking_file(self, key: str) -> str:
+        """The first parent of `key` that exists as something other than a directory."""
+        root, parts = self._real_root(), key.split("/")[:-1]
+        for n in range(1, len(parts) + 1):
+            if not os.path.isdir(os.path.join(root, *parts[:n])):
+                return "/".join(parts[:n])
+        return "/".join(parts)
 
     def _commit(self, key: str, target: str, tmp: str, precondition: Callable[[], None]) -> None:
         """Check the precondition and replace the target, atomically under the dir lock."""

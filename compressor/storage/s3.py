@@ -51,6 +51,7 @@ from botocore.exceptions import (
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
     ResponseStreamingError,
 )
 
@@ -83,6 +84,10 @@ SINGLE_PUT_MAX = 5 * 1024 * MiB
 #: holding exactly these bytes reads as absent (head, get, list) and is created over.
 TOMBSTONE = b'{"quantlab_compact": "deleted"}\n'
 TOMBSTONE_ETAG = hashlib.md5(TOMBSTONE).hexdigest()
+#: How long, in all, check() waits for an endpoint that takes connections but does not
+#: answer (S3_CHECK_TIMEOUT, README "Configuration"), and the longest one try waits.
+DEFAULT_CHECK_TIMEOUT_S = 60.0
+_CHECK_TRY_TIMEOUT_S = 10.0
 #: The job refuses to run when its clock and the S3 server's differ by more than this.
 #: S3 itself rejects requests signed more than 15 minutes off (RequestTimeTooSkewed); the
 #: state's and the leases' timestamps come from this clock too.
@@ -149,6 +154,7 @@ class S3Store(Store):
         read_timeout: float = 60.0,
         multipart_threshold: int = 64 * MiB,
         multipart_chunksize: int = 16 * MiB,
+        check_timeout: float = DEFAULT_CHECK_TIMEOUT_S,
     ) -> None:
         if not bucket or "/" in bucket:
             raise StoreConfigError(f"invalid bucket name {bucket!r}")
@@ -159,6 +165,8 @@ class S3Store(Store):
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self._max_attempts = max(1, max_attempts)
+        self.check_timeout = check_timeout
+        self._check_try_s = _check_try_timeout(check_timeout, read_timeout)
         try:
             self._client, self._check_client = _new_clients(
                 endpoint_url,
@@ -168,6 +176,7 @@ class S3Store(Store):
                 max_attempts=self._max_attempts,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
+                check_timeout=check_timeout,
             )
         except (BotoCoreError, ValueError) as exc:
             raise StoreConfigError(
@@ -218,27 +227,45 @@ class S3Store(Store):
 
     # ----------------------------------------------------------------- checks
 
-    def check(self) -> None:
+    def check(self, sleep: Callable[[float], None] = time.sleep) -> None:
         """A LIST of at most one key, then the clock check (see `check_clock`).
 
         An endpoint that refuses or never accepts connections fails fast
-        (StoreConfigError, a few seconds); one that answers with throttling, 5xx or
-        a dropped connection is alive, so the LIST is retried as any request is.
+        (StoreConfigError, a few seconds). One that takes connections but does not
+        answer, or answers with throttling, 5xx or a dropped connection, is tried
+        again, one log line per failed try with its number, until `check_timeout`
+        seconds have passed (README "Configuration", S3_CHECK_TIMEOUT): then
+        StoreConfigError saying what was waited for.
         """
         request = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1}
-        try:
-            resp = self._check_client.list_objects_v2(**request)
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            raise StoreConfigError(
-                f"cannot reach S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
-                f"{type(exc).__name__}"
-            ) from None
-        except (ClientError, BotoCoreError) as exc:
-            error = self._error(exc, "check", None)
-            if not isinstance(error, TransientStoreError):
-                raise error from None
-            with self._mapped("check", None):
-                resp = self._client.list_objects_v2(**request)
+        deadline = time.monotonic() + self.check_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = self._check_client.list_objects_v2(**request)
+                break
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                raise StoreConfigError(
+                    f"cannot reach S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
+                    f"{type(exc).__name__}"
+                ) from None
+            except (ClientError, BotoCoreError) as exc:
+                error = self._error(exc, "check", None)
+                if not isinstance(error, TransientStoreError):
+                    raise error from None
+                why = _check_failure(exc)
+            left = deadline - time.monotonic()
+            pause = min(0.5 * 2 ** (attempt - 1), 5.0)
+            if left < pause + self._check_try_s:  # the next try could not finish in time
+                raise StoreConfigError(
+                    f"S3 endpoint {self.endpoint} gave no usable answer for bucket "
+                    f"{self.bucket!r} within {self.check_timeout:g}s ({attempt} tries, the "
+                    f"last: {why}): is it an S3 server, and up? (S3_CHECK_TIMEOUT)"
+                )
+            log.warning("waiting for S3 endpoint %s (bucket %r): try %d: %s; trying again "
+                        "for up to %.0fs more", self.endpoint, self.bucket, attempt, why, left)
+            sleep(pause)
         self.check_clock(_server_date(resp))
 
     def check_clock(self, server_time: float | None) -> None:
@@ -753,9 +780,13 @@ def _new_clients(
     max_attempts: int,
     connect_timeout: float,
     read_timeout: float,
+    check_timeout: float = DEFAULT_CHECK_TIMEOUT_S,
 ) -> tuple[Any, Any]:
     """(client for every request, client for check()); BotoCoreError or ValueError if
-    botocore cannot build them (bad endpoint URL, half a credential pair)."""
+    botocore cannot build them (bad endpoint URL, half a credential pair).
+
+    The check client tries once per call (check() retries, logging each try) and
+    waits at most a few seconds per try, so that several tries fit in `check_timeout`."""
     common: dict[str, Any] = {
         "signature_version": "s3v4",
         "max_pool_connections": _MAX_POOL_CONNECTIONS,
@@ -773,11 +804,12 @@ def _new_clients(
         read_timeout=read_timeout,
         **common,
     )
-    # check() must answer fast when the endpoint is down, so it retries little.
+    # check() must answer fast when the endpoint is down: it retries itself, logging.
+    per_try = _check_try_timeout(check_timeout, read_timeout)
     check_config = Config(
-        retries={"mode": "standard", "total_max_attempts": min(2, max_attempts)},
-        connect_timeout=min(connect_timeout, 3.0),
-        read_timeout=min(read_timeout, 10.0),
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=min(connect_timeout, 3.0, per_try),
+        read_timeout=per_try,
         **common,
     )
     credentials = {
@@ -787,6 +819,22 @@ def _new_clients(
         "aws_secret_access_key": secret_key or None,
     }
     return _new_client(config, credentials), _new_client(check_config, credentials)
+
+
+def _check_try_timeout(check_timeout: float, read_timeout: float) -> float:
+    """Seconds one try of check() waits for an answer: a quarter of its whole time, so
+    that several tries fit, but no more than _CHECK_TRY_TIMEOUT_S nor S3_READ_TIMEOUT."""
+    return max(1.0, min(_CHECK_TRY_TIMEOUT_S, read_timeout, check_timeout / 4))
+
+
+def _check_failure(exc: ClientError | BotoCoreError) -> str:
+    """What one failed try of check() got, for its log line: no server text, no URL."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        return f"{_code(exc) or 'error'} (HTTP {status})"
+    if isinstance(exc, ReadTimeoutError):
+        return "no answer (ReadTimeoutError)"
+    return type(exc).__name__
 
 
 def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
