@@ -144,8 +144,12 @@ def _cluster(root: Path) -> Iterator[RGW]:
               "--fsid", _fsid(conf), str(root / "monmap")], root)
         _run(["ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(root / "monmap")], root)
         procs.append(_daemon(["ceph-mon", *c, "-f", "-i", "a"], root, "mon"))
-        osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "create"], root).strip()
-        _run(["ceph-osd", *c, "-i", osd_id, "--mkfs"], root)
+        # the OSD's uuid given to both the monitor and its mkfs: without it the OSD's
+        # boot-time "osd create" can find osd.0 under another uuid ('wrong fsid') and hang
+        osd_uuid = str(uuid.uuid4())
+        osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "create", osd_uuid],
+                      root).strip()
+        _run(["ceph-osd", *c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid], root)
         procs.append(_daemon(["ceph-osd", *c, "-f", "-i", osd_id], root, "osd"))
         procs.append(_daemon(["radosgw", *c, "-f", "-n", "client.rgw.qlc"], root, "rgw"))
         endpoint = f"http://127.0.0.1:{rgw_port}"
