@@ -117,7 +117,7 @@ class SliceProcess:
         self.first_path = first_path
         job_file.write_bytes(job.to_json())
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, str(job_file)],
+            [sys.executable, "-m", WORKER_MODULE, str(job_file), str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
         )
         assert self._proc.stdout is not None
@@ -181,17 +181,3 @@ def _child_env() -> dict[str, str]:
     paths = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = root if not paths else f"{root}{os.pathsep}{paths}"
     return env
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (a kill -9 of the job leaves
-    no slice process running on). Best effort: elsewhere a closed pipe ends it."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
-        pass

@@ -196,6 +196,59 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+#: Holds a slice process at interpreter start-up (before slice_worker's first line)
+#: until the file its environment names exists: the parent can then be killed while
+#: its slices are still starting, every time.
+_GATE = """
+import os, time
+gate = os.environ.get("QLC_TEST_SLICE_GATE")
+with open("/proc/self/cmdline", "rb") as fh:
+    if gate and b"compressor.slice_worker" in fh.read():
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+"""
+
+
+def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
+    """The parent dies before its slices could ask to die with it: each slice must see
+    that it lost its parent and end, not read its inputs. Its last input is a FIFO that
+    no one writes, so a slice that goes on blocks on it for ever."""
+    paths = write_partition(PartitionSpec(files=6, rows_per_file=20, seed=3), tmp_path / "raw")
+    fifo = tmp_path / "raw" / "zz-never-written.parquet"
+    os.mkfifo(fifo)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_GATE)
+    gate = tmp_path / "gate"
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from compressor.merge_writer import MergeSettings, merge_files; "
+        "merge_files([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), "
+        "tmp_dir=Path(sys.argv[2]), settings=MergeSettings(processes=3, parallel_min_files=2))"
+    )
+    env = {**os.environ, marker: "1", "QLC_TEST_SLICE_GATE": str(gate),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()])}
+    job = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.parquet"),
+                            str(tmp_path), *map(str, paths), str(fifo)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(slice_workers(marker)) < 2:  # slices 2 and 3, held at start-up
+            assert job.poll() is None, "the merge ended before it could be killed"
+            assert time.monotonic() < deadline, "the slice processes never started"
+            time.sleep(0.01)
+        job.kill()
+        job.wait()
+        gate.touch()  # the slices start now, their parent already gone
+        deadline = time.monotonic() + 20
+        while slice_workers(marker):
+            assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
+            time.sleep(0.05)
+    finally:
+        job.kill()
+        for pid in slice_workers(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_inputs_in_memory_stay_in_this_process(tmp_path):
     paths = write_partition(PartitionSpec(files=10, rows_per_file=50), tmp_path / "raw")
     one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
