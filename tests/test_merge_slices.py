@@ -9,6 +9,7 @@ stop request, not when one dies, not when the job itself is killed with -9.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -25,8 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compressor.generator import PartitionSpec, write_partition
+from compressor.job import Status, classify
 from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+from compressor.merge_slices import SliceFailed
 from compressor.merge_writer import MergeSettings, merge_files
+from compressor.partition.fetch import no_space
 from tests.jobworld import slice_workers
 from tests.test_merge import specs  # the merge tests' own partitions, so both see the same inputs
 
@@ -194,6 +198,27 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
         job.kill()
         for pid in slice_workers(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_full_temp_disk_in_a_slice_process_is_the_same_resource_error(tmp_path, tiny_disk):
+    """A real 1 MiB tmpfs as the merge's temp dir. Disjoint files: this process's slice
+    goes straight to the output (on a roomy disk) and writes nothing there, so it is the
+    slice processes, writing their sorted rows, that fill it."""
+    spec = PartitionSpec(files=12, rows_per_file=3000, layout="disjoint", seed=5)
+    paths = write_partition(spec, tmp_path / "raw")
+    with pytest.raises(OSError) as failed:
+        merge_files(paths, tmp_path / "out.parquet", tmp_dir=tiny_disk,
+                    settings=MergeSettings(processes=3, parallel_min_files=2))
+    error = failed.value
+    assert not isinstance(error, SliceFailed)
+    assert error.errno == errno.ENOSPC and no_space(error)
+    assert "\n" not in str(error) and "No space left on device" in str(error)
+    status, key, line = classify(error)
+    assert status is Status.FAILED and key is None
+    assert line.startswith("OSError: [Errno 28] ") and "unexpected" not in line
+    assert not (tmp_path / "out.parquet").exists()
+    assert list(tiny_disk.iterdir()) == []
+    assert my_slice_workers() == []
 
 
 #: Holds a slice process at interpreter start-up (before slice_worker's first line)
