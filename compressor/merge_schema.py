@@ -8,7 +8,7 @@ unified output schema and the columns that hold one constant value everywhere
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -350,19 +350,85 @@ def to_ms_array(
         ) from None
 
 
-def read_columns(source: Source, columns: Sequence[str]) -> pa.Table:
-    """Read some columns of one file (on disk or in memory).
+def read_columns(
+    source: Source, columns: Sequence[str], constants: Mapping[str, Any] | None = None
+) -> pa.Table:
+    """Read some columns of one file (on disk or in memory); with `constants` (columns
+    the file has), also check that each holds its value in every row (CorruptFileError
+    naming the column otherwise, see `_check_constant`); they are not returned.
 
     The bytes failing to decode is a CorruptFileError; anything else (open files,
     memory, permissions, I/O) is a MergeResourceError, see `_is_decode_failure`.
     """
+    constants = constants or {}
+    strings = [name for name, value in constants.items() if isinstance(value, str)]
     with _open(source, "Parquet data") as handle:
         try:
             # pre_buffer=False: for tiny files the coalescing read costs more than it saves.
-            reader = pq.ParquetFile(handle, pre_buffer=False)
-            return reader.read(columns=list(columns), use_threads=False)
+            reader = pq.ParquetFile(handle, pre_buffer=False, read_dictionary=strings or None)
+            table = reader.read(columns=[*columns, *constants], use_threads=False)
         except _READ_ERRORS as exc:
             _read_failed(source_name(source), "Parquet data", exc)
+    for name, value in constants.items():
+        _check_constant(source, name, value, table.column(name))
+    return table.drop_columns(list(constants)) if constants else table
+
+
+def _check_constant(source: Source, name: str, value: Any, column: pa.ChunkedArray) -> None:
+    """Raise CorruptFileError unless every row of `column` holds `value`, the one value
+    the footers' statistics promised (README "How a run works").
+
+    The merge writes a constant column from the statistics alone, so a footer that
+    says min == max while the rows differ would publish the wrong value for every
+    row. Cheap: a string column is read as a dictionary and checked through the
+    entries its indices use (one entry, the common case, is a single comparison),
+    an integer one by its min and max; never row by row in Python."""
+    if not column.null_count and all(_holds_only(chunk, value) for chunk in column.chunks):
+        return
+    found = _values_used(column) if not column.null_count else [None]
+    wrong = [v for v in found if v != value]
+    if wrong:
+        raise CorruptFileError(
+            source_name(source),
+            f"statistics say every row holds {value!r}, a row holds {wrong[0]!r}", name)
+
+
+def _holds_only(chunk: pa.Array, value: Any) -> bool:
+    """The common case, answered in a call or two: a one-entry dictionary equal to
+    `value`, or integers whose min and max are `value`. False means: look closer."""
+    if isinstance(chunk, pa.DictionaryArray):
+        dictionary = chunk.dictionary
+        return len(dictionary) == 1 and dictionary[0].as_py() == value
+    if isinstance(chunk, pa.IntegerArray) and len(chunk):
+        values = chunk.to_numpy()
+        return int(values.min()) == value == int(values.max())
+    return False
+
+
+def _values_used(column: pa.ChunkedArray) -> list[Any]:
+    """The distinct values `column` holds (no nulls), at most two of them."""
+    found: list[Any] = []
+    for chunk in column.chunks:
+        for item in _chunk_values(chunk):
+            if item not in found:
+                found.append(item)
+        if len(found) > 1:
+            break
+    return found
+
+
+def _chunk_values(chunk: pa.Array) -> list[Any]:
+    """A chunk's distinct values, or two of them; one call into Arrow when constant."""
+    if len(chunk) == 0:
+        return []
+    if pa.types.is_dictionary(chunk.type):
+        if len(chunk.dictionary) == 1:  # the common case: nothing to decode
+            return [chunk.dictionary[0].as_py()]
+        return chunk.dictionary.take(pc.unique(chunk.indices)).to_pylist()
+    if pa.types.is_integer(chunk.type):  # no nulls here: numpy reads it in place
+        values = chunk.to_numpy()
+        return list(dict.fromkeys([int(values.min()), int(values.max())]))
+    return pc.unique(chunk).to_pylist()
 
 
 def conform(path: Path | str, table: pa.Table, target: pa.Schema) -> pa.Table:

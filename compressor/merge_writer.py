@@ -311,8 +311,10 @@ def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeS
 
 
 def _load(info: FileInfo, schema: InputSchema) -> pa.Table:
-    """One raw file's varying columns, conformed to the partition schema."""
-    table = read_columns(info.source, _present_columns(info, schema))
+    """One raw file's varying columns, conformed to the partition schema, once its
+    constant columns are checked to hold what its footer says (read_columns)."""
+    constants = {k: v for k, v in schema.constants.items() if k in info.columns}
+    table = read_columns(info.source, _present_columns(info, schema), constants)
     table = conform(info.name, table, schema.varying_schema)
     if table.num_rows != info.rows:
         message = f"footer says {info.rows} rows, data has {table.num_rows}"

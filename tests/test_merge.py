@@ -222,6 +222,50 @@ def test_corrupt_objects_raise_naming_the_file(tmp_path, kind_index):
     assert not (tmp_path / "out.parquet").exists()
 
 
+def _lying_statistics(path: Path, table: pa.Table, column: str, how: str) -> None:
+    """Write `table` to `path` so that its footer says `column` holds one value while one
+    row holds another (same length, so the file stays well formed).
+
+    plain: every value written out, statistics true; one row's bytes then changed.
+    dictionary: the last row really differs; the footer's max is then made the min."""
+    value = table.column(column)[0].as_py().encode()
+    other = value[:-1] + bytes([value[-1] ^ 1])
+    if how == "dictionary":
+        values = [value.decode()] * (table.num_rows - 1) + [other.decode()]
+        table = table.set_column(table.schema.get_field_index(column), column,
+                                 pa.array(values, pa.string()))
+    pq.write_table(table, path, compression="none", use_dictionary=how == "dictionary")
+    data = bytearray(path.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    if how == "plain":
+        at = data.rindex(value, 0, footer)
+        data[at : at + len(value)] = other
+    else:
+        data[footer:] = data[footer:].replace(other, value)
+    path.write_bytes(bytes(data))
+    stats = pq.read_metadata(path).row_group(0).column(table.schema.get_field_index(column))
+    assert stats.statistics.min == stats.statistics.max == value.decode()  # the lie
+    assert set(pq.read_table(path).column(column).to_pylist()) == {value.decode(),
+                                                                   other.decode()}
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+@pytest.mark.parametrize("how", ["plain", "dictionary"])
+@pytest.mark.parametrize("column", ["exchange", "symbol"])
+def test_footer_statistics_that_lie_about_a_constant_column_are_caught(
+    tmp_path, column, how, processes
+):
+    spec = PartitionSpec(files=8, rows_per_file=40, seed=6)
+    paths = write_partition(spec, tmp_path / "raw")
+    _lying_statistics(paths[5], raw_table(spec, 5), column, how)
+    with pytest.raises(CorruptFileError) as info:
+        merge(paths, tmp_path / "out.parquet", tmp_path, processes=processes,
+              parallel_min_files=2)
+    assert (info.value.path, info.value.column) == (str(paths[5]), column)
+    assert "statistics say every row holds" in str(info.value)
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def _write(path: Path, table: pa.Table) -> Path:
     pq.write_table(table, path)
     return path
