@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -96,10 +97,10 @@ def test_emfile_during_column_read_is_not_corrupt(
     real = merge_schema.read_columns
     read: list[Path] = []
 
-    def starved(path: Path, columns: list[str]) -> pa.Table:
+    def starved(path: Path, columns: list[str], *constants: Any) -> pa.Table:
         read.append(path)
         with _no_free_fds():
-            return real(path, columns)
+            return real(path, columns, *constants)
 
     monkeypatch.setattr(merge_writer, "read_columns", starved)
     with pytest.raises(MergeResourceError) as info:
