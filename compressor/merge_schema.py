@@ -72,6 +72,9 @@ class FileInfo:
     ts_min: int | None
     ts_max: int | None
     columns: frozenset[str]
+    #: A piece of a file too big to load whole: (row group, batch number within it);
+    #: `rows`, `ts_min` and `ts_max` are then the piece's (see merge_writer.split_big).
+    part: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -429,6 +432,83 @@ def _chunk_values(chunk: pa.Array) -> list[Any]:
         values = chunk.to_numpy()
         return list(dict.fromkeys([int(values.min()), int(values.max())]))
     return pc.unique(chunk).to_pylist()
+
+
+def row_group_ranges(source: Source) -> list[tuple[int, int | None, int | None]]:
+    """(rows, ts_event min, max in ms) of each row group of one input, from its footer's
+    statistics; (rows, None, None) where a row group has none."""
+    metadata = _read_footer(source, source_size(source))
+    column = _arrow_schema(source_name(source), metadata).get_field_index(TS)
+    ranges: list[tuple[int, int | None, int | None]] = []
+    for rg in range(metadata.num_row_groups):
+        group = metadata.row_group(rg)
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            ranges.append((group.num_rows, None, None))
+        else:
+            ranges.append((group.num_rows, _to_ms(stats.min), _to_ms(stats.max)))
+    return ranges
+
+
+class PieceReader:
+    """Reads a big input piece by piece: one row group at a time, in batches of
+    `batch_rows`, never the whole file (README "Configuration", --memory-budget).
+
+    The pieces of a file are asked for in order, so one open reader serves them all;
+    a piece asked for out of order opens the file again. The constant columns are
+    checked on every batch, as `read_columns` checks a whole file."""
+
+    def __init__(self, batch_rows: int) -> None:
+        self._batch_rows = batch_rows
+        self._at: tuple[int, int, int] | None = None  # (input index, row group, next batch)
+        self._batches: Any = None
+        self._handle: pa.NativeFile | None = None
+
+    def read(self, info: FileInfo, columns: Sequence[str], constants: Mapping[str, Any]
+             ) -> pa.Table:
+        assert info.part is not None
+        row_group, number = info.part
+        if self._at != (info.index, row_group, number):
+            self._start(info, columns, constants, row_group, number)
+        try:
+            batch = next(self._batches, None)
+        except _READ_ERRORS as exc:
+            self.close()
+            _read_failed(info.name, "Parquet data", exc)
+        self._at = (info.index, row_group, number + 1)
+        if batch is None:
+            self.close()
+            raise CorruptFileError(info.name, f"row group {row_group} holds fewer rows than "
+                                              "its footer says")
+        table = pa.Table.from_batches([batch])
+        for name, value in constants.items():
+            _check_constant(info.source, name, value, table.column(name))
+        return table.drop_columns(list(constants)) if constants else table
+
+    def _start(self, info: FileInfo, columns: Sequence[str], constants: Mapping[str, Any],
+               row_group: int, number: int) -> None:
+        self.close()
+        self._handle = _open(info.source, "Parquet data")
+        strings = [name for name, value in constants.items() if isinstance(value, str)]
+        try:
+            # buffer_size: pages are read as needed, not the whole column chunk at once
+            reader = pq.ParquetFile(self._handle, pre_buffer=False, buffer_size=1 << 20,
+                                    read_dictionary=strings or None)
+            self._batches = reader.iter_batches(
+                batch_size=self._batch_rows, row_groups=[row_group],
+                columns=[*columns, *constants], use_threads=False)
+            for _ in range(number):
+                next(self._batches, None)
+        except _READ_ERRORS as exc:
+            self.close()
+            _read_failed(info.name, "Parquet data", exc)
+
+    def close(self) -> None:
+        self._batches = None
+        self._at = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def conform(path: Path | str, table: pa.Table, target: pa.Schema) -> pa.Table:

@@ -209,6 +209,51 @@ def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) ->
     assert not (tmp_path / "out.parquet").exists()
 
 
+#: What a merge process holds beyond its --memory-budget: the interpreter and pyarrow
+#: (about 75 MB) and the allocator's slack (README "Configuration").
+FIXED_OVERHEAD = 150 * 10**6
+
+_PEAK_CHILD = """
+import json, sys
+from pathlib import Path
+from compressor.memory_pool import choose_memory_pool
+choose_memory_pool()
+from compressor.merge_writer import MergeSettings, merge_files
+out = Path(sys.argv[2])
+result = merge_files([Path(sys.argv[1])], out, tmp_dir=out.parent,
+                     settings=MergeSettings(memory_budget=int(sys.argv[3])))
+status = open("/proc/self/status").read()
+peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+print(json.dumps({"peak": peak, "rows": result.rows, "runs": result.spill_runs}))
+"""
+
+
+def test_one_big_raw_file_is_merged_within_the_memory_budget(tmp_path: Path) -> None:
+    """4 M rows in one raw file (four row groups), --memory-budget 256M: the process's
+    peak RSS (VmHWM, the kernel's own figure) stays under budget + FIXED_OVERHEAD.
+    Loaded whole, the file alone decodes to about 300 MB."""
+    n, budget = 4_000_000, 256 * 2**20
+    rng = np.random.default_rng(5)
+    ts = 1_795_478_400_000 + np.sort(rng.integers(0, 86_400_000, n)) + rng.integers(-50, 50, n)
+    constant = pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), ["binance"])
+    table = pa.table({"ts_event": ts, "ts_recv": ts + 15, "exchange": constant.cast(pa.string()),
+                      "bid_price": rng.random(n), "bid_qty": rng.random(n),
+                      "ask_price": rng.random(n), "ask_qty": rng.random(n)})
+    big = tmp_path / "big.parquet"
+    pq.write_table(table, big)
+    del table, ts, constant
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(big), str(tmp_path / "out.parquet"), str(budget)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["peak"] < budget + FIXED_OVERHEAD, figures
+    assert figures["rows"] == n and figures["runs"] > 1  # sorted in pieces, then merged
+    ts_out = pq.read_table(tmp_path / "out.parquet", columns=["ts_event"]).column(0).to_numpy()
+    assert bool(np.all(ts_out[1:] >= ts_out[:-1]))
+
+
 def test_real_permission_denied_is_not_corrupt(tmp_path: Path) -> None:
     # A directory a non-root effective uid can traverse and write; one input mode 000.
     base = Path(tempfile.mkdtemp(prefix="qlc-eacces-"))
