@@ -524,7 +524,7 @@ def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
     if config.options.mode is Mode.CLEANUP:
         return cleanup(config, compact, args.apply)
     if config.options.mode is Mode.VERIFY:
-        return verify(config, compact, args.deep)
+        return verify(config, compact, args.deep, raw)
     return run_once(config, raw, compact, stop)
 
 
@@ -539,10 +539,10 @@ def cleanup(config: RunConfig, compact: Store, apply: bool) -> int:
     return EXIT_FAILED if result.problems else EXIT_OK
 
 
-def verify(config: RunConfig, compact: Store, deep: bool) -> int:
+def verify(config: RunConfig, compact: Store, deep: bool, raw: Store | None = None) -> int:
     """--mode verify: one line per problem; exit 1 when there is any."""
     try:
-        result = runner.verify(config, compact, deep)
+        result = runner.verify(config, compact, deep, raw)
     except TmpDirError as exc:
         raise UsageError(str(exc)) from None
     for finding in result.findings:

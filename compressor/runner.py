@@ -262,12 +262,14 @@ def cleanup(config: RunConfig, compact: Store, apply: bool
         return the_plan, execute_cleanup(the_plan, compact, state, leases)
 
 
-def verify(config: RunConfig, compact: Store, deep: bool) -> AuditResult:
-    """--mode verify: audit what is published in the range, read-only."""
+def verify(config: RunConfig, compact: Store, deep: bool, raw: Store | None = None
+           ) -> AuditResult:
+    """--mode verify: audit what is published in the range, read-only; `deep` with the
+    raw store also compares each output's columns with its raw files."""
     compact.check()
     state = StateStore(compact)
     state.load()
     pids = _range_pids(config, compact, state)
     if deep:
         check_tmp_dir(config.tmp_dir)
-    return audit(compact, state.snapshot(), pids, deep=deep, tmp_root=config.tmp_dir)
+    return audit(compact, state.snapshot(), pids, deep=deep, tmp_root=config.tmp_dir, raw=raw)
