@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,12 +26,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compressor.discovery import list_partition
 from compressor.generator import PartitionSpec, write_partition
 from compressor.job import Status, classify
 from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
 from compressor.merge_slices import SliceFailed
 from compressor.merge_writer import MergeSettings, merge_files
-from compressor.partition.fetch import no_space
+from compressor.partition.compact import CompactSettings, compact_partition
+from compressor.partition.fetch import TempSpaceError, check_room, no_space
+from compressor.storage import LocalStore
+from tests.conftest import put_partition
 from tests.jobworld import slice_workers
 from tests.test_merge import specs  # the merge tests' own partitions, so both see the same inputs
 
@@ -217,6 +222,24 @@ def test_a_full_temp_disk_in_a_slice_process_is_the_same_resource_error(tmp_path
     assert status is Status.FAILED and key is None
     assert line.startswith("OSError: [Errno 28] ") and "unexpected" not in line
     assert not (tmp_path / "out.parquet").exists()
+    assert list(tiny_disk.iterdir()) == []
+    assert my_slice_workers() == []
+
+    # a partition a little smaller (its raw files fit the disk, so the job's check
+    # before fetching lets it through), compacted from a local raw store (merged in
+    # place): the job's one clear line, as in one process
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "compact").mkdir()
+    raw = LocalStore(tmp_path / "lake")
+    put_partition(raw, replace(spec, rows_per_file=2400), tmp_path)
+    partition = list_partition(raw, spec.partition)
+    check_room(partition, tiny_disk)
+    settings = CompactSettings(tmp_root=tiny_disk, merge=MergeSettings(
+        processes=3, parallel_min_files=2))
+    with pytest.raises(TempSpaceError) as compacted:
+        compact_partition(partition, raw, LocalStore(tmp_path / "compact"), settings)
+    status, _, line = classify(compacted.value)
+    assert status is Status.FAILED and line.startswith("TempSpaceError: temp disk full: ")
     assert list(tiny_disk.iterdir()) == []
     assert my_slice_workers() == []
 
