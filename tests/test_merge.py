@@ -268,9 +268,9 @@ def test_footer_statistics_that_lie_about_a_constant_column_are_caught(
 
 
 def test_a_file_too_big_to_load_whole_is_read_in_pieces_with_the_same_output(tmp_path):
-    """Row groups of 12,000 rows, pieces of 16,384 (the smallest): pieces cross row
-    groups' ends and start mid-group; ts_event jitters, so rows are out of order inside
-    pieces and across their cuts. Loaded whole (the default budget) or in pieces (a
+    """Row groups of 20,000 rows, pieces of at most 16,384 (the smallest): a row group
+    is two pieces, the second starting mid-group; ts_event jitters, so rows are out of
+    order inside pieces and across their cuts. Loaded whole (the default budget) or in pieces (a
     1-byte budget), the output and the figures are the same."""
     spec = PartitionSpec(files=3, rows_per_file=300, seed=8)
     paths = write_partition(spec, tmp_path / "raw")
@@ -280,7 +280,7 @@ def test_a_file_too_big_to_load_whole_is_read_in_pieces_with_the_same_output(tmp
         rng.integers(0, 3_600_000, n)) + rng.integers(-200, 200, n)
     big = raw_table(spec, 1).slice(0, 1).take(np.zeros(n, dtype=np.int64))
     big = big.set_column(0, "ts_event", pa.array(ts))
-    pq.write_table(big, paths[1], row_group_size=12_000)
+    pq.write_table(big, paths[1], row_group_size=20_000)
     whole, whole_result = merge(paths, tmp_path / "whole.parquet", tmp_path)
     pieces, result = merge(paths, tmp_path / "pieces.parquet", tmp_path, memory_budget=1)
     assert pieces == whole
