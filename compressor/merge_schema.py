@@ -452,7 +452,7 @@ def row_group_ranges(source: Source) -> list[tuple[int, int | None, int | None]]
 
 class PieceReader:
     """Reads a big input piece by piece: one row group at a time, in batches of
-    `batch_rows`, never the whole file (README "Configuration", --memory-budget).
+    `batch_rows`, never the whole file (README "How a run works").
 
     The pieces of a file are asked for in order, so one open reader serves them all;
     a piece asked for out of order opens the file again. The constant columns are

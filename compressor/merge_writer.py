@@ -326,7 +326,7 @@ def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeS
 def split_big(infos: Sequence[FileInfo], piece_rows: int) -> list[FileInfo]:
     """The inputs, each file of more than `piece_rows` rows cut into pieces of at most
     that many (batches of its row groups), so that no file is ever loaded whole
-    (README "Configuration", --memory-budget). A piece's ts_event range is its row
+    (README "How a run works"). A piece's ts_event range is its row
     group's, from the footer (the file's where the row group has no statistics):
     it bounds every row of the piece, which is all that planning needs. Pieces keep
     the file's place in the input order and their row order, so the output is the

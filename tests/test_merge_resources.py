@@ -210,7 +210,7 @@ def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) ->
 
 
 #: What a merge process holds beyond its --memory-budget: the interpreter and pyarrow
-#: (about 75 MB) and the allocator's slack (README "Configuration").
+#: (about 75 MB) and the allocator's slack (README "Guarantees under failure").
 FIXED_OVERHEAD = 150 * 10**6
 
 _PEAK_CHILD = """
