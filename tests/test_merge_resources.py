@@ -194,11 +194,16 @@ def _merge_in_child(paths: list[Path], out: Path, tmp: Path, mode: str) -> dict:
 
 
 def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) -> None:
-    # 24M int64 zeros: a few KB on disk, 192 MB decoded; the child may grow by 64 MB.
+    # 200,000 rows of two 4 KB strings: a few KB on disk, 800 MB decoded, and even the
+    # first rows read to size a big file's pieces (65,536: 256 MB) are beyond the
+    # 64 MB the child may grow by.
     big = tmp_path / "big.parquet"
-    with pq.ParquetWriter(big, pa.schema([("ts_event", pa.int64())])) as writer:
-        chunk = pa.table({"ts_event": pa.array(np.zeros(1_000_000, dtype=np.int64))})
-        for _ in range(24):
+    schema = pa.schema([("ts_event", pa.int64()), ("payload", pa.string())])
+    with pq.ParquetWriter(big, schema) as writer:
+        chunk = pa.table({"ts_event": pa.array(np.zeros(50_000, dtype=np.int64)),
+                          "payload": pa.array(["x" * 4096, "y" * 4096] * 25_000)},
+                         schema=schema)
+        for _ in range(4):
             writer.write_table(chunk)
     result = _merge_in_child([big], tmp_path / "out.parquet", tmp_path, "memory")
     # pyarrow 26: ArrowMemoryError("malloc of size N failed"), errno None
