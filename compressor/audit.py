@@ -4,9 +4,12 @@ For every partition of the range found in the compact store or the state, it
 checks that meta.json parses and names the data.parquet beside it (size and
 ETag: the pair check readers do, README "Checking a pair"), and that the state
 entry agrees (status success, same rows). `deep` also downloads each output and
-checks its sha256, size, row count, ts_event order and seq. It finds bit rot,
-hand edits and the mismatched pairs a paused writer could leave (README
-"Guarantees under failure"). It writes nothing and takes no lease.
+checks its sha256, size, row count, ts_event order and seq, and, given the raw
+store, that its columns hold the raw files' rows (partition/digest.py): a wrong
+value published for every row, as footer statistics that lied once made the merge
+do, is found this way. It finds bit rot, hand edits and the mismatched pairs a
+paused writer could leave (README "Guarantees under failure"). It writes nothing
+and takes no lease.
 
 It also reads the raw store's prefixes for the range: a raw partition of a day at or
 before last_compacted_date that has neither an output nor a state entry is a problem,
@@ -21,14 +24,21 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from compressor.discovery import Filters, list_partition, walk
 from compressor.layout import PartitionId, format_day
+from compressor.merge_errors import MergeInputError
+from compressor.merge_schema import SEQ, conform, read_columns, scan_inputs
 from compressor.meta import Meta, check_data_file, read_published
-from compressor.partition.verify import VerificationError, verify_output
+from compressor.partition.digest import ColumnDigest
+from compressor.partition.fetch import fetch
+from compressor.partition.verify import VERIFY_BATCH_ROWS, VerificationError, verify_output
 from compressor.state import PartitionState, StateSnapshot
 from compressor.storage.base import Store, StoreConfigError, StoreError
 from compressor.text import backfill_hint, one_line
@@ -119,14 +129,15 @@ def not_compacted(
 
 def audit(
     compact: Store, snapshot: StateSnapshot, pids: list[PartitionId], *, deep: bool = False,
-    tmp_root: Path | None = None,
+    tmp_root: Path | None = None, raw: Store | None = None,
 ) -> AuditResult:
-    """Check each partition (in parallel); findings in partition order."""
+    """Check each partition (in parallel); findings in partition order. `deep` with a
+    `raw` store also compares each output's columns with its raw files."""
 
     def check(pid: PartitionId) -> list[Finding]:
         try:
             return [Finding(pid.state_key, problem) for problem in _problems(
-                compact, pid, snapshot.partitions.get(pid.state_key), deep, tmp_root)]
+                compact, pid, snapshot.partitions.get(pid.state_key), deep, tmp_root, raw)]
         except StoreConfigError:
             raise
         except StoreError as exc:
@@ -138,7 +149,7 @@ def audit(
 
 
 def _problems(compact: Store, pid: PartitionId, entry: PartitionState | None, deep: bool,
-              tmp_root: Path | None) -> list[str]:
+              tmp_root: Path | None, raw: Store | None = None) -> list[str]:
     now = read_published(compact, pid)
     problems = []
     if now.meta is None and now.problem is None:
@@ -159,12 +170,14 @@ def _problems(compact: Store, pid: PartitionId, entry: PartitionState | None, de
         problems.append(f"the state says {entry.rows} rows / {entry.total_size_bytes} bytes, "
                         f"meta.json {now.meta.rows} / {now.meta.size_bytes}")
     if deep:
-        problems.extend(_deep(compact, pid, now.meta, tmp_root))
+        problems.extend(_deep(compact, pid, now.meta, tmp_root, raw))
     return problems
 
 
-def _deep(compact: Store, pid: PartitionId, meta: Meta, tmp_root: Path | None) -> list[str]:
-    """Download the output and check its bytes, rows, order and seq."""
+def _deep(compact: Store, pid: PartitionId, meta: Meta, tmp_root: Path | None,
+          raw: Store | None = None) -> list[str]:
+    """Download the output and check its bytes, rows, order and seq; with `raw`, that
+    its columns hold the raw files' rows."""
     work = Path(tempfile.mkdtemp(prefix="qlc-audit-", dir=tmp_root))
     try:
         path = work / "data.parquet"
@@ -178,6 +191,40 @@ def _deep(compact: Store, pid: PartitionId, meta: Meta, tmp_root: Path | None) -
             problems.append(str(exc))
         except Exception as exc:  # any unreadable file is a finding, not a crash
             problems.append(f"data.parquet unreadable ({type(exc).__name__})")
+        if raw is not None and not problems:
+            problems.extend(_against_raw(raw, pid, meta, path, work))
         return problems
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _against_raw(raw: Store, pid: PartitionId, meta: Meta, path: Path, work: Path
+                 ) -> list[str]:
+    """The published columns against the raw files they were merged from (the ones
+    meta.json's fingerprint names, less the skipped ones): [] when they agree."""
+    partition = list_partition(raw, pid)
+    if partition.fingerprint != meta.source_fingerprint:
+        log.info("%s: the raw files changed since it was compacted; columns not compared",
+                 pid.state_key)
+        return []
+    skipped = set(meta.skipped_files)
+    partition = replace(partition, files=tuple(f for f in partition.files
+                                               if f.key not in skipped))
+    published = pq.ParquetFile(path)
+    names = [name for name in published.schema_arrow.names if name != SEQ]
+    target = pa.schema([published.schema_arrow.field(name) for name in names])
+    ours = ColumnDigest(names)
+    for batch in published.iter_batches(batch_size=VERIFY_BATCH_ROWS, columns=names):
+        ours.add(batch)
+    theirs = ColumnDigest(names)
+    try:
+        fetched = fetch(partition, raw, work / "raw", fetch_budget_bytes=0)
+        infos, _ = scan_inputs([item.source for item in fetched.inputs])
+        for info in infos:
+            table = read_columns(info.source, [n for n in names if n in info.columns])
+            theirs.add(conform(info.name, table, target))
+    except MergeInputError as exc:
+        return [f"a raw file cannot be compared: {exc.reason}"]
+    except OSError as exc:  # the machine's trouble (disk, memory), not the output's
+        return [f"the raw files could not be compared: {one_line(str(exc), 300)}"]
+    return ours.differences(theirs)

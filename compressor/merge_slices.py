@@ -80,7 +80,14 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
         return {"kind": "resource", "path": exc.path, "action": exc.action,
                 "errno": exc.errno, "message": exc.message}
     text = str(exc).strip().splitlines()
-    return {"kind": "other", "type": type(exc).__name__, "text": text[0] if text else ""}
+    first = text[0] if text else ""
+    if isinstance(exc, OSError):  # a full temp disk (ENOSPC, EDQUOT) among others
+        strerror = str(exc.strerror or first).strip().splitlines()
+        return {"kind": "os", "errno": exc.errno, "filename": exc.filename,
+                "strerror": strerror[0] if strerror else type(exc).__name__}
+    if isinstance(exc, MemoryError):
+        return {"kind": "memory", "text": first}
+    return {"kind": "other", "type": type(exc).__name__, "text": first}
 
 
 class SliceFailed(RuntimeError):
@@ -88,7 +95,12 @@ class SliceFailed(RuntimeError):
 
 
 def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
-    """The typed error a child described (the class and words it had)."""
+    """The typed error a child described (the class and words it had).
+
+    A merge error is rebuilt as itself; an OSError keeps its errno (so a full temp
+    disk is still recognised as one, README "Guarantees under failure"), a
+    MemoryError stays one; only what a one-process merge has no class for either
+    becomes SliceFailed."""
     kind = described["kind"]
     if kind == "input":
         cls = getattr(merge_errors, described["class"], None)
@@ -100,6 +112,12 @@ def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
         error = MergeResourceError(described["path"], described["action"], cause)
         error.message = described["message"]
         return error
+    if kind == "os":  # OSError(errno, ...) is the builtin subclass the errno calls for
+        if described["errno"] is None:
+            return OSError(f"{slice_name}: {described['strerror']}")
+        return OSError(described["errno"], described["strerror"], described["filename"])
+    if kind == "memory":
+        return MemoryError(f"{slice_name}: {described['text']}")
     return SliceFailed(f"{slice_name}: {described.get('type')}: {described.get('text')}")
 
 
@@ -117,7 +135,7 @@ class SliceProcess:
         self.first_path = first_path
         job_file.write_bytes(job.to_json())
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, str(job_file)],
+            [sys.executable, "-m", WORKER_MODULE, str(job_file), str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
         )
         assert self._proc.stdout is not None
@@ -181,17 +199,3 @@ def _child_env() -> dict[str, str]:
     paths = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = root if not paths else f"{root}{os.pathsep}{paths}"
     return env
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (a kill -9 of the job leaves
-    no slice process running on). Best effort: elsewhere a closed pipe ends it."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
-        pass

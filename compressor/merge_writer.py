@@ -56,9 +56,11 @@ from compressor.merge_schema import (
     FileInfo,
     InputSchema,
     MemoryInput,
+    PieceReader,
     Source,
     conform,
     read_columns,
+    row_group_ranges,
     scan_inputs,
 )
 from compressor.merge_slices import SliceFailed, SliceJob, SliceProcess
@@ -89,6 +91,11 @@ _GROUP_ROWS = 131_072
 _MIN_SPILL_CHUNK = 4_096
 #: Copies of a buffered row alive at once while sorting (buffer, concatenation, take).
 _SORT_COPIES = 3
+#: Fewest rows of a piece of a big file (split_big): smaller pieces cost more per row
+#: than they save.
+_MIN_PIECE_ROWS = 16_384
+#: Rows of a big file read to learn its row size (_row_budget).
+_SAMPLE_ROWS = 65_536
 
 
 #: Environment variable -> (MergeSettings field, smallest allowed, largest allowed).
@@ -303,16 +310,52 @@ def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeS
     sample = next((info for info in infos if info.rows), None)
     if sample is None:
         return 1
-    table = _load(sample, schema)
+    if sample.rows > _SAMPLE_ROWS:  # a big file: its first rows tell the row size as well
+        sample = split_big([sample], _SAMPLE_ROWS)[0]
+    reader = PieceReader(_SAMPLE_ROWS)
+    try:
+        table = _load(sample, schema, reader)
+    finally:
+        reader.close()
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     constant_bytes = sum(len(str(v)) + 4 for v in schema.constants.values())
     output_bytes = 2 * settings.output_buffer_size * (row_bytes + 8 + constant_bytes)
     return max(1, (settings.memory_budget - output_bytes) // (_SORT_COPIES * row_bytes))
 
 
-def _load(info: FileInfo, schema: InputSchema) -> pa.Table:
-    """One raw file's varying columns, conformed to the partition schema."""
-    table = read_columns(info.source, _present_columns(info, schema))
+def split_big(infos: Sequence[FileInfo], piece_rows: int) -> list[FileInfo]:
+    """The inputs, each file of more than `piece_rows` rows cut into pieces of at most
+    that many (batches of its row groups), so that no file is ever loaded whole
+    (README "How a run works"). A piece's ts_event range is its row
+    group's, from the footer (the file's where the row group has no statistics):
+    it bounds every row of the piece, which is all that planning needs. Pieces keep
+    the file's place in the input order and their row order, so the output is the
+    same as if the file had been loaded whole."""
+    if all(info.rows <= piece_rows for info in infos):
+        return list(infos)
+    pieces: list[FileInfo] = []
+    for info in infos:
+        if info.rows <= piece_rows:
+            pieces.append(info)
+            continue
+        for rg, (rows, low, high) in enumerate(row_group_ranges(info.source)):
+            low = info.ts_min if low is None else low
+            high = info.ts_max if high is None else high
+            for number, start in enumerate(range(0, rows, piece_rows)):
+                pieces.append(replace(info, rows=min(piece_rows, rows - start), ts_min=low,
+                                      ts_max=high, part=(rg, number)))
+    return pieces
+
+
+def _load(info: FileInfo, schema: InputSchema, pieces: PieceReader) -> pa.Table:
+    """One raw file's (or piece's) varying columns, conformed to the partition schema,
+    once its constant columns are checked to hold what its footer says."""
+    constants = {k: v for k, v in schema.constants.items() if k in info.columns}
+    columns = _present_columns(info, schema)
+    if info.part is None:
+        table = read_columns(info.source, columns, constants)
+    else:
+        table = pieces.read(info, columns, constants)
     table = conform(info.name, table, schema.varying_schema)
     if table.num_rows != info.rows:
         message = f"footer says {info.rows} rows, data has {table.num_rows}"
@@ -346,17 +389,32 @@ class _Merge:
         self.result = result
         fan_in = settings.max_open_files
         self._spill_numbers = itertools.count()
+        self.pieces = PieceReader(_GROUP_ROWS)
+        #: (input index, last ts_event) of the piece loaded last, for the unsorted count
+        self._tail: tuple[int, int] | None = None
         per_run = plan.row_budget // (fan_in + 1)
         self.spill_chunk = min(settings.batch_size, max(_MIN_SPILL_CHUNK, per_run))
 
     @classmethod
     def planned(cls, infos: Sequence[FileInfo], schema: InputSchema, settings: MergeSettings,
                 work: Path, should_stop: Callable[[], bool], result: MergeResult) -> _Merge:
-        """The merge of `infos`, its runs planned within `settings.memory_budget`."""
-        plan = plan_runs(infos, _row_budget(infos, schema, settings))
-        return cls(infos, schema, plan, settings, work, should_stop, result)
+        """The merge of `infos`, its runs planned within `settings.memory_budget`; files
+        too big to load whole within it are read in pieces (`split_big`)."""
+        row_budget = _row_budget(infos, schema, settings)
+        piece_rows = max(_MIN_PIECE_ROWS, min(_GROUP_ROWS, row_budget // 4))
+        pieces = split_big(infos, piece_rows)
+        plan = plan_runs(pieces, row_budget)
+        merge = cls(pieces, schema, plan, settings, work, should_stop, result)
+        merge.pieces = PieceReader(piece_rows)
+        return merge
 
     def run(self, writer: _Sink) -> None:
+        try:
+            self._run(writer)
+        finally:
+            self.pieces.close()
+
+    def _run(self, writer: _Sink) -> None:
         self.result.passes = 1
         if len(self.plan.runs) == 1:
             self._stream_run(self.plan.runs[0], writer)
@@ -392,8 +450,8 @@ class _Merge:
         buffer = _SortBuffer()
         for i, info in enumerate(files):
             self._check_stop()
-            table, unsorted = _load_checked(info, self.schema)
-            self.result.unsorted_rows_in_files += unsorted
+            table, unsorted = _load_checked(info, self.schema, self.pieces)
+            self.result.unsorted_rows_in_files += unsorted + self._unsorted_at_cut(info, table)
             buffer.add(table, info.ts_min)
             last = i == len(files) - 1
             if last or buffer.pending_rows >= self.plan.group_rows:
@@ -401,6 +459,15 @@ class _Merge:
                 released = buffer.release_through(later_min[i + 1])
                 if released is not None:
                     sink.write(released)
+
+    def _unsorted_at_cut(self, info: FileInfo, table: pa.Table) -> int:
+        """1 if a piece's first row is below the last row of the file's previous piece
+        (counted as a whole file's rows would be), else 0."""
+        ts = table.column(TS)
+        tail, self._tail = self._tail, (info.index, ts[-1].as_py())
+        if info.part is None or info.part == (0, 0) or tail is None or tail[0] != info.index:
+            return 0
+        return int(ts[0].as_py() < tail[1])
 
     def _merge_to_spill(self, paths: list[Path]) -> Path:
         with self._new_spill() as sink:
@@ -458,14 +525,15 @@ class _KWay:
         return _stable_sort(pa.Table.from_batches(pieces))
 
 
-def _load_checked(info: FileInfo, schema: InputSchema) -> tuple[pa.Table, int]:
+def _load_checked(info: FileInfo, schema: InputSchema, pieces: PieceReader
+                  ) -> tuple[pa.Table, int]:
     """_load, plus a check that the footer's ts_event minimum is true, and the count of
     rows whose ts_event is below the previous row's in the file (for the quality figures).
 
     The streaming pass releases rows on the strength of later files' footer minima;
     a file whose data undercuts its footer would silently break the order.
     """
-    table = _load(info, schema)
+    table = _load(info, schema, pieces)
     ts = table.column(TS).to_numpy()
     actual_min = int(np.min(ts))
     if info.ts_min is None or actual_min < info.ts_min:

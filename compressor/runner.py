@@ -264,8 +264,9 @@ def cleanup(config: RunConfig, compact: Store, apply: bool
 
 
 def verify(config: RunConfig, raw: Store, compact: Store, deep: bool) -> AuditResult:
-    """--mode verify: audit what is published in the range, and find the raw partitions
-    of ready days that were never compacted (audit.not_compacted). Read-only."""
+    """--mode verify: audit what is published in the range (with `deep`, also each
+    output's columns against its raw files), and find the raw partitions of ready
+    days that were never compacted (audit.not_compacted). Read-only."""
     compact.check()
     raw.check()
     state = StateStore(compact)
@@ -280,5 +281,5 @@ def verify(config: RunConfig, raw: Store, compact: Store, deep: bool) -> AuditRe
     unpublished = not_compacted(raw, snapshot, days_of(*options.backfill), options.filters,
                                 {p.state_key for p in pids},
                                 lambda p: shard is None or shard.owns(p))
-    result = audit(compact, snapshot, pids, deep=deep, tmp_root=config.tmp_dir)
+    result = audit(compact, snapshot, pids, deep=deep, tmp_root=config.tmp_dir, raw=raw)
     return AuditResult(result.checked, result.findings + unpublished)

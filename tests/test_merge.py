@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -220,6 +221,72 @@ def test_corrupt_objects_raise_naming_the_file(tmp_path, kind_index):
     assert info.value.path == str(paths[slot]), kind
     assert paths[slot].name in str(info.value)
     assert not (tmp_path / "out.parquet").exists()
+
+
+def _lying_statistics(path: Path, table: pa.Table, column: str, how: str) -> None:
+    """Write `table` to `path` so that its footer says `column` holds one value while one
+    row holds another (same length, so the file stays well formed).
+
+    plain: every value written out, statistics true; one row's bytes then changed.
+    dictionary: the last row really differs; the footer's max is then made the min."""
+    value = table.column(column)[0].as_py().encode()
+    other = value[:-1] + bytes([value[-1] ^ 1])
+    if how == "dictionary":
+        values = [value.decode()] * (table.num_rows - 1) + [other.decode()]
+        table = table.set_column(table.schema.get_field_index(column), column,
+                                 pa.array(values, pa.string()))
+    pq.write_table(table, path, compression="none", use_dictionary=how == "dictionary")
+    data = bytearray(path.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    if how == "plain":
+        at = data.rindex(value, 0, footer)
+        data[at : at + len(value)] = other
+    else:
+        data[footer:] = data[footer:].replace(other, value)
+    path.write_bytes(bytes(data))
+    stats = pq.read_metadata(path).row_group(0).column(table.schema.get_field_index(column))
+    assert stats.statistics.min == stats.statistics.max == value.decode()  # the lie
+    assert set(pq.read_table(path).column(column).to_pylist()) == {value.decode(),
+                                                                   other.decode()}
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+@pytest.mark.parametrize("how", ["plain", "dictionary"])
+@pytest.mark.parametrize("column", ["exchange", "symbol"])
+def test_footer_statistics_that_lie_about_a_constant_column_are_caught(
+    tmp_path, column, how, processes
+):
+    spec = PartitionSpec(files=8, rows_per_file=40, seed=6)
+    paths = write_partition(spec, tmp_path / "raw")
+    _lying_statistics(paths[5], raw_table(spec, 5), column, how)
+    with pytest.raises(CorruptFileError) as info:
+        merge(paths, tmp_path / "out.parquet", tmp_path, processes=processes,
+              parallel_min_files=2)
+    assert (info.value.path, info.value.column) == (str(paths[5]), column)
+    assert "statistics say every row holds" in str(info.value)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_file_too_big_to_load_whole_is_read_in_pieces_with_the_same_output(tmp_path):
+    """Row groups of 20,000 rows, pieces of at most 16,384 (the smallest): a row group
+    is two pieces, the second starting mid-group; ts_event jitters, so rows are out of
+    order inside pieces and across their cuts. Loaded whole (the default budget) or in pieces (a
+    1-byte budget), the output and the figures are the same."""
+    spec = PartitionSpec(files=3, rows_per_file=300, seed=8)
+    paths = write_partition(spec, tmp_path / "raw")
+    rng = np.random.default_rng(8)
+    n = 50_000
+    ts = pq.read_table(paths[1]).column("ts_event").to_numpy()[0] + np.sort(
+        rng.integers(0, 3_600_000, n)) + rng.integers(-200, 200, n)
+    big = raw_table(spec, 1).slice(0, 1).take(np.zeros(n, dtype=np.int64))
+    big = big.set_column(0, "ts_event", pa.array(ts))
+    pq.write_table(big, paths[1], row_group_size=20_000)
+    whole, whole_result = merge(paths, tmp_path / "whole.parquet", tmp_path)
+    pieces, result = merge(paths, tmp_path / "pieces.parquet", tmp_path, memory_budget=1)
+    assert pieces == whole
+    assert result.peak_buffered_rows < n < whole_result.peak_buffered_rows
+    assert result.unsorted_rows_in_files == whole_result.unsorted_rows_in_files > 0
+    assert result.rows == whole_result.rows == result.input_rows > n
 
 
 def _write(path: Path, table: pa.Table) -> Path:

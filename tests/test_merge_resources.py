@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -96,10 +97,10 @@ def test_emfile_during_column_read_is_not_corrupt(
     real = merge_schema.read_columns
     read: list[Path] = []
 
-    def starved(path: Path, columns: list[str]) -> pa.Table:
+    def starved(path: Path, columns: list[str], *constants: Any) -> pa.Table:
         read.append(path)
         with _no_free_fds():
-            return real(path, columns)
+            return real(path, columns, *constants)
 
     monkeypatch.setattr(merge_writer, "read_columns", starved)
     with pytest.raises(MergeResourceError) as info:
@@ -193,11 +194,16 @@ def _merge_in_child(paths: list[Path], out: Path, tmp: Path, mode: str) -> dict:
 
 
 def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) -> None:
-    # 24M int64 zeros: a few KB on disk, 192 MB decoded; the child may grow by 64 MB.
+    # 200,000 rows of two 4 KB strings: a few KB on disk, 800 MB decoded, and even the
+    # first rows read to size a big file's pieces (65,536: 256 MB) are beyond the
+    # 64 MB the child may grow by.
     big = tmp_path / "big.parquet"
-    with pq.ParquetWriter(big, pa.schema([("ts_event", pa.int64())])) as writer:
-        chunk = pa.table({"ts_event": pa.array(np.zeros(1_000_000, dtype=np.int64))})
-        for _ in range(24):
+    schema = pa.schema([("ts_event", pa.int64()), ("payload", pa.string())])
+    with pq.ParquetWriter(big, schema) as writer:
+        chunk = pa.table({"ts_event": pa.array(np.zeros(50_000, dtype=np.int64)),
+                          "payload": pa.array(["x" * 4096, "y" * 4096] * 25_000)},
+                         schema=schema)
+        for _ in range(4):
             writer.write_table(chunk)
     result = _merge_in_child([big], tmp_path / "out.parquet", tmp_path, "memory")
     # pyarrow 26: ArrowMemoryError("malloc of size N failed"), errno None
@@ -206,6 +212,53 @@ def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) ->
     assert result["path"] == str(big) and result["errno"] is None
     assert "ArrowMemoryError" in result["message"] and str(big) in result["message"]
     assert not (tmp_path / "out.parquet").exists()
+
+
+#: What a merge process holds beyond its --memory-budget, whatever its inputs: the
+#: interpreter and pyarrow (about 75 MB), the output row group's copies and the Parquet
+#: encoder (rows per group are fixed, for the same bytes whatever the budget), the
+#: allocator's slack (README "Guarantees under failure").
+FIXED_OVERHEAD = 250 * 10**6
+
+_PEAK_CHILD = """
+import json, sys
+from pathlib import Path
+from compressor.memory_pool import choose_memory_pool
+choose_memory_pool()
+from compressor.merge_writer import MergeSettings, merge_files
+out = Path(sys.argv[2])
+result = merge_files([Path(sys.argv[1])], out, tmp_dir=out.parent,
+                     settings=MergeSettings(memory_budget=int(sys.argv[3])))
+status = open("/proc/self/status").read()
+peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+print(json.dumps({"peak": peak, "rows": result.rows, "runs": result.spill_runs}))
+"""
+
+
+def test_one_big_raw_file_is_merged_within_the_memory_budget(tmp_path: Path) -> None:
+    """6 M rows in one raw file (six row groups), --memory-budget 256M: the process's
+    peak RSS (VmHWM, the kernel's own figure) stays under budget + FIXED_OVERHEAD.
+    Loaded whole, the file alone decodes to about 300 MB, and is copied to sort it."""
+    n, budget = 6_000_000, 256 * 2**20
+    rng = np.random.default_rng(5)
+    ts = 1_795_478_400_000 + np.sort(rng.integers(0, 86_400_000, n)) + rng.integers(-50, 50, n)
+    constant = pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), ["binance"])
+    table = pa.table({"ts_event": ts, "ts_recv": ts + 15, "exchange": constant.cast(pa.string()),
+                      "bid_price": rng.random(n), "bid_qty": rng.random(n),
+                      "ask_price": rng.random(n), "ask_qty": rng.random(n)})
+    big = tmp_path / "big.parquet"
+    pq.write_table(table, big)
+    del table, ts, constant
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(big), str(tmp_path / "out.parquet"), str(budget)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["peak"] < budget + FIXED_OVERHEAD, figures
+    assert figures["rows"] == n and figures["runs"] > 1  # sorted in pieces, then merged
+    ts_out = pq.read_table(tmp_path / "out.parquet", columns=["ts_event"]).column(0).to_numpy()
+    assert bool(np.all(ts_out[1:] >= ts_out[:-1]))
 
 
 def test_real_permission_denied_is_not_corrupt(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ stop request, not when one dies, not when the job itself is killed with -9.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,9 +26,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compressor.discovery import list_partition
 from compressor.generator import PartitionSpec, write_partition
+from compressor.job import Status, classify
 from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+from compressor.merge_slices import SliceFailed
 from compressor.merge_writer import MergeSettings, merge_files
+from compressor.partition.compact import CompactSettings, compact_partition
+from compressor.partition.fetch import TempSpaceError, check_room, no_space
+from compressor.storage import LocalStore
+from tests.conftest import put_partition
 from tests.jobworld import slice_workers
 from tests.test_merge import specs  # the merge tests' own partitions, so both see the same inputs
 
@@ -187,6 +196,98 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
         job.kill()
         job.wait()
         deadline = time.monotonic() + 10
+        while slice_workers(marker):
+            assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
+            time.sleep(0.05)
+    finally:
+        job.kill()
+        for pid in slice_workers(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_full_temp_disk_in_a_slice_process_is_the_same_resource_error(tmp_path, tiny_disk):
+    """A real 1 MiB tmpfs as the merge's temp dir. Disjoint files: this process's slice
+    goes straight to the output (on a roomy disk) and writes nothing there, so it is the
+    slice processes, writing their sorted rows, that fill it."""
+    spec = PartitionSpec(files=12, rows_per_file=3000, layout="disjoint", seed=5)
+    paths = write_partition(spec, tmp_path / "raw")
+    with pytest.raises(OSError) as failed:
+        merge_files(paths, tmp_path / "out.parquet", tmp_dir=tiny_disk,
+                    settings=MergeSettings(processes=3, parallel_min_files=2))
+    error = failed.value
+    assert not isinstance(error, SliceFailed)
+    assert error.errno == errno.ENOSPC and no_space(error)
+    assert "\n" not in str(error) and "No space left on device" in str(error)
+    status, key, line = classify(error)
+    assert status is Status.FAILED and key is None
+    assert line.startswith("OSError: [Errno 28] ") and "unexpected" not in line
+    assert not (tmp_path / "out.parquet").exists()
+    assert list(tiny_disk.iterdir()) == []
+    assert my_slice_workers() == []
+
+    # a partition a little smaller (its raw files fit the disk, so the job's check
+    # before fetching lets it through), compacted from a local raw store (merged in
+    # place): the job's one clear line, as in one process
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "compact").mkdir()
+    raw = LocalStore(tmp_path / "lake")
+    put_partition(raw, replace(spec, rows_per_file=2400), tmp_path)
+    partition = list_partition(raw, spec.partition)
+    check_room(partition, tiny_disk)
+    settings = CompactSettings(tmp_root=tiny_disk, merge=MergeSettings(
+        processes=3, parallel_min_files=2))
+    with pytest.raises(TempSpaceError) as compacted:
+        compact_partition(partition, raw, LocalStore(tmp_path / "compact"), settings)
+    status, _, line = classify(compacted.value)
+    assert status is Status.FAILED and line.startswith("TempSpaceError: temp disk full: ")
+    assert list(tiny_disk.iterdir()) == []
+    assert my_slice_workers() == []
+
+
+#: Holds a slice process at interpreter start-up (before slice_worker's first line)
+#: until the file its environment names exists: the parent can then be killed while
+#: its slices are still starting, every time.
+_GATE = """
+import os, time
+gate = os.environ.get("QLC_TEST_SLICE_GATE")
+with open("/proc/self/cmdline", "rb") as fh:
+    if gate and b"compressor.slice_worker" in fh.read():
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+"""
+
+
+def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
+    """The parent dies before its slices could ask to die with it: each slice must see
+    that it lost its parent and end, not read its inputs. Its last input is a FIFO that
+    no one writes, so a slice that goes on blocks on it for ever."""
+    paths = write_partition(PartitionSpec(files=6, rows_per_file=20, seed=3), tmp_path / "raw")
+    fifo = tmp_path / "raw" / "zz-never-written.parquet"
+    os.mkfifo(fifo)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_GATE)
+    gate = tmp_path / "gate"
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from compressor.merge_writer import MergeSettings, merge_files; "
+        "merge_files([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), "
+        "tmp_dir=Path(sys.argv[2]), settings=MergeSettings(processes=3, parallel_min_files=2))"
+    )
+    env = {**os.environ, marker: "1", "QLC_TEST_SLICE_GATE": str(gate),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()])}
+    job = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.parquet"),
+                            str(tmp_path), *map(str, paths), str(fifo)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(slice_workers(marker)) < 2:  # slices 2 and 3, held at start-up
+            assert job.poll() is None, "the merge ended before it could be killed"
+            assert time.monotonic() < deadline, "the slice processes never started"
+            time.sleep(0.01)
+        job.kill()
+        job.wait()
+        gate.touch()  # the slices start now, their parent already gone
+        deadline = time.monotonic() + 20
         while slice_workers(marker):
             assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
             time.sleep(0.05)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import PartitionSpec
+from compressor.generator import PartitionSpec, raw_table
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.meta import Meta
 from compressor.planning import Action, Mode, PlanOptions, Reason, Shard, build_plan
@@ -23,6 +25,7 @@ from compressor.storage import LocalStore
 from tests.conftest import make_s3_store, put_partition, store_listing
 from tests.s3proxy import S3Proxy
 from tests.s3server import cli_environment
+from tests.test_merge import _lying_statistics
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"
@@ -196,6 +199,50 @@ def test_cleanup_is_a_dry_run_until_apply_then_removes_and_holds_readiness_back(
 
 
 # ------------------------------------------------------------------ verify
+
+
+#: An older compactor, which took footer statistics on trust for constant columns.
+_TRUSTING = """
+import sys
+import compressor.merge_schema as merge_schema
+merge_schema._check_constant = lambda *args: None
+from compressor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_verify_deep_compares_the_published_columns_with_the_raw_files(
+    lake: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A raw file whose statistics say `exchange` is constant while one row is not: an
+    output published with the statistics' value on every row passes every other check
+    (sha256, rows, order, seq); only comparing with the raw rows finds it."""
+    raw, compact = lake
+    pid = PartitionId("binance", "trade", SYMBOLS[0], DAYS[1])
+    spec = PartitionSpec(stream="trade", symbol=SYMBOLS[0], date=DAYS[1], files=2,
+                         rows_per_file=40)
+    victim = sorted((raw / pid.prefix).glob("*.parquet"))[1]
+    _lying_statistics(victim, raw_table(spec, 1), "exchange", "plain")
+    trusting = subprocess.run(
+        [sys.executable, "-c", _TRUSTING, "--raw", str(raw), "--compact", str(compact),
+         "--today", TODAY, "--tmp-dir", str(tmp_path / "tmp"), "--mode", "backfill",
+         "--date-from", DAYS[0], "--date-to", DAYS[-1]],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True,
+        text=True, timeout=180)
+    assert trusting.returncode == 0, trusting.stderr
+    assert set(pq.read_table(compact / pid.data_key).column("exchange").to_pylist()) == {
+        "binance"}  # one row's value was lost
+    store = LocalStore(compact)
+    before = store_listing(store)
+
+    deep = _cli(lake, tmp_path, "--mode", "verify", "--date-from", DAYS[0], "--date-to",
+                DAYS[-1], "--deep")
+    assert deep.returncode == 1, deep.stdout + deep.stderr
+    problems = [line for line in deep.stdout.splitlines() if ": " in line
+                and not line.startswith("verify (")]
+    assert problems == [f"{pid.state_key}: column 'exchange' differs from the raw files'"]
+    assert "8 partitions checked, 1 problems" in deep.stdout
+    assert store_listing(store) == before  # read-only
 
 
 def test_verify_finds_mismatched_pairs_hand_edits_and_state_disagreements(

@@ -16,6 +16,7 @@ import pytest
 import compressor.partition.verify as verify
 from compressor.merge_errors import MergeAborted
 from compressor.meta import file_sha256
+from compressor.partition.digest import ColumnDigest
 from compressor.partition.verify import VerificationError, verify_output
 
 ROWS = 200_000
@@ -97,3 +98,31 @@ def test_a_read_error_while_hashing_fails_the_verification(
     with pytest.raises(OSError, match="Input/output error"):
         verify_output(output, ROWS)
     assert _hashing_threads() == []
+
+
+# ------------------------------------------------------------------ digests (verify --deep)
+
+
+def _digest(table: pa.Table, batch: int) -> ColumnDigest:
+    digest = ColumnDigest(table.column_names)
+    for piece in table.to_batches(max_chunksize=batch):
+        digest.add(piece)
+    return digest
+
+
+def test_digests_ignore_order_and_batching_and_name_what_differs() -> None:
+    table = pa.table({
+        "ts_event": pa.array([3, 1, 2, 2, None], pa.int64()),
+        "exchange": pa.array(["binance", "binance", "okx", None, "binance"]),
+        "price": pa.array([1.5, 2.5, float("nan"), -0.0, 7.0]),
+        "side": pa.array(["b", "s", "b", "s", "b"]).dictionary_encode(),
+    })
+    digest = _digest(table, 2)
+    assert digest.differences(_digest(table.take([4, 2, 0, 3, 1]), 3)) == []
+    changed = table.set_column(1, "exchange", pa.array(["binance"] * 5))
+    assert digest.differences(_digest(changed, 5)) == ["column 'exchange' differs from the raw "
+                                                       "files'"]
+    swapped = table.set_column(2, "price", table.column("price").take([1, 0, 2, 3, 4]))
+    assert digest.differences(_digest(swapped, 5)) == [
+        "rows pair values differently from the raw files'"]
+    assert digest.differences(_digest(table.slice(1), 5)) == ["5 rows, the raw files hold 4"]
