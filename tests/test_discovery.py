@@ -20,7 +20,10 @@ from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.storage import Store
 from compressor.storage.base import ObjectInfo
-from tests.conftest import make_s3_store, put_partition
+from tests.conftest import make_rgw_store, make_s3_store, put_partition
+from tests.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
+from tests.rgwserver import RGW
+from tests.rgwserver import SECRET_KEY as RGW_SECRET_KEY
 from tests.s3proxy import S3Proxy
 
 
@@ -120,6 +123,9 @@ def _rooted(store: Store, prefix: str) -> Store:
     if isinstance(store, LocalStore):
         return LocalStore(store.root / prefix.rstrip("/"))
     assert isinstance(store, S3Store)
+    if getattr(store, "on_rgw", False):
+        server = RGW(store.endpoint, RGW_ACCESS_KEY, RGW_SECRET_KEY, "", 0.0)
+        return make_rgw_store(server, store.bucket, prefix=prefix)
     return make_s3_store(store.endpoint, store.bucket, prefix=prefix)
 
 

@@ -164,8 +164,9 @@ def test_cleanup_is_a_dry_run_until_apply_then_removes_and_holds_readiness_back(
     lake: tuple[Path, Path], tmp_path: Path
 ) -> None:
     raw, compact = lake
-    assert _cli(lake, tmp_path, "--mode", "backfill", "--date-from", DAYS[0], "--date-to",
-                DAYS[-1]).returncode == 0
+    first = _cli(lake, tmp_path, "--mode", "backfill", "--date-from", DAYS[0], "--date-to",
+                 DAYS[-1])
+    assert first.returncode == 0, first.stdout + first.stderr
     state = StateStore(LocalStore(compact))
     state.advance_last_compacted(DAYS[-1])
     state.flush()
