@@ -1,5 +1,5 @@
 """Slice processes: one merge's inputs, cut into contiguous slices, the later ones
-read and sorted by processes of their own (README "How a run works").
+read and sorted by processes of their own (docs/guarantees.md "How a run works").
 
 Why processes: reading a tiny raw Parquet file costs pyarrow about half a
 millisecond of CPU, most of it holding the GIL, so threads cannot spread a

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 
 # First of all, before the imports take their quarter second: a terminal's Ctrl-C and
-# systemd's stop reach every process of the job, and the job handles them (README
+# systemd's stop reach every process of the job, and the job handles them (docs/guarantees.md
 # "Failure classes"), ending its slice processes itself.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
