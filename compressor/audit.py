@@ -2,19 +2,21 @@
 
 For every partition of the range found in the compact store or the state, it
 checks that meta.json parses and names the data.parquet beside it (size and
-ETag: the pair check readers do, README "Checking a pair"), and that the state
+ETag: the pair check readers do, docs/operations.md "Checking a pair"), and that the state
 entry agrees (status success, same rows). `deep` also downloads each output and
 checks its sha256, size, row count, ts_event order and seq, and, given the raw
 store, that its columns hold the raw files' rows (partition/digest.py): a wrong
 value published for every row, as footer statistics that lied once made the merge
 do, is found this way. It finds bit rot, hand edits and the mismatched pairs a
-paused writer could leave (README "Guarantees under failure"). It writes nothing
+paused writer could leave (docs/guarantees.md
+"Guarantees under failure"). It writes nothing
 and takes no lease.
 
 It also reads the raw store's prefixes for the range: a raw partition of a day at or
 before last_compacted_date that has neither an output nor a state entry is a problem,
 because readers take its day as ready (`last_compacted_date >= day`) and find nothing
-(README "State": a fresh start never compacts the days before its first run).
+(docs/operations.md "compacted/_state.json": a fresh start never compacts the days
+before its first run).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Plan, then execute: the plan lists every partition of the range (narrowed by the
 usual filters) that has an output or a state entry, and is all a dry run (the
 default) prints. With --apply each partition is removed under its lease,
-meta.json first (readers stop seeing it at once, README "Guarantees"), then
+meta.json first (readers stop seeing it at once, docs/guarantees.md "Guarantees under
+failure"), then
 data.parquet, each If-Match what was read under the lease. The raw store is never
 touched: this module is never given it. last_compacted_date never moves forward;
 when the range holds ready days it moves back to the day before the first one,

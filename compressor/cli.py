@@ -79,7 +79,7 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (exit 2 via UsageError).
 
-    Abbreviated options are refused (README "Command line"): argparse would take
+    Abbreviated options are refused (docs/operations.md "Command line"): argparse would take
     `--app` for `--apply`, and a typo must never run a destructive action.
     """
 

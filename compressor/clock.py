@@ -2,7 +2,7 @@
 
 Lease expiry (a lease is taken over `skew` seconds after its expires_at) and
 the state's "the newer attempt wins" rule compare times written by different
-runs, possibly on different hosts (README, "Two runs at once"). Each host's own
+runs, possibly on different hosts (docs/operations.md, "Two runs at once"). Each host's own
 clock may be off by anything NTP failed to fix; the store's clock is common to
 all of them. A StoreClock is the host's clock plus the offset measured once
 against the store (Store.clock_offset: the S3 server's `Date` header, right

@@ -70,7 +70,7 @@ SHOWN = 8
 
 class RawLayoutError(StoreConfigError):
     """The raw store holds no partition the run could ever compact: a --raw pointing at
-    the wrong folder, or a filter that names nothing there (README "Command line")."""
+    the wrong folder, or a filter that names nothing there (docs/operations.md "Command line")."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def walk(store: Store, filters: Filters | None = None) -> Inventory:
 
 
 def check_found(inventory: Inventory, filters: Filters, uri: str) -> None:
-    """RawLayoutError when the walk found no partition at all (README "Command line").
+    """RawLayoutError when the walk found no partition at all (docs/operations.md "Command line").
 
     A store without a single `exchange=` folder at its top is the wrong folder (one
     level too deep or too shallow); a filter that matches none of the values found

@@ -655,7 +655,7 @@ def write_quality_windows(
 ) -> list[Path]:
     """Write the day's 96 collector health windows (BRIEF §5), skipping indices in `missing`.
 
-    Exactly as the collector writes them (README "Collector health windows"): window
+    Exactly as the collector writes them (docs/quality.md "Collector health windows"): window
     k covers [00:00 + 15k min, +15 min) and is keyed by its START,
     `quality/date=<start day>/window=<start HHMM>.json` (`0000` .. `2345`), as
     `json.dump(indent=2)` without a trailing newline; floats rounded to 1 decimal,

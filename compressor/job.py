@@ -88,7 +88,7 @@ class PartitionOutcome:
     row_groups: int = 0
     corrupt_skipped: int = 0
     #: Seconds per step this attempt reached: list (the re-check under the lease), fetch,
-    #: merge, verify, upload (README "Observability").
+    #: merge, verify, upload (docs/operations.md "Observability").
     timings: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     @property
@@ -622,7 +622,7 @@ class Job:
         """Save the `in_progress` entry before a publish that could leave a ready day
         short of a partition if the run died half-way: one that replaces a published
         pair, or one on a day already ready. Its entry then says `in_progress`, and the
-        next catch-up retries that day (README "Killed runs"). New days need no flush:
+        next catch-up retries that day (docs/operations.md "Killed runs"). New days need no flush:
         they are not ready until this run confirms them."""
         ready = self.plan.last_compacted_date
         if base.meta_etag is None and (ready is None or pid.date > ready):
@@ -675,7 +675,7 @@ def _label_of(source: Published | Meta) -> Label:
 def _label_current(published: Published, label: Label) -> bool:
     """Whether an up-to-date pair needs no relabel: its meta.json carries the day's
     `label`, made by the current window rules. A label of other rules is relabelled in
-    place even when its string is the same (README "Collector health windows")."""
+    place even when its string is the same (docs/quality.md "Collector health windows")."""
     return _label_of(published) is label and published.labelled_by(RULES_VERSION)
 
 

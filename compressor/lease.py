@@ -1,7 +1,7 @@
 """Partition leases: one run at a time works on a partition-day.
 
-Two runs may cover the same day, on one host or on several (README, "Two runs
-at once"); each partition is compacted under a lease (README, "How a run
+Two runs may cover the same day, on one host or on several (docs/operations.md, "Two runs
+at once"); each partition is compacted under a lease (docs/guarantees.md, "How a run
 works", step 2.1). A lease is the object
 `compacted/locks/<ex>/<stream>/<sym>/<YYYYMMDD>.lock`::
 

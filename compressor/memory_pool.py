@@ -1,4 +1,4 @@
-"""Which allocator Arrow uses in this process (README "Configuration").
+"""Which allocator Arrow uses in this process (docs/operations.md "Configuration").
 
 pyarrow's wheels default to mimalloc. On the 17,280-file day, a merge in two slices
 peaked at 356 MB of RSS with mimalloc and 313 MB with jemalloc, in the same CPU

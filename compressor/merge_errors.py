@@ -14,8 +14,8 @@ class MergeInputError(Exception):
     it is readable but violates the contract (schema conflict, ts_event problems).
     Both quarantine the partition. `skippable`: the file alone is at fault, whatever the
     other files hold (unreadable, or its own ts_event unusable), so leaving it out is
-    what --skip-corrupt means (README "Runbook"). A schema conflict is not: it is between
-    this file and earlier ones, and the odd one out may be an earlier file.
+    what --skip-corrupt means (docs/operations.md "Runbook"). A schema conflict is not: it
+    is between this file and earlier ones, and the odd one out may be an earlier file.
     """
 
     corrupt = False

@@ -379,7 +379,7 @@ def read_columns(
 
 def _check_constant(source: Source, name: str, value: Any, column: pa.ChunkedArray) -> None:
     """Raise CorruptFileError unless every row of `column` holds `value`, the one value
-    the footers' statistics promised (README "How a run works").
+    the footers' statistics promised (docs/guarantees.md "How a run works").
 
     The merge writes a constant column from the statistics alone, so a footer that
     says min == max while the rows differ would publish the wrong value for every
@@ -452,7 +452,7 @@ def row_group_ranges(source: Source) -> list[tuple[int, int | None, int | None]]
 
 class PieceReader:
     """Reads a big input piece by piece: one row group at a time, in batches of
-    `batch_rows`, never the whole file (README "How a run works").
+    `batch_rows`, never the whole file (docs/guarantees.md "How a run works").
 
     The pieces of a file are asked for in order, so one open reader serves them all;
     a piece asked for out of order opens the file again. The constant columns are

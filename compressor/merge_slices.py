@@ -1,5 +1,5 @@
 """Slice processes: one merge's inputs, cut into contiguous slices, the later ones
-read and sorted by processes of their own (README "How a run works").
+read and sorted by processes of their own (docs/guarantees.md "How a run works").
 
 Why processes: reading a tiny raw Parquet file costs pyarrow about half a
 millisecond of CPU, most of it holding the GIL, so threads cannot spread a
@@ -98,7 +98,7 @@ def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
     """The typed error a child described (the class and words it had).
 
     A merge error is rebuilt as itself; an OSError keeps its errno (so a full temp
-    disk is still recognised as one, README "Guarantees under failure"), a
+    disk is still recognised as one, docs/guarantees.md "Guarantees under failure"), a
     MemoryError stays one; only what a one-process merge has no class for either
     becomes SliceFailed."""
     kind = described["kind"]

@@ -16,7 +16,7 @@ Plan, then execute:
 4. With `processes` > 1 and enough local files, the inputs are first cut into
    contiguous slices: this process merges the first, and each later slice is
    scanned and sorted (steps 1-3) by a process of its own into a run file
-   (merge_slices, README "How a run works"); the slices are then runs like any
+   (merge_slices, docs/guarantees.md "How a run works"); the slices are then runs like any
    other.
 
 Order: ts_event, then input order, then row order. Within a run that is a
@@ -326,7 +326,7 @@ def _row_budget(infos: Sequence[FileInfo], schema: InputSchema, settings: MergeS
 def split_big(infos: Sequence[FileInfo], piece_rows: int) -> list[FileInfo]:
     """The inputs, each file of more than `piece_rows` rows cut into pieces of at most
     that many (batches of its row groups), so that no file is ever loaded whole
-    (README "How a run works"). A piece's ts_event range is its row
+    (docs/guarantees.md "How a run works"). A piece's ts_event range is its row
     group's, from the footer (the file's where the row group has no statistics):
     it bounds every row of the piece, which is all that planning needs. Pieces keep
     the file's place in the input order and their row order, so the output is the
@@ -895,7 +895,7 @@ def _merge_in_slices(
     sources: list[Source], partial: Path, work: Path, settings: MergeSettings,
     on_batch: Callable[[pa.Table], None] | None, should_stop: Callable[[], bool],
 ) -> MergeResult | None:
-    """The merge with its inputs cut into slices (README "How a run works").
+    """The merge with its inputs cut into slices (docs/guarantees.md "How a run works").
 
     This process merges slice 1 itself, as a one-process merge would, while the
     later slices are read and sorted into files by processes of their own

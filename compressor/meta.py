@@ -1,6 +1,6 @@
 """meta.json as a type, and the one rule that says whether an output is current.
 
-meta.json is the commit marker of a partition (README "Guarantees"): it is
+meta.json is the commit marker of a partition (docs/guarantees.md "Guarantees under failure"): it is
 written last, and it names the exact `data.parquet` it describes by that
 object's ETag and size (`data_etag`, `size_bytes`). So a pair can be checked
 without downloading the data: HEAD `data.parquet` (or GET it with
@@ -61,7 +61,7 @@ def _str(doc: dict[str, Any], name: str) -> str:
 
 @dataclass(frozen=True)
 class Meta:
-    """One partition's meta.json (README "meta.json" lists every key).
+    """One partition's meta.json (docs/operations.md "meta.json" lists every key).
 
     `extra` keeps the free-form figures (`day_quality`, `merge`, ...) as written;
     the typed fields are the ones any decision or reader relies on.
@@ -221,7 +221,7 @@ class Published:
     def labelled_by(self, rules_version: str) -> bool:
         """Whether meta.json's day label was made by these window rules. An up-to-date
         pair whose label another version made is relabelled in place, never compacted
-        again (README "Collector health windows")."""
+        again (docs/quality.md "Collector health windows")."""
         return self.meta is not None and self.meta.rules_version == rules_version
 
     def mismatch(self) -> str | None:

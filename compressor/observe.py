@@ -1,4 +1,4 @@
-"""What a run shows while it runs and leaves behind (README "Observability").
+"""What a run shows while it runs and leaves behind (docs/operations.md "Observability").
 
 - `Progress`: one live line on a terminal (partitions done/total, rows per second,
   bytes fetched, ETA), only when stderr is a terminal. Log records step around it
@@ -41,7 +41,7 @@ from compressor.text import human_size, one_line, utc_iso
 log = logging.getLogger(__name__)
 
 PREFIX = "quantlab_compact_"
-#: The steps of a partition whose seconds are summed (README "Observability").
+#: The steps of a partition whose seconds are summed (docs/operations.md "Observability").
 STEPS = ("list", "fetch", "merge", "verify", "upload")
 #: A partition's status as a metric label value and a summary key.
 STATUS_KEYS: dict[Status, str] = {status: status.name.lower() for status in Status}
@@ -297,7 +297,7 @@ def _sizes(sizes: Sequence[int]) -> dict[str, Any]:
 
 
 def render_summary(figures: RunFigures) -> str:
-    """The summary JSON (README "Observability" names every key)."""
+    """The summary JSON (docs/operations.md "Observability" names every key)."""
     doc = {
         "summaryVersion": SUMMARY_VERSION,
         "runId": figures.run_id,

@@ -1,11 +1,11 @@
 """Planning: which days a run covers and, per partition, compact or skip (and why).
 
 Nothing here writes: a Plan is what `--dry-run` prints and what the job executes.
-Days (README "How a run works"): a catch-up covers every raw day after
+Days (docs/guarantees.md "How a run works"): a catch-up covers every raw day after
 last_compacted_date, the lookback window before it (late raw files), and any day
 at or before it that still has a partition whose state entry is not `success`.
 Daily and catch-up runs also cover the days whose `success` entries carry a label
-of other window rules, to relabel them (README "Collector health windows").
+of other window rules, to relabel them (docs/quality.md "Collector health windows").
 Days without raw data between the watermark and today are *empty days*: they hold
 readiness back until their grace period has passed and a later day has raw data.
 """
@@ -77,7 +77,7 @@ class Reason(enum.StrEnum):
     RETRY_QUARANTINE = "--retry-quarantine"
     QUARANTINE_KEY_GONE = "quarantined key no longer in the raw listing"
     UP_TO_DATE = "up to date"
-    #: Up to date, but its day label was made by other window rules (README "Collector
+    #: Up to date, but its day label was made by other window rules (docs/quality.md "Collector
     #: health windows"): the run relabels it in place, without recompacting.
     RELABEL = "up to date; day label of other rules"
     NO_DATA = "no raw data files"
@@ -263,7 +263,7 @@ def plan_days(
     last_compacted_date, and `retry_days` (days at or before it with a partition not
     `success`); daily: yesterday. Both may move readiness over the pending days, and
     both also cover `relabel_days` with raw data (days with a `success` labelled by
-    other window rules: relabelled without recompacting, README "Collector health
+    other window rules: relabelled without recompacting, docs/quality.md "Collector health
     windows"). backfill: the range, never moves readiness.
     """
     if mode is Mode.BACKFILL:
@@ -296,7 +296,7 @@ class Shard:
     """This run's share of the partitions: those whose stable hash falls on `index`.
 
     The hash is of the partition's state key (sha256, not Python's salted hash), so
-    every process, host and re-run agrees on which shard owns a partition (README
+    every process, host and re-run agrees on which shard owns a partition (docs/scale.md
     "Backfilling a month on Kubernetes or AWS Batch")."""
 
     index: int
@@ -411,7 +411,8 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
 
 def _warn_fresh_start(first: str, older: Sequence[str]) -> None:
     """A first run vouches for its day only; the raw days before it stay uncompacted yet
-    fall under the watermark it sets (README "State"): say so, with the fix."""
+    fall under the watermark it sets (docs/operations.md "compacted/_state.json"): say so,
+    with the fix."""
     if older:
         log.warning("fresh start: no last_compacted_date yet, so %s is compacted and becomes "
                     "it; the %d raw days before it (%s..%s) are not compacted, yet readers "

@@ -47,7 +47,7 @@ class RunConfig:
 
     options: PlanOptions
     settings: CompactSettings
-    #: False: `options.today` is a placeholder and the store's date is used (README
+    #: False: `options.today` is a placeholder and the store's date is used (docs/guarantees.md
     #: "Guarantees under failure": a host a few minutes fast must not compact the day
     #: still being written).
     today_given: bool = True
@@ -57,7 +57,7 @@ class RunConfig:
     #: Partitions compacted at once; None: `default_workers` of the cores and budget.
     workers: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    #: README "Observability": the Prometheus text file and the summary JSON written at
+    #: docs/operations.md "Observability": the Prometheus text file and the summary JSON written at
     #: the end of the run, and the live progress line (None: when stderr is a terminal).
     metrics_file: Path | None = None
     summary_json: Path | None = None
@@ -91,11 +91,11 @@ def default_workers(memory_budget: int, cores: int | None = None) -> int:
 def split_budget(config: RunConfig, partitions: int | None = None,
                  cores: int | None = None) -> tuple[int, CompactSettings]:
     """(workers, each worker's settings): --memory-budget is the whole process's, so
-    every worker's merge gets an equal share of it (README "Configuration").
+    every worker's merge gets an equal share of it (docs/operations.md "Configuration").
 
     No more workers than `partitions` to compact: a run of one big partition gives
     it the whole budget. The cores the workers leave go to each merge's slice
-    processes (README "Throughput"): one worker on two cores merges in two slices.
+    processes (docs/guarantees.md "How a run works"): one worker on two cores merges in two slices.
     """
     total = config.settings.merge.memory_budget
     workers = config.workers or default_workers(total, cores)

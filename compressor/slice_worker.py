@@ -9,7 +9,7 @@ parent raises what a one-process merge would have raised.
 Before anything else, with the standard library only, it asks Linux to kill it when
 its parent dies and then checks that the parent is still the one that started it: a
 job killed with SIGKILL while its slices are still importing pyarrow (a quarter of a
-second) leaves none of them running on (README "Guarantees under failure").
+second) leaves none of them running on (docs/guarantees.md "Guarantees under failure").
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 # First of all, before the imports take their quarter second: a terminal's Ctrl-C and
-# systemd's stop reach every process of the job, and the job handles them (README
+# systemd's stop reach every process of the job, and the job handles them (docs/guarantees.md
 # "Failure classes"), ending its slice processes itself.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)

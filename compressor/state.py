@@ -608,7 +608,7 @@ class StateStore:
     def days_not_success(self, until: str) -> set[str]:
         """Days at or before `until` with an entry whose status is not `success`.
 
-        A catch-up runs these days again (README "Readiness"): a killed --overwrite
+        A catch-up runs these days again (README "Readiness never lies"): a killed --overwrite
         backfill or a failure on a day already counted ready is retried by the next
         nightly run, without anyone having to remember it.
         """
@@ -625,7 +625,7 @@ class StateStore:
     def days_labelled_by_other_rules(self, version: str) -> set[str]:
         """Days with a `success` entry whose `post_filter_version` is not `version`.
 
-        The next daily or catch-up run covers them (README "Collector health windows"):
+        The next daily or catch-up run covers them (docs/quality.md "Collector health windows"):
         every label made by older window rules is relabelled in place, without
         recompacting, like `days_not_success` brings failed days back.
         """

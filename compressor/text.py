@@ -44,6 +44,6 @@ def human_size(n: int) -> str:
 
 
 def backfill_hint(day: str) -> str:
-    """The command that compacts one day (README "Command line": a backfill never moves
+    """The command that compacts one day (docs/operations.md "Command line": a backfill never moves
     readiness); told wherever a day at or before last_compacted_date holds nothing."""
     return f"quantlab-compact --mode backfill --date-from {day} --date-to {day}"

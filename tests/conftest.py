@@ -266,7 +266,7 @@ REQUIRE_TOOLS_ENV = "QLC_REQUIRE_TOOLS"
 
 
 def require_tool(name: str, *, found: str | None = None, package: str | None = None) -> str:
-    """The path of an external tool a test needs (README "Development").
+    """The path of an external tool a test needs (docs/architecture.md "Development").
 
     On a machine without it the test is skipped with a one-line reason saying what to
     install, so the README's test command passes on a bare machine; with

@@ -41,7 +41,7 @@ def _serialised(self, environ, start_response):
     return _call(self, environ, start_response)
 ms.DomainDispatcherApplication.__call__ = _serialised
 # moto 5 checks If-None-Match on CompleteMultipartUpload but not If-Match, which AWS
-# honours (README "Store compatibility"); under the lock above, check and complete are
+# honours (docs/operations.md "Store compatibility"); under the lock above, check and complete are
 # one step, as on S3.
 from moto.s3.exceptions import PreconditionFailed
 from moto.s3.responses import S3Response

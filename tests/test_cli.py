@@ -767,7 +767,7 @@ def test_workers_and_slice_processes_from_cores_budget_and_partitions(
 def test_arrow_uses_jemalloc_unless_the_operator_names_a_pool(
     setting: str | None, want: str
 ) -> None:
-    """README "Configuration": jemalloc keeps the merge's peak RSS lower than pyarrow's
+    """docs/operations.md "Configuration": jemalloc keeps the merge's peak RSS lower than pyarrow's
     default mimalloc; ARROW_DEFAULT_MEMORY_POOL still wins. A process setting: each
     case runs in its own interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}

@@ -403,7 +403,7 @@ def test_same_inputs_same_bytes_in_memory_in_temp_files_and_in_place(
         "temp-files": _compact_sha(s3_part, s3, tmp_path, "files", 0, merge),
         "half-and-half": _compact_sha(s3_part, s3, tmp_path, "half", half, merge),
     }
-    # slice processes (README "How a run works") read files: an S3 partition that does
+    # slice processes (docs/guarantees.md "How a run works") read files: an S3 partition that does
     # not fit the fetch budget goes to temp files, all of it, and is merged in slices;
     # one that fits stays in memory, merged in one process. The bytes are the same.
     sliced = replace(merge, processes=3, parallel_min_files=2)

@@ -217,7 +217,7 @@ def test_real_out_of_memory_during_column_read_is_not_corrupt(tmp_path: Path) ->
 #: What a merge process holds beyond its --memory-budget, whatever its inputs: the
 #: interpreter and pyarrow (about 75 MB), the output row group's copies and the Parquet
 #: encoder (rows per group are fixed, for the same bytes whatever the budget), the
-#: allocator's slack (README "Guarantees under failure").
+#: allocator's slack (docs/guarantees.md "Guarantees under failure").
 FIXED_OVERHEAD = 250 * 10**6
 
 _PEAK_CHILD = """

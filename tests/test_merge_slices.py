@@ -1,7 +1,7 @@
 """Slice processes (compressor/merge_slices.py): the same bytes, the same errors, no orphans.
 
 A merge with `processes` > 1 reads and sorts contiguous slices of its inputs in
-processes of its own (README "Throughput"). Whatever it does, the output must be
+processes of its own (docs/guarantees.md "How a run works"). Whatever it does, the output must be
 byte-identical to the one-process merge, a bad input must be named exactly as the
 one-process merge names it, and no slice process may outlive its merge: not on a
 stop request, not when one dies, not when the job itself is killed with -9.

@@ -1,5 +1,5 @@
 """Operator modes: sharded runs, a backfill without a range, --symbols-file,
---max-partitions, --mode cleanup and --mode verify (README "Command line")."""
+--max-partitions, --mode cleanup and --mode verify (docs/operations.md "Command line")."""
 
 from __future__ import annotations
 
@@ -290,9 +290,9 @@ def test_days_before_the_first_run_are_never_called_ready_or_clean(
     lake: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A first run on an empty state compacts yesterday only and sets last_compacted_date
-    to it (README "State"): the earlier raw days hold nothing, yet readers' rule calls
-    them ready. The report and verify (cheap and deep) say what they are and how to
-    backfill them, and verify counts them as problems (exit 1)."""
+    to it (docs/operations.md "compacted/_state.json"): the earlier raw days hold nothing,
+    yet readers' rule calls them ready. The report and verify (cheap and deep) say what they
+    are and how to backfill them, and verify counts them as problems (exit 1)."""
     raw, compact = lake
     first = _cli(lake, tmp_path)  # catch-up, fresh start
     assert first.returncode == 0

@@ -1,4 +1,4 @@
-"""README "Reading the compact store": the documented DuckDB, Polars and pyarrow lines,
+"""docs/quality.md "Reading the compact store": the documented DuckDB, Polars and pyarrow lines,
 run as written against a compact store the job wrote (the demo lake, plus a day whose
 schema drifted: a column added, integers widened).
 

@@ -1,6 +1,6 @@
 """The job end to end on a real Ceph RGW (Debian's radosgw 16.2), started by the suite.
 
-RGW 16.2 differs from AWS in ways moto cannot show (README "Store compatibility"):
+RGW 16.2 differs from AWS in ways moto cannot show (docs/operations.md "Store compatibility"):
 If-Match compared unquoted, DeleteObject and CompleteMultipartUpload ignoring
 conditions, an empty ETag from CompleteMultipartUpload, and a 500 for a lost
 conditional race. These tests run `python run.py` against it as a user would:
@@ -120,7 +120,7 @@ def test_the_job_on_rgw_daily_catch_up_rerun_and_deep_verify(world: RgwWorld) ->
     catch_up = world.run("--today", "20261127")
     assert catch_up.code == 0, catch_up.err
     metas = world.outputs()
-    # the lookback brings 20261123 in too (README "How a run works")
+    # the lookback brings 20261123 in too (docs/guarantees.md "How a run works")
     assert {k.rsplit("/", 1)[1] for k in metas} == {"20261123", "20261124", "20261125",
                                                      "20261126"}
     state = world.state()

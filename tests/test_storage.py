@@ -274,7 +274,7 @@ def cas_increment(store: Store, key: str, times: int, writer: int = 0) -> int:
     """Read-modify-write a counter with If-Match; returns how many conflicts it retried.
 
     Each writer's bytes name it: a conditional write retried into a 412 whose object
-    holds exactly its bytes counts as its own (S3Store, README "Store compatibility"),
+    holds exactly its bytes counts as its own (S3Store, docs/operations.md "Store compatibility"),
     so two writers of identical bytes cannot be told apart; Ceph RGW 16.2 answers a
     lost race with a 500 that is retried, which makes that case common there."""
     conflicts = 0
@@ -380,7 +380,7 @@ def test_delete_if_match_deletes_only_that_version(store: Store) -> None:
     store.delete("locks/p.lock", if_match=f'"{current}"')  # quoted, as S3 prints it
     assert store.head("locks/p.lock") is None
     assert keys_of(store) == []
-    # where a conditional delete leaves a tombstone (README "Store compatibility"), the
+    # where a conditional delete leaves a tombstone (docs/operations.md "Store compatibility"), the
     # prefix goes with it
     store.remove_tombstone("locks/p.lock")
     assert store.list_prefixes("") == []  # the emptied prefix vanishes, as without if_match
@@ -415,7 +415,7 @@ def test_concurrent_conditional_deletes_exactly_one_wins(store: Store) -> None:
         assert won == [False] * 5 + [True]
     else:
         # A tombstone store's deleters write identical bytes: one wins, and a loser that
-        # RGW 16.2 answered with a retried 500 finds "its" tombstone (README "Store
+        # RGW 16.2 answered with a retried 500 finds "its" tombstone (docs/operations.md "Store
         # compatibility"); the object is gone either way, and nothing else was deleted.
         assert won[-1] is True
 
@@ -1031,7 +1031,7 @@ def test_s3_server_without_conditional_deletes_gets_tombstones(
 ) -> None:
     """DeleteObject that ignores If-Match (Ceph RGW 16.2) or rejects it (501): the probe
     finds out, and a conditional delete becomes a conditional PUT of a tombstone, which
-    the store reads as absent and creates over (README "Store compatibility")."""
+    the store reads as absent and creates over (docs/operations.md "Store compatibility")."""
     store = proxied()
     if how == "ignored":
         s3proxy.strip_headers, s3proxy.strip_ops = frozenset({"if-match"}), frozenset({"DELETE"})

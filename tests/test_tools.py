@@ -1,4 +1,5 @@
-"""The external tools some tests need (README "Development"): chromium and libfaketime.
+"""The external tools some tests need (docs/architecture.md "Development"): chromium and
+libfaketime.
 
 Without them the README's test command still passes on a bare machine (those tests
 skip with a one-line reason); with QLC_REQUIRE_TOOLS=1, as .ci/run sets, they fail.

@@ -1,4 +1,4 @@
-"""The steps of one partition: fetch, merge, verify, publish (README "How a run works").
+"""The steps of one partition: fetch, merge, verify, publish (docs/guarantees.md "How a run works").
 
 `compact.compact_partition` runs them in order; each step has its own module and errors.
 """

@@ -154,7 +154,7 @@ def compact_partition(
 def _fetch_budget(partition: Partition, settings: CompactSettings) -> int:
     """Raw bytes to hold in memory: the settings', unless the partition does not fit
     them and is big enough to merge in slices: then none, as slice processes read
-    their inputs as files (README "How a run works"). A partition that fits stays
+    their inputs as files (docs/guarantees.md "How a run works"). A partition that fits stays
     in memory and is merged in this process: fetching to temp files would cost
     more client CPU per object than the slices save."""
     merge = settings.merge

@@ -15,7 +15,7 @@ Each object is checked against its listing (size and ETag): an object changed
 so a late rewrite is never merged as half of two listings. Files merged in place
 are checked once more after the merge (`Fetched.check_unchanged`): one rewritten
 or replaced while the merge read it fails the partition the same way. One
-unreadable object fails its partition naming the key; the run goes on (README
+unreadable object fails its partition naming the key; the run goes on (docs/guarantees.md
 "Failure classes"). Errors name the raw key, never a temp path.
 """
 

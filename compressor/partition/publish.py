@@ -1,7 +1,7 @@
 """Publish: the commit protocol, and the only code that writes outputs to the compact store.
 
-Publish order (README "Guarantees"; any crash or pause leaves a reader-consistent
-bucket):
+Publish order (docs/guarantees.md "Guarantees under failure"; any crash or pause leaves
+a reader-consistent bucket):
 
 1. delete the old meta.json if there is one (the partition disappears for readers);
 2. upload data.parquet (multipart when large);

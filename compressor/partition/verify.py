@@ -2,7 +2,7 @@
 
 Row count equal to the inputs' footer rows, ts_event never decreasing, seq 0..N-1,
 and its size and sha256 for meta.json. Nothing is published from a file that
-fails (README "How a run works"). The sha256 is computed on a thread of its own
+fails (docs/guarantees.md "How a run works"). The sha256 is computed on a thread of its own
 while the columns are checked (hashlib releases the GIL on large updates), so
 the step takes about as long as the column check alone.
 """

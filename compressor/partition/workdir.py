@@ -1,4 +1,4 @@
-"""Per-partition temp dirs, and which ones a run may remove (README "Deployment").
+"""Per-partition temp dirs, and which ones a run may remove (docs/operations.md "Deployment").
 
 A pid names no process outside its PID namespace: two containers that share a
 hostname and a temp volume (a Kubernetes pod's containers, `docker run` with the

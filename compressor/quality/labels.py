@@ -15,7 +15,7 @@ import enum
 #: previous implementation's rules, which read a window key's HHMM as the window's END;
 #: "2.0.0" places every window by its own `window_start`, as the collector names them.
 #: A label made under another version is relabelled by the next run that covers its
-#: day (README "Collector health windows"), without recompacting.
+#: day (docs/quality.md "Collector health windows"), without recompacting.
 RULES_VERSION = "2.0.0"
 
 

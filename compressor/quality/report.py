@@ -25,7 +25,7 @@ listing changed since), `failed`, `quarantined`, `in_progress`, `not_compacted` 
 data files and no state entry) or `gone_from_raw` (a state entry, no raw data files
 now). `missing` = not_compacted + gone_from_raw.
 
-A day is in exactly one state (`DAY_STATES`, README "Quality report"): `ready` as
+A day is in exactly one state (`DAY_STATES`, docs/quality.md "Quality report"): `ready` as
 readers compute it (`last_compacted_date >= day`) with something published; `pending`
 (after the watermark: a run will do it); `no_raw_data`; `not_compacted` (at or before
 the watermark, raw data, and not one partition published: a day older than the first
@@ -77,7 +77,7 @@ CONDITIONS = ("success", "stale", "failed", "quarantined", "in_progress", "not_c
 #: Worst first; `success` comes last (unchecked against raw, then with data flags).
 _SEVERITY = {"quarantined": 0, "failed": 1, "not_compacted": 2, "stale": 3,
              "gone_from_raw": 4, "in_progress": 5, "success": 6}
-#: A day's state (`DayReport.status`); README "Quality report" defines each.
+#: A day's state (`DayReport.status`); docs/quality.md "Quality report" defines each.
 DAY_STATES = ("ready", "pending", "no_raw_data", "not_compacted")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -646,7 +646,7 @@ def _day_report(
 
 
 def to_json(report: QualityReport) -> dict[str, Any]:
-    """The document `--json` prints (README "Quality report" documents every field)."""
+    """The document `--json` prints (docs/quality.md "Quality report" documents every field)."""
     return {
         "report_version": REPORT_VERSION,
         "generated_at": report.generated_at,
@@ -703,7 +703,7 @@ def render_json(report: QualityReport) -> str:
 _COLOURS = {"GOOD": "32", "DEGRADED": "33", "BAD": "31", "PARTIAL": "35", "UNKNOWN": "2",
             "problem": "31", "bold": "1"}
 #: (header, width, right-aligned) of the day row's columns: with single spaces the first
-#: eleven take 66 columns, leaving the windows 14 of 80 (README "Quality report"). The
+#: eleven take 66 columns, leaving the windows 14 of 80 (docs/quality.md "Quality report"). The
 #: partitions' total is left to JSON: it is ok + fail + quar + run + miss + stale.
 _COLUMNS = (("day", 8, False), ("ready", 5, False), ("ok", 4, True), ("fail", 4, True),
             ("quar", 4, True), ("run", 3, True), ("miss", 4, True), ("stale", 5, True),

@@ -1,7 +1,7 @@
 """The collector's health windows (BRIEF §5) scored one by one, then the day (rules 2.0.0).
 
 Input: `quality/date=<YYYYMMDD>/window=<HHMM>.json` in the RAW bucket, one per 15
-minutes (96 a day), named as the collector names them (README "Collector health
+minutes (96 a day), named as the collector names them (docs/quality.md "Collector health
 windows"): HHMM is the window's START and the date is the start's date, so a day
 runs `window=0000.json` .. `window=2345.json` and its last window (23:45-00:00) is
 `date=D/window=2345.json`. Output: one `DayVerdict` per day, stored in the compact

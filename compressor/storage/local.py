@@ -68,7 +68,7 @@ class LocalStore(Store):
 
     def check(self) -> None:
         """The root is a readable directory. Not whether it is writable: read-only modes
-        (README "Command line": --dry-run, --quality-report, --mode verify) must work on
+        (docs/operations.md "Command line": --dry-run, --quality-report, --mode verify) must work on
         a read-only store; a run that writes learns it from check_conditional_writes."""
         if not self.root.exists():
             raise StoreConfigError(f"local store root {self.uri!r} does not exist")

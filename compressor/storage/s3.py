@@ -16,7 +16,7 @@ as the local store does; `if_match` accepts either form.
 
 Servers that honour fewer conditions than AWS (Ceph RGW 16.2) are found out by
 `check_conditional_writes` (compressor/storage/s3probe.py), and the store keeps the
-Store contract on them with a fallback for each (README "Store compatibility"):
+Store contract on them with a fallback for each (docs/operations.md "Store compatibility"):
 If-Match sent unquoted, tombstones for conditional deletes, one PUT for
 conditional uploads.
 """
@@ -85,7 +85,7 @@ SINGLE_PUT_MAX = 5 * 1024 * MiB
 TOMBSTONE = b'{"quantlab_compact": "deleted"}\n'
 TOMBSTONE_ETAG = hashlib.md5(TOMBSTONE).hexdigest()
 #: How long, in all, check() waits for an endpoint that takes connections but does not
-#: answer (S3_CHECK_TIMEOUT, README "Configuration"), and the longest one try waits.
+#: answer (S3_CHECK_TIMEOUT, docs/operations.md "Configuration"), and the longest one try waits.
 DEFAULT_CHECK_TIMEOUT_S = 60.0
 _CHECK_TRY_TIMEOUT_S = 10.0
 #: The job refuses to run when its clock and the S3 server's differ by more than this.
@@ -234,7 +234,7 @@ class S3Store(Store):
         (StoreConfigError, a few seconds). One that takes connections but does not
         answer, or answers with throttling, 5xx or a dropped connection, is tried
         again, one log line per failed try with its number, until `check_timeout`
-        seconds have passed (README "Configuration", S3_CHECK_TIMEOUT): then
+        seconds have passed (docs/operations.md "Configuration", S3_CHECK_TIMEOUT): then
         StoreConfigError saying what was waited for.
         """
         request = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1}

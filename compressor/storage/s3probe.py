@@ -1,7 +1,7 @@
 """What an S3-compatible server does with conditional requests, found out at start.
 
 Leases, the state's compare-and-swap and the publish protocol rest on conditional
-requests (README "Store compatibility"). AWS S3 honours all of them; Ceph RGW
+requests (docs/operations.md "Store compatibility"). AWS S3 honours all of them; Ceph RGW
 before the release that fixed it (16.2 Pacific, Debian bookworm's) differs in three
 ways, each measured on a real gateway:
 
