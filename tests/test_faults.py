@@ -246,7 +246,7 @@ def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from compressor.merge_errors import MergeAborted
+    from compressor.merge import MergeAborted
     from compressor.partition.verify import verify_output
 
     path = tmp_path / "out.parquet"

@@ -24,9 +24,7 @@ import pytest
 
 from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, write_partition
-from compressor.merge_errors import MergeAborted
-from compressor.merge_schema import MemoryInput
-from compressor.merge_writer import MergeSettings, merge_files
+from compressor.merge import MemoryInput, MergeAborted, MergeSettings, merge_files
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import (
     STOP_POLL_S,

@@ -204,7 +204,7 @@ def test_cleanup_is_a_dry_run_until_apply_then_removes_and_holds_readiness_back(
 #: An older compactor, which took footer statistics on trust for constant columns.
 _TRUSTING = """
 import sys
-import compressor.merge_schema as merge_schema
+from compressor.merge import schema as merge_schema
 merge_schema._check_constant = lambda *args: None
 from compressor.cli import main
 sys.exit(main(sys.argv[1:]))
