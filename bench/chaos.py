@@ -6,7 +6,7 @@ Usage (from the repository root, with the project's venv):
     python bench/chaos.py [--trials 50] [--seed 1] [-v] [--keep --work DIR]
                           [--faults kill,pause,skew] [--scenarios fresh,overwrite,pair]
 
-It starts its own moto S3 server on 127.0.0.1 (tests/s3server.py), writes a small
+It starts its own moto S3 server on 127.0.0.1 (tests/support/s3server.py), writes a small
 raw lake (DAYS x PARTITIONS, collector-shaped, compressor/generator.py) and makes a
 reference compaction with one clean run. Then, per trial, in a fresh compact bucket,
 one fault (kinds are dealt in blocks of five: kill, kill, kill, pause, skew, shuffled):
@@ -39,7 +39,7 @@ one fault (kinds are dealt in blocks of five: kill, kill, kill, pause, skew, shu
 
 Each trial ends with a clean re-run (catch-up, or a backfill without --overwrite) in
 the same tmp dir. Every job run talks to the store through a proxy
-(tests/s3proxy.py) that sees each request and fires the kill or the pause; half the
+(tests/support/s3proxy.py) that sees each request and fires the kill or the pause; half the
 trials upload data.parquet multipart.
 
 While the runs work, a reader reads the compact bucket over and over: for every
@@ -103,8 +103,8 @@ from compressor.state import StateCorruptError, StateStore, parse_document  # no
 from compressor.storage import S3Store  # noqa: E402
 from compressor.storage.base import ObjectInfo, normalize_etag  # noqa: E402
 from compressor.text import utc_iso  # noqa: E402
-from tests.s3proxy import S3Proxy, Seen  # noqa: E402
-from tests.s3server import (  # noqa: E402
+from tests.support.s3proxy import S3Proxy, Seen  # noqa: E402
+from tests.support.s3server import (  # noqa: E402
     TEST_ACCESS_KEY,
     TEST_REGION,
     TEST_SECRET_KEY,

@@ -36,7 +36,7 @@ from compressor.merge import WORKER_MODULE
 from compressor.meta import Meta, check_data_file
 from compressor.storage import S3Store, Store
 from tests.conftest import make_s3_store, put_partition
-from tests.s3server import moto_server as start_moto_server
+from tests.support.s3server import moto_server as start_moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"

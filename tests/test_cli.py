@@ -48,7 +48,7 @@ from tests.conftest import (
     put_partition,
     store_listing,
 )
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"

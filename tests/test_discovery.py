@@ -21,7 +21,7 @@ from compressor.layout import PartitionId
 from compressor.storage import Store
 from compressor.storage.base import ObjectInfo
 from tests.conftest import make_s3_store, put_partition
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 
 def _spec(**kw: object) -> PartitionSpec:

@@ -39,7 +39,7 @@ from compressor.storage.data import InPlaceReader
 from tests import jobworld
 from tests.conftest import make_s3_store, put_partition
 from tests.jobworld import ENDPOINT_PASSWORD, ENDPOINT_USER, with_userinfo
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 auth_server = jobworld.auth_server  # the fixture: a moto server that checks signatures
 

@@ -23,8 +23,8 @@ from compressor.planning import Action, Mode, PlanOptions, Reason, Shard, build_
 from compressor.state import StateStore
 from compressor.storage import LocalStore
 from tests.conftest import make_s3_store, put_partition, store_listing
-from tests.s3proxy import S3Proxy
-from tests.s3server import cli_environment
+from tests.support.s3proxy import S3Proxy
+from tests.support.s3server import cli_environment
 from tests.test_merge import _lying_statistics
 
 REPO = Path(__file__).resolve().parents[1]
