@@ -1,6 +1,6 @@
 """A moto S3 server subprocess on 127.0.0.1 (stdlib + moto only, no pytest).
 
-Shared by the test fixtures (tests/conftest.py) and bench/chaos.py:
+Shared by the test fixtures (tests/conftest.py) and bench/chaos/ (the chaos bench):
 
     with moto_server(log_path) as endpoint:
         ... boto3 / run.py against `endpoint` ...
