@@ -4,7 +4,7 @@
     python bench/fetch_cost.py                 # 3,000 objects of ~30 KB, 3 reps, 16 at once
     python bench/fetch_cost.py --objects 1000 --reps 5 --clients obstore,boto3_get_object
 
-Starts a moto S3 server in its own process (tests/s3server.py), uploads N objects,
+Starts a moto S3 server in its own process (tests/support/s3server.py), uploads N objects,
 then, for every rep, has each client fetch all of them with `--concurrency`
 requests in flight (clients take turns within a rep). Measured in this process
 only, so the server's own work is not counted: process CPU (user + system of
@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import (  # noqa: E402 - after the sys.path line
+from tests.support.s3server import (  # noqa: E402 - after the sys.path line
     TEST_ACCESS_KEY,
     TEST_REGION,
     TEST_SECRET_KEY,

@@ -17,7 +17,7 @@ measured under the same load. See bench/README.md "Whole job".
   (`run_merge.py --worker NAME`), on the same local files.
 
 `local` and `s3` check the last rep's data.parquet against Polars' row by row
-(run_merge.verify). `s3` starts a moto server (tests/s3server.py) in its own process,
+(run_merge.verify). `s3` starts a moto server (tests/support/s3server.py) in its own process,
 uploads the partition to a raw bucket, and reports the job's client CPU (run.py only)
 minus our merge-only CPU (`ours`), per raw object. `day` writes a collector-shaped day
 (140 partitions, file counts scaled by --scale), serves it from moto, runs the job with
@@ -319,7 +319,7 @@ def job_once(case: Case, rep: int, workers: int | None, name: str,
     else:
         bucket = case.s3.new_bucket(f"job{rep}")
         args += ["--raw", f"s3://{case.s3.raw_bucket}", "--compact", f"s3://{bucket}"]
-        from tests.s3server import cli_environment
+        from tests.support.s3server import cli_environment
 
         env = cli_environment(case.s3.endpoint, case.s3.raw_bucket, bucket)
     sample, out, err = timed(name, rep, [sys.executable, str(RUN_PY), *args], env,
@@ -443,7 +443,7 @@ class S3World:
         import boto3
         from botocore.config import Config
 
-        from tests.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
+        from tests.support.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 
         self.endpoint = endpoint
         self.client = boto3.client(
@@ -668,7 +668,7 @@ def main_partition(args: argparse.Namespace, s3: bool) -> int:
         contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
         samples: dict[str, list[Sample]] = {c: [] for c in contenders}
         if s3:
-            from tests.s3server import moto_server
+            from tests.support.s3server import moto_server
 
             with moto_server(work / "moto.log") as endpoint:
                 case.s3 = S3World(endpoint)
@@ -806,7 +806,7 @@ def main_day(args: argparse.Namespace) -> int:
     contenders = [f"job_w{w}" for w in workers] + (["merge_sum"] if not args.no_merge else [])
     samples: dict[str, list[Sample]] = {c: [] for c in contenders}
     try:
-        from tests.s3server import moto_server
+        from tests.support.s3server import moto_server
 
         with moto_server(work / "moto.log") as endpoint:
             case.s3 = S3World(endpoint)

@@ -50,9 +50,9 @@ DUCKDB_MEMORY_LIMIT = "2GB"
 
 def _worker_ours(paths: list[str], output: Path, tmp: Path, budget_mib: int) -> dict[str, Any]:
     try:
-        from compressor.merge_writer import MergeSettings, merge_files
+        from compressor.merge import MergeSettings, merge_files
     except ImportError as exc:
-        raise _Unavailable(f"compressor.merge_writer not importable: {exc}") from exc
+        raise _Unavailable(f"compressor.merge not importable: {exc}") from exc
     settings = MergeSettings(memory_budget=budget_mib * 2**20)
     try:
         result = merge_files([Path(p) for p in paths], output, tmp_dir=tmp, settings=settings)
@@ -67,7 +67,7 @@ def _worker_ours_quality(
     paths: list[str], output: Path, tmp: Path, budget_mib: int
 ) -> dict[str, Any]:
     """Our merge with the quality pass hooked in, as the job runs it (publish._merge)."""
-    from compressor.merge_writer import MergeSettings, merge_files
+    from compressor.merge import MergeSettings, merge_files
     from compressor.quality.metrics import QualityAccumulator
 
     where = re.search(r"stream=([^/]+)/.*date=(\d{8})", paths[0]) if paths else None

@@ -35,8 +35,7 @@ import pyarrow.parquet as pq
 
 from compressor.discovery import Filters, list_partition, walk
 from compressor.layout import PartitionId, format_day
-from compressor.merge_errors import MergeInputError
-from compressor.merge_schema import SEQ, conform, read_columns, scan_inputs
+from compressor.merge import SEQ, MergeInputError, conform, read_columns, scan_inputs
 from compressor.meta import Meta, check_data_file, read_published
 from compressor.partition.digest import ColumnDigest
 from compressor.partition.fetch import fetch

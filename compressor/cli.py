@@ -28,8 +28,7 @@ from compressor.discovery import Filters
 from compressor.layout import format_day, parse_day
 from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import FORMATS, setup_logging
-from compressor.memory_pool import choose_memory_pool
-from compressor.merge_writer import DEFAULT_MEMORY_BUDGET, MergeSettings
+from compressor.merge import DEFAULT_MEMORY_BUDGET, MergeSettings, choose_memory_pool
 from compressor.partition.compact import CompactSettings
 from compressor.planning import (
     DEFAULT_EMPTY_DAY_GRACE,

@@ -40,7 +40,7 @@ class StoreClock:
         host (or on NTP-synced hosts) keep stamping on clocks that agree to the
         millisecond instead of on two measurements that may differ by a second. That
         matters for "the newer attempt wins" between a dead run and the run that took
-        its lease over moments later (bench/chaos.py found it)."""
+        its lease over moments later (bench/chaos/ found it)."""
         offset = store.clock_offset(host_clock)
         return cls(0.0 if abs(offset) < MEASUREMENT_NOISE_S else offset, host_clock)
 

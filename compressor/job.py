@@ -22,7 +22,7 @@ from compressor.discovery import list_partition
 from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseLost, LeaseManager
 from compressor.logs import STRUCTURED_ONLY
-from compressor.merge_errors import MergeAborted
+from compressor.merge import MergeAborted
 from compressor.meta import Meta, Published, read_published
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import RawUnreadableError

@@ -1,7 +1,7 @@
 """Shared fixtures: a real S3 server (moto, as a subprocess over HTTP), buckets, envs, stores.
 
 No boto3 mocking anywhere: every S3 test talks HTTP to a moto server process
-on 127.0.0.1, optionally through tests/s3proxy.py to count requests or inject
+on 127.0.0.1, optionally through tests/support/s3proxy.py to count requests or inject
 faults.
 """
 
@@ -19,15 +19,15 @@ import boto3
 import pytest
 
 from compressor.storage import LocalStore, ObjectInfo, S3Store, Store, TransientStoreError
-from tests.rgwserver import RGW, missing_binaries, rgw_server
-from tests.s3proxy import S3Proxy
-from tests.s3server import (  # noqa: F401 - free_port and the keys: re-exported for tests
+from tests.support.rgwserver import RGW, missing_binaries, rgw_server
+from tests.support.s3proxy import S3Proxy
+from tests.support.s3server import (  # noqa: F401 - free_port and the keys: re-exported for tests
     TEST_ACCESS_KEY,
     TEST_REGION,
     TEST_SECRET_KEY,
     free_port,
 )
-from tests.s3server import moto_server as start_moto_server
+from tests.support.s3server import moto_server as start_moto_server
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +120,7 @@ def make_s3_store(endpoint: str, bucket: str, **kwargs: object) -> S3Store:
 
 @pytest.fixture(scope="session")
 def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RGW]:
-    """A real Ceph RGW (tests/rgwserver.py) for the whole session; the tests that use it
+    """A real Ceph RGW (tests/support/rgwserver.py) for the whole session; the tests that use it
     are marked `rgw`. Without Debian's ceph packages they skip (`require_tool`)."""
     for name in missing_binaries()[:1]:
         require_tool(name, package="ceph-mon ceph-osd radosgw")
@@ -168,7 +168,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 @pytest.fixture
 def s3proxy(moto_server: str) -> Iterator[S3Proxy]:
-    """A counting, fault-injecting proxy in front of the moto server (see tests/s3proxy.py)."""
+    """A counting, fault-injecting proxy in front of the moto server (tests/support/s3proxy.py)."""
     with S3Proxy(moto_server) as proxy:
         yield proxy
 

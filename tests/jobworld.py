@@ -32,11 +32,11 @@ import pytest
 
 from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
-from compressor.merge_slices import WORKER_MODULE
+from compressor.merge import WORKER_MODULE
 from compressor.meta import Meta, check_data_file
 from compressor.storage import S3Store, Store
 from tests.conftest import make_s3_store, put_partition
-from tests.s3server import moto_server as start_moto_server
+from tests.support.s3server import moto_server as start_moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"
@@ -294,7 +294,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 def slice_workers(marker: str | None = None) -> list[int]:
-    """Process ids of running slice processes (compressor.merge_slices), those with
+    """Process ids of running slice processes (compressor.merge.slices), those with
     `marker` in their environment when it is given."""
     found = []
     for entry in os.listdir("/proc"):

@@ -1,10 +1,10 @@
-"""Crash proof (issue 4): bench/chaos.py, 5 trials, as part of the test suite.
+"""Crash proof (issue 4): `python -m bench.chaos`, 5 trials, as part of the test suite.
 
 Each trial kills (SIGKILL), pauses (SIGSTOP past a short lease TTL while a second run
 takes over) or clock-skews (two hosts at -300 s / +360 s) real runs against a moto S3
 server, re-runs cleanly and compares every output byte for byte with a reference run;
 a reader checks every visible meta.json against its data.parquet meanwhile (see
-bench/chaos.py). Each block of five trials holds each fault kind; seed 29 makes the
+bench/chaos/). Each block of five trials holds each fault kind; seed 29 makes the
 pause one hold a data.parquet upload until a second run has taken over and published
 the partition with a late raw file, and two of its kills are aimed at S3 requests.
 The checks they rely on are themselves tested below on hand-made bad buckets.
@@ -13,42 +13,38 @@ The checks they rely on are themselves tested below on hand-made bad buckets.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
+from bench.chaos.bench import Reference
+from bench.chaos.lake import BEFORE, DAYS, META_MUST_MATCH, Bucket, _pids, new_bucket
+from bench.chaos.proxy import writes_of
+from bench.chaos.reader import Reader
+from bench.chaos.skew import faketime_library
+from bench.chaos.trials import Chaos
+from compressor.layout import STATE_KEY
 from compressor.meta import Meta
 from tests.conftest import require_tool
+from tests.support.s3proxy import Seen
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "exchange=okx/stream=bbo/symbol=ethusdt/date=20261124/"
 
 
-def _chaos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chaos", REPO / "bench" / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["chaos"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_five_chaos_trials_have_no_divergence(tmp_path: Path) -> None:
-    require_tool("libfaketime", found=_chaos().faketime_library(), package="faketime")
+    require_tool("libfaketime", found=faketime_library(), package="faketime")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "chaos.py"), "--trials", "5", "--seed", "29",
+        [sys.executable, "-m", "bench.chaos", "--trials", "5", "--seed", "29",
          "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=420,
+        capture_output=True, text=True, timeout=420, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     out = proc.stdout
@@ -61,11 +57,6 @@ def test_five_chaos_trials_have_no_divergence(tmp_path: Path) -> None:
                      out, re.MULTILINE), out
     assert re.search(r"^inconsistent pairs: 0$", out, re.MULTILINE), out
     assert re.search(r"^divergences: 0$", out, re.MULTILINE), out
-
-
-@pytest.fixture
-def chaos() -> ModuleType:
-    return _chaos()
 
 
 def _parquet(rows: int) -> bytes:
@@ -81,10 +72,10 @@ def _meta(data: bytes, rows: int, data_etag: str | None) -> bytes:
 
 
 def test_the_reader_flags_a_meta_json_that_does_not_match_its_data(
-    chaos: ModuleType, moto_server: str, tmp_path: Path
+    moto_server: str, tmp_path: Path
 ) -> None:
-    bucket = chaos.new_bucket(moto_server)
-    reader = chaos.Reader(bucket, tmp_path)
+    bucket = new_bucket(moto_server)
+    reader = Reader(bucket, tmp_path)
     data = _parquet(5)
     bucket.put(PREFIX + "meta.json", _meta(data, 5, None))
     reader.observe()
@@ -121,15 +112,15 @@ def test_the_reader_flags_a_meta_json_that_does_not_match_its_data(
 
 
 def test_the_reader_does_not_flag_a_pair_replaced_while_it_reads(
-    chaos: ModuleType, moto_server: str, tmp_path: Path
+    moto_server: str, tmp_path: Path
 ) -> None:
     """meta.json read, then the writer publishes a new pair, then data.parquet read."""
     old, new = _parquet(5), _parquet(7)
-    bucket = chaos.new_bucket(moto_server)
+    bucket = new_bucket(moto_server)
     bucket.put(PREFIX + "data.parquet", old)
     bucket.put(PREFIX + "meta.json", _meta(old, 5, bucket.etag(PREFIX + "data.parquet")))
 
-    class Racing(chaos.Bucket):  # type: ignore[name-defined, misc]
+    class Racing(Bucket):
         def get(self, key: str) -> Any:
             if key.endswith("data.parquet"):  # the writer gets in between
                 bucket.put(PREFIX + "data.parquet", new)
@@ -137,13 +128,13 @@ def test_the_reader_does_not_flag_a_pair_replaced_while_it_reads(
             return super().get(key)
 
     racing = Racing(moto_server, bucket.name)
-    reader = chaos.Reader(racing, tmp_path)
+    reader = Reader(racing, tmp_path)
     reader.observe()
     assert reader.inconsistent == [] and reader.raced == 1
 
 
-def test_writes_are_counted_per_partition(chaos: ModuleType) -> None:
-    seen = chaos.Seen
+def test_writes_are_counted_per_partition() -> None:
+    seen = Seen
     path = f"/b/{PREFIX}data.parquet"
     requests = [seen("PUT", "PUT", path, "", None), seen("POST", "CREATE_MULTIPART", path, "",
                                                          None),
@@ -151,17 +142,17 @@ def test_writes_are_counted_per_partition(chaos: ModuleType) -> None:
                 seen("POST", "COMPLETE_MULTIPART", path, "uploadId=x", None),
                 seen("PUT", "PUT", path, "", "reset"),
                 seen("PUT", "PUT", f"/b/{PREFIX}meta.json", "", None)]
-    assert chaos.writes_of(requests, "data.parquet") == {"okx/bbo/ethusdt/20261124": 2}
-    assert chaos.writes_of(requests, "meta.json") == {"okx/bbo/ethusdt/20261124": 1}
+    assert writes_of(requests, "data.parquet") == {"okx/bbo/ethusdt/20261124": 2}
+    assert writes_of(requests, "meta.json") == {"okx/bbo/ethusdt/20261124": 1}
 
 
 def test_the_final_check_flags_any_difference_from_the_reference(
-    chaos: ModuleType, moto_server: str, tmp_path: Path
+    moto_server: str, tmp_path: Path
 ) -> None:
-    pids = chaos._pids()
-    reference = chaos.new_bucket(moto_server)
+    pids = _pids()
+    reference = new_bucket(moto_server)
     data = {p.state_key: f"data {p.state_key}".encode() for p in pids}
-    meta = {p.state_key: {**{k: f"{k} {p.state_key}" for k in chaos.META_MUST_MATCH},
+    meta = {p.state_key: {**{k: f"{k} {p.state_key}" for k in META_MUST_MATCH},
                           "rows": 7, "day_quality": "GOOD"} for p in pids}
     for p in pids:
         reference.put(p.data_key, data[p.state_key])
@@ -170,16 +161,16 @@ def test_the_final_check_flags_any_difference_from_the_reference(
                              "attempts": 1, "updated_at": "2026-11-25T02:31:07.412Z",
                              "day_quality_post": meta[p.state_key]["day_quality"]}
                for p in pids}
-    doc = {"schema_version": 1, "last_compacted_date": chaos.DAYS[-1],
+    doc = {"schema_version": 1, "last_compacted_date": DAYS[-1],
            "updated_at": "2026-11-25T02:31:07.412Z", "partitions": entries}
-    reference.put(chaos.STATE_KEY, json.dumps(doc).encode())
-    bench = chaos.Chaos.__new__(chaos.Chaos)  # only its reference is needed to compare
-    bench.reference = chaos.Reference(data, meta, chaos.DAYS[-1], reference)
+    reference.put(STATE_KEY, json.dumps(doc).encode())
+    bench = Chaos.__new__(Chaos)  # only its reference is needed to compare
+    bench.reference = Reference(data, meta, DAYS[-1], reference)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    assert bench.check_final(reference, chaos.DAYS[-1], tmp) == []
+    assert bench.check_final(reference, DAYS[-1], tmp) == []
 
-    trial = chaos.new_bucket(moto_server)
+    trial = new_bucket(moto_server)
     trial.copy_from(reference)
     first, second = pids[0], pids[1]
     trial.put(first.data_key, b"one byte off")
@@ -187,7 +178,7 @@ def test_the_final_check_flags_any_difference_from_the_reference(
                                            "data_etag": "0" * 32}).encode())
     trial.put("compacted/locks/okx/bbo/ethusdt/20261124.lock", b"{}")
     (tmp / "qlc-part-1-abc").mkdir()
-    problems = bench.check_final(trial, chaos.DAYS[-1], tmp)
+    problems = bench.check_final(trial, DAYS[-1], tmp)
     assert problems == [
         f"{first.data_key}: not byte-identical to the reference",
         f"{second.meta_key}: data_etag {'0' * 32} but data.parquet is "
@@ -195,5 +186,5 @@ def test_the_final_check_flags_any_difference_from_the_reference(
         "leases left behind after a clean run: ['compacted/locks/okx/bbo/ethusdt/20261124.lock']",
         "temp dirs left behind: ['qlc-part-1-abc']",
     ]
-    assert bench.check_final(trial, chaos.BEFORE, None)[-2] == (
-        f"last_compacted_date {chaos.DAYS[-1]}, expected {chaos.BEFORE}")
+    assert bench.check_final(trial, BEFORE, None)[-2] == (
+        f"last_compacted_date {DAYS[-1]}, expected {BEFORE}")

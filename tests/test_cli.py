@@ -25,7 +25,7 @@ from compressor import runner
 from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
-from compressor.merge_writer import MergeSettings
+from compressor.merge import MergeSettings
 from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions
@@ -48,7 +48,7 @@ from tests.conftest import (
     put_partition,
     store_listing,
 )
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
 TODAY = "20261125"
@@ -773,7 +773,7 @@ def test_arrow_uses_jemalloc_unless_the_operator_names_a_pool(
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     if setting:
         env["ARROW_DEFAULT_MEMORY_POOL"] = setting
-    code = ("import pyarrow as pa; from compressor.memory_pool import choose_memory_pool; "
+    code = ("import pyarrow as pa; from compressor.merge import choose_memory_pool; "
             "name = choose_memory_pool(); "
             "print(name, pa.default_memory_pool().backend_name, "
             "pa.array([1, 2, 3]).buffers()[1] is not None)")

@@ -1,7 +1,7 @@
 """Concurrency proof (issue 4): N runs of `run.py` started together on the same days.
 
 N processes (2 and 4) run at once against the moto server, through the counting
-proxy (tests/s3proxy.py). Whatever the interleaving:
+proxy (tests/support/s3proxy.py). Whatever the interleaving:
 
 - every partition is compacted exactly once: one data.parquet PUT per partition
   over all the runs, and its state entry says attempts == 1;
@@ -43,8 +43,8 @@ from compressor.storage import LocalStore, S3Store
 from tests import jobworld
 from tests.conftest import FlakyLocalStore, make_s3_store, put_partition
 from tests.jobworld import JobWorld, spec, wait_for
-from tests.s3proxy import S3Proxy
-from tests.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, cli_environment
+from tests.support.s3proxy import S3Proxy
+from tests.support.s3server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, cli_environment
 
 REPO = Path(__file__).resolve().parents[1]
 jw = jobworld.jw  # the fixture

@@ -21,10 +21,10 @@ from compressor.layout import PartitionId
 from compressor.storage import Store
 from compressor.storage.base import ObjectInfo
 from tests.conftest import make_rgw_store, make_s3_store, put_partition
-from tests.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
-from tests.rgwserver import RGW
-from tests.rgwserver import SECRET_KEY as RGW_SECRET_KEY
-from tests.s3proxy import S3Proxy
+from tests.support.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
+from tests.support.rgwserver import RGW
+from tests.support.rgwserver import SECRET_KEY as RGW_SECRET_KEY
+from tests.support.s3proxy import S3Proxy
 
 
 def _spec(**kw: object) -> PartitionSpec:

@@ -4,7 +4,7 @@ Signals: SIGTERM/SIGINT during the download and during the merge start no new
 partition, abort the running one within 10 s, delete its temp files, release
 its lease, record it `failed` ("interrupted") and exit 143/130; a second
 signal exits at once, with no partial output visible. Store faults: a
-fault-injecting proxy (tests/s3proxy.py) between the job and the moto server.
+fault-injecting proxy (tests/support/s3proxy.py) between the job and the moto server.
 
 Every run uses known secret credentials and is searched for them (tests/jobworld.py).
 """
@@ -34,7 +34,7 @@ from tests.jobworld import (
     wait_for,
     with_userinfo,
 )
-from tests.s3proxy import ALL_FAULT_KINDS, FAULT_KINDS, S3Proxy
+from tests.support.s3proxy import ALL_FAULT_KINDS, FAULT_KINDS, S3Proxy
 
 jw = jobworld.jw  # the fixture
 
@@ -246,7 +246,7 @@ def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from compressor.merge_errors import MergeAborted
+    from compressor.merge import MergeAborted
     from compressor.partition.verify import verify_output
 
     path = tmp_path / "out.parquet"

@@ -24,9 +24,7 @@ import pytest
 
 from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, write_partition
-from compressor.merge_errors import MergeAborted
-from compressor.merge_schema import MemoryInput
-from compressor.merge_writer import MergeSettings, merge_files
+from compressor.merge import MemoryInput, MergeAborted, MergeSettings, merge_files
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import (
     STOP_POLL_S,
@@ -41,7 +39,7 @@ from compressor.storage.data import InPlaceReader
 from tests import jobworld
 from tests.conftest import make_s3_store, put_partition
 from tests.jobworld import ENDPOINT_PASSWORD, ENDPOINT_USER, with_userinfo
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 auth_server = jobworld.auth_server  # the fixture: a moto server that checks signatures
 

@@ -28,7 +28,7 @@ from compressor.generator import PartitionSpec, special_files
 from compressor.job import REPORT_PROBLEMS, Job, PartitionOutcome, RunReport, Status, classify
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseLost, LeaseManager
-from compressor.merge_errors import CorruptFileError, MergeAborted, SchemaConflictError
+from compressor.merge import CorruptFileError, MergeAborted, SchemaConflictError
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.verify import VerificationError, verify_output
 from compressor.planning import Mode, Plan, PlanOptions, build_plan

@@ -1,4 +1,4 @@
-"""The merge engine (compressor/merge_writer.py, merge_schema.py) against a simple reference.
+"""The merge engine (compressor/merge/writer.py, schema.py) against a simple reference.
 
 Reference: read every input whole, concatenate in input order, stable-sort by
 ts_event. The engine must give the same rows in the same order, with seq
@@ -18,16 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compressor.generator import LAYOUTS, PartitionSpec, raw_table, special_files, write_partition
-from compressor.merge_errors import (
+from compressor.merge import (
     BadTsEventTypeError,
     CorruptFileError,
     MergeAborted,
+    MergeSettings,
     MissingTsEventError,
     NullTsEventError,
     SchemaConflictError,
+    merge_files,
+    plan_runs,
+    scan_inputs,
 )
-from compressor.merge_schema import scan_inputs
-from compressor.merge_writer import MergeSettings, merge_files, plan_runs
 
 SMALL_GROUPS = 97  # output row groups in tests: small, and not a power of two
 

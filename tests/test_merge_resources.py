@@ -31,12 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import compressor.merge_schema as merge_schema
-import compressor.merge_writer as merge_writer
 from compressor.generator import CORRUPT_KINDS, PartitionSpec, special_files, write_partition
-from compressor.merge_errors import CorruptFileError, MergeInputError, MergeResourceError
-from compressor.merge_schema import _is_decode_failure
-from compressor.merge_writer import merge_files
+from compressor.merge import CorruptFileError, MergeInputError, MergeResourceError, merge_files
+from compressor.merge import schema as merge_schema
+from compressor.merge import writer as merge_writer
+from compressor.merge.schema import _is_decode_failure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +156,7 @@ def test_memory_error_in_the_footer_scan_is_not_corrupt(
 _CHILD = """
 import json, os, resource, sys
 from pathlib import Path
-from compressor.merge_writer import merge_files
+from compressor.merge import merge_files
 paths = [Path(p) for p in json.loads(sys.argv[1])]
 out, tmp, mode = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 if mode == "memory":
@@ -223,9 +222,9 @@ FIXED_OVERHEAD = 250 * 10**6
 _PEAK_CHILD = """
 import json, sys
 from pathlib import Path
-from compressor.memory_pool import choose_memory_pool
+from compressor.merge import choose_memory_pool
 choose_memory_pool()
-from compressor.merge_writer import MergeSettings, merge_files
+from compressor.merge import MergeSettings, merge_files
 out = Path(sys.argv[2])
 result = merge_files([Path(sys.argv[1])], out, tmp_dir=out.parent,
                      settings=MergeSettings(memory_budget=int(sys.argv[3])))

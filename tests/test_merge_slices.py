@@ -1,4 +1,4 @@
-"""Slice processes (compressor/merge_slices.py): the same bytes, the same errors, no orphans.
+"""Slice processes (compressor/merge/slices.py): the same bytes, the same errors, no orphans.
 
 A merge with `processes` > 1 reads and sorts contiguous slices of its inputs in
 processes of its own (docs/guarantees.md "How a run works"). Whatever it does, the output must be
@@ -29,9 +29,14 @@ from hypothesis import strategies as st
 from compressor.discovery import list_partition
 from compressor.generator import PartitionSpec, write_partition
 from compressor.job import Status, classify
-from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
-from compressor.merge_slices import SliceFailed
-from compressor.merge_writer import MergeSettings, merge_files
+from compressor.merge import (
+    MergeAborted,
+    MergeInputError,
+    MergeResourceError,
+    MergeSettings,
+    SliceFailed,
+    merge_files,
+)
 from compressor.partition.compact import CompactSettings, compact_partition
 from compressor.partition.fetch import TempSpaceError, check_room, no_space
 from compressor.storage import LocalStore
@@ -94,7 +99,7 @@ def test_slices_that_disagree_on_the_schema_fall_back_to_one_process(tmp_path, c
     spec = PartitionSpec(files=30, rows_per_file=100, schema_drift=True, seed=9)
     paths = write_partition(spec, tmp_path / "raw")
     one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
-    with caplog.at_level(logging.INFO, logger="compressor.merge_writer"):
+    with caplog.at_level(logging.INFO, logger="compressor.merge.writer"):
         sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
     assert sliced == one
     assert "schemas differ: merging in one process" in caplog.text
@@ -179,7 +184,7 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
     marker = f"QLC_TEST_{uuid.uuid4().hex}"
     script = (
         "import sys; from pathlib import Path; "
-        "from compressor.merge_writer import MergeSettings, merge_files; "
+        "from compressor.merge import MergeSettings, merge_files; "
         "paths = sorted(Path(sys.argv[1]).rglob('*.parquet')); "
         "merge_files(paths, Path(sys.argv[2]), tmp_dir=Path(sys.argv[3]), "
         "settings=MergeSettings(processes=3, parallel_min_files=2, memory_budget=1))"
@@ -244,14 +249,14 @@ def test_a_full_temp_disk_in_a_slice_process_is_the_same_resource_error(tmp_path
     assert my_slice_workers() == []
 
 
-#: Holds a slice process at interpreter start-up (before slice_worker's first line)
+#: Holds a slice process at interpreter start-up (before compressor.merge.worker's first line)
 #: until the file its environment names exists: the parent can then be killed while
 #: its slices are still starting, every time.
 _GATE = """
 import os, time
 gate = os.environ.get("QLC_TEST_SLICE_GATE")
 with open("/proc/self/cmdline", "rb") as fh:
-    if gate and b"compressor.slice_worker" in fh.read():
+    if gate and b"compressor.merge.worker" in fh.read():
         while not os.path.exists(gate):
             time.sleep(0.01)
 """
@@ -270,7 +275,7 @@ def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
     marker = f"QLC_TEST_{uuid.uuid4().hex}"
     script = (
         "import sys; from pathlib import Path; "
-        "from compressor.merge_writer import MergeSettings, merge_files; "
+        "from compressor.merge import MergeSettings, merge_files; "
         "merge_files([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), "
         "tmp_dir=Path(sys.argv[2]), settings=MergeSettings(processes=3, parallel_min_files=2))"
     )

@@ -23,8 +23,8 @@ from compressor.planning import Action, Mode, PlanOptions, Reason, Shard, build_
 from compressor.state import StateStore
 from compressor.storage import LocalStore
 from tests.conftest import make_s3_store, put_partition, store_listing
-from tests.s3proxy import S3Proxy
-from tests.s3server import cli_environment
+from tests.support.s3proxy import S3Proxy
+from tests.support.s3server import cli_environment
 from tests.test_merge import _lying_statistics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def test_cleanup_is_a_dry_run_until_apply_then_removes_and_holds_readiness_back(
 #: An older compactor, which took footer statistics on trust for constant columns.
 _TRUSTING = """
 import sys
-import compressor.merge_schema as merge_schema
+from compressor.merge import schema as merge_schema
 merge_schema._check_constant = lambda *args: None
 from compressor.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@ Each interleaving is played exactly, in one process, on both stores (the compact
 store is the `store` fixture: LocalStore, then S3Store on a moto server over HTTP).
 A "pause" is a run whose fence check passed and that then does nothing while the
 other run works: here the paused run's fence callback plays the other run to its
-end before returning. Real SIGSTOPped processes are in bench/chaos.py (and its
+end before returning. Real SIGSTOPped processes are in bench/chaos/ (and its
 five trials in tests/test_chaos.py).
 """
 
@@ -489,7 +489,7 @@ def test_a_late_delete_of_the_same_meta_json_by_a_run_that_lost_its_lease_is_har
 ) -> None:
     """A's If-Match delete of meta.json is held in flight past its lease; B takes over
     and reads the same pair; A's delete lands; B's own delete then finds meta.json gone
-    with data.parquet unchanged: B goes on and publishes (bench/chaos.py trial)."""
+    with data.parquet unchanged: B goes on and publishes (bench/chaos/ trial)."""
     put_partition(raw, _spec(), tmp_path)
     part = list_partition(raw, _spec().partition)
     compact_partition(part, raw, store, settings)
@@ -503,7 +503,7 @@ def test_a_late_delete_of_the_same_meta_json_by_a_run_that_lost_its_lease_is_har
 
 def test_a_clock_offset_within_the_measurement_noise_is_taken_as_none(tmp_path: Path) -> None:
     """Two runs on one host must stamp on the same clock: a Date header measured to
-    within a second is noise, not skew (bench/chaos.py: a dead run's in_progress stamp
+    within a second is noise, not skew (bench/chaos/: a dead run's in_progress stamp
     outranked its successor's success by a measurement error)."""
     from compressor.clock import StoreClock
 

@@ -14,7 +14,7 @@ import pytest
 
 from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, raw_table, rows_in_file, special_files
-from compressor.merge_errors import MergeAborted
+from compressor.merge import MergeAborted
 from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import RawChangedError

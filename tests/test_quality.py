@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from compressor.cli import main
 from compressor.generator import PartitionSpec, raw_table
-from compressor.merge_writer import MergeSettings, merge_files
+from compressor.merge import MergeSettings, merge_files
 from compressor.quality import metrics
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 

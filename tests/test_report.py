@@ -65,7 +65,7 @@ from tests.conftest import (
     require_tool,
     store_listing,
 )
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 TODAY = "20261125"
 DAYS = ("20261124", "20261123", "20261122", "20261121", "20261120", "20261119", "20261118")

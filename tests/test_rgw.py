@@ -27,7 +27,7 @@ from compressor.meta import Meta, check_data_file
 from compressor.state import StateStore
 from compressor.storage import PreconditionFailed, S3Store
 from tests.conftest import make_rgw_store, put_partition, rgw_bucket, rgw_client
-from tests.rgwserver import RGW
+from tests.support.rgwserver import RGW
 
 pytestmark = pytest.mark.rgw
 

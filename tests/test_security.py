@@ -33,7 +33,7 @@ from tests.jobworld import (
     wait_for,
     with_userinfo,
 )
-from tests.s3proxy import S3Proxy
+from tests.support.s3proxy import S3Proxy
 
 jw = jobworld.jw  # the fixtures
 auth_server = jobworld.auth_server

@@ -37,9 +37,9 @@ from compressor.storage.base import (
 )
 from compressor.text import utc_iso
 from tests.conftest import make_rgw_store, make_s3_store
-from tests.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
-from tests.rgwserver import RGW
-from tests.rgwserver import SECRET_KEY as RGW_SECRET_KEY
+from tests.support.rgwserver import ACCESS_KEY as RGW_ACCESS_KEY
+from tests.support.rgwserver import RGW
+from tests.support.rgwserver import SECRET_KEY as RGW_SECRET_KEY
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 PID = PartitionId("binance", "trade", "btcusdt", "20240101")

@@ -2,7 +2,7 @@
 
 Backend-specific sections follow: local path confinement and cross-process
 locking; S3 pagination, multipart, configuration errors and fault handling
-through tests/s3proxy.py.
+through tests/support/s3proxy.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from tests.conftest import (
     free_port,
     make_s3_store,
 )
-from tests.s3proxy import FAULT_KINDS, S3Proxy
+from tests.support.s3proxy import FAULT_KINDS, S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -938,7 +938,7 @@ def test_s3_multipart_put_file_if_match(
 def test_the_test_server_honours_if_match_on_complete_without_the_proxy(
     proxied: Callable[..., S3Store], s3proxy: S3Proxy, tmp_path: Path
 ) -> None:
-    """moto 5 alone completes over a stale If-Match; tests/s3server.py's launcher makes
+    """moto 5 alone completes over a stale If-Match; tests/support/s3server.py's launcher makes
     it check, as AWS does, so the probe finds every feature on the test server."""
     store = proxied(multipart_threshold=1024)
     store.put_bytes("k", b"current")

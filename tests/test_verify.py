@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import compressor.partition.verify as verify
-from compressor.merge_errors import MergeAborted
+from compressor.merge import MergeAborted
 from compressor.meta import file_sha256
 from compressor.partition.digest import ColumnDigest
 from compressor.partition.verify import VerificationError, verify_output

@@ -14,8 +14,14 @@ from pathlib import Path
 
 from compressor import __version__
 from compressor.discovery import Partition
-from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
-from compressor.merge_writer import MergeResult, MergeSettings, merge_files
+from compressor.merge import (
+    MergeAborted,
+    MergeInputError,
+    MergeResourceError,
+    MergeResult,
+    MergeSettings,
+    merge_files,
+)
 from compressor.meta import Meta, Published, read_published
 from compressor.partition import never
 from compressor.partition.fetch import (

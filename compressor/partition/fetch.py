@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from compressor.discovery import Partition
-from compressor.merge_errors import MergeAborted
-from compressor.merge_schema import MemoryInput, Source, source_name
+from compressor.merge import MemoryInput, MergeAborted, Source, source_name
 from compressor.partition import never
 from compressor.storage.base import (
     NotFound,
@@ -128,7 +127,7 @@ class RawInput:
 
     @property
     def name(self) -> str:
-        """How the merge's errors name this input (see merge_schema.source_name)."""
+        """How the merge's errors name this input (see compressor.merge.schema.source_name)."""
         return source_name(self.source)
 
 

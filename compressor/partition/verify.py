@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compressor.merge_errors import MergeAborted
+from compressor.merge import MergeAborted
 from compressor.meta import ORDERING_COLUMNS as META_ORDERING
 from compressor.partition import never
 

@@ -100,10 +100,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from compressor.layout import parse_day
-from compressor.merge_schema import to_ms_array
+from compressor.merge import to_ms_array
 
 if TYPE_CHECKING:
-    from compressor.merge_writer import MergeResult
+    from compressor.merge import MergeResult
 
 #: Version of the row filtering applied after the merge. 1: none, every raw row is kept.
 POST_FILTER_VERSION = 1

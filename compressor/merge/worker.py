@@ -1,6 +1,6 @@
-"""The child side of a slice process (compressor.merge_slices).
+"""The child side of a slice process (compressor.merge.slices).
 
-`python -m compressor.slice_worker JOB_FILE PARENT_PID` reads its SliceJob (JSON),
+`python -m compressor.merge.worker JOB_FILE PARENT_PID` reads its SliceJob (JSON),
 then: scans its slice's footers and sends ("scanned", SliceSummary); sorts the slice
 into the job's target file (Arrow IPC, uncompressed); sends ("done", figures). Any
 failure is sent as ("error", described) and ends the process with status 1, so the
@@ -46,9 +46,9 @@ if __name__ == "__main__":
 
 from pathlib import Path  # noqa: E402
 
-from compressor.memory_pool import choose_memory_pool  # noqa: E402
-from compressor.merge_slices import SliceJob, describe_error, send  # noqa: E402
-from compressor.merge_writer import MergeSettings, scan_slice, sort_slice  # noqa: E402
+from compressor.merge.memory import choose_memory_pool  # noqa: E402
+from compressor.merge.slices import SliceJob, describe_error, send  # noqa: E402
+from compressor.merge.writer import MergeSettings, scan_slice, sort_slice  # noqa: E402
 
 
 def main() -> int:

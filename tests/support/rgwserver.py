@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.s3server import free_port
+from tests.support.s3server import free_port
 
 #: The binaries a boot needs (Debian: ceph-mon, ceph-osd, radosgw).
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")

@@ -2,7 +2,7 @@
 
 Plan, then execute:
 
-1. Footers only (merge_schema.scan_inputs): rows and ts_event range per file,
+1. Footers only (schema.scan_inputs): rows and ts_event range per file,
    the unified schema, the columns that are constant across the partition.
 2. Runs (plan_runs): the inputs, in key order, are cut into contiguous runs
    such that streaming each run never buffers more rows than the budget allows.
@@ -16,7 +16,7 @@ Plan, then execute:
 4. With `processes` > 1 and enough local files, the inputs are first cut into
    contiguous slices: this process merges the first, and each later slice is
    scanned and sorted (steps 1-3) by a process of its own into a run file
-   (merge_slices, docs/guarantees.md "How a run works"); the slices are then runs like any
+   (slices.py, docs/guarantees.md "How a run works"); the slices are then runs like any
    other.
 
 Order: ts_event, then input order, then row order. Within a run that is a
@@ -49,8 +49,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compressor import __version__
-from compressor.merge_errors import CorruptFileError, MergeAborted
-from compressor.merge_schema import (
+from compressor.merge.errors import CorruptFileError, MergeAborted
+from compressor.merge.schema import (
     SEQ,
     TS,
     FileInfo,
@@ -63,7 +63,7 @@ from compressor.merge_schema import (
     row_group_ranges,
     scan_inputs,
 )
-from compressor.merge_slices import SliceFailed, SliceJob, SliceProcess
+from compressor.merge.slices import SliceFailed, SliceJob, SliceProcess
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def merge_files(
 
     With `settings.processes` > 1 and at least `parallel_min_files` local files,
     slices of the inputs are read and sorted by processes of their own
-    (compressor.merge_slices); the output bytes and the errors are the same.
+    (compressor.merge.slices); the output bytes and the errors are the same.
     """
     settings = settings or MergeSettings()
     sources = [_source(item, n) for n, item in enumerate(inputs)]
@@ -899,7 +899,7 @@ def _merge_in_slices(
 
     This process merges slice 1 itself, as a one-process merge would, while the
     later slices are read and sorted into files by processes of their own
-    (merge_slices). Slice 1's rows go straight to the output while no later slice
+    (slices.py). Slice 1's rows go straight to the output while no later slice
     can hold a row ordered before them (`_Gate`); the rest of them and the later
     slices are then merged k ways, ties to the earlier slice. Returns None, having
     written nothing, when the slices disagree on the schema or the constant

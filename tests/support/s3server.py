@@ -1,6 +1,6 @@
 """A moto S3 server subprocess on 127.0.0.1 (stdlib + moto only, no pytest).
 
-Shared by the test fixtures (tests/conftest.py) and bench/chaos.py:
+Shared by the test fixtures (tests/conftest.py) and bench/chaos/ (the chaos bench):
 
     with moto_server(log_path) as endpoint:
         ... boto3 / run.py against `endpoint` ...
@@ -115,7 +115,7 @@ def cli_environment(endpoint: str, raw_bucket: str, compact_bucket: str) -> dict
     AWS_* variables and config files of the machine are masked so nothing real is used.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     env.update(
         {
             "S3_ENDPOINT": endpoint,

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compressor.merge_errors import (
+from compressor.merge.errors import (
     BadTsEventTypeError,
     CorruptFileError,
     MergeResourceError,
@@ -73,7 +73,7 @@ class FileInfo:
     ts_max: int | None
     columns: frozenset[str]
     #: A piece of a file too big to load whole: (row group, batch number within it);
-    #: `rows`, `ts_min` and `ts_max` are then the piece's (see merge_writer.split_big).
+    #: `rows`, `ts_min` and `ts_max` are then the piece's (see writer.split_big).
     part: tuple[int, int] | None = None
 
     @property

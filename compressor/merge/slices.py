@@ -4,12 +4,12 @@ read and sorted by processes of their own (docs/guarantees.md "How a run works")
 Why processes: reading a tiny raw Parquet file costs pyarrow about half a
 millisecond of CPU, most of it holding the GIL, so threads cannot spread a
 partition of thousands of files over the cores; processes can. The job merges
-the first slice itself; each later slice's process (compressor.slice_worker)
+the first slice itself; each later slice's process (compressor.merge.worker)
 scans its footers, then sorts its rows exactly as a one-process merge sorts a
 run, into an Arrow IPC file in the merge's work dir. The job then merges the
 slices k ways, ties to the earlier slice (an earlier slice holds earlier
 inputs), so the output is the one-process merge's, byte for byte
-(merge_writer._merge_in_slices).
+(writer._merge_in_slices).
 
 This module is the job's side of the conversation: start a slice process, send
 its job, receive its messages, stop it. Messages are pickles framed by a length,
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from compressor import merge_errors
-from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
+from compressor.merge import errors as merge_errors
+from compressor.merge.errors import MergeAborted, MergeInputError, MergeResourceError
 
 #: The child's module, run with `python -m`.
-WORKER_MODULE = "compressor.slice_worker"
+WORKER_MODULE = "compressor.merge.worker"
 #: How often a parent waiting for a slice polls its stop request, seconds.
 POLL_S = 0.2
 #: How long a slice ended by SIGTERM/SIGINT waits for the job's own stop request.
