@@ -73,8 +73,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from compressor.labels import LABELS, Label
 from compressor.layout import STATE_KEY, PartitionId, format_day, parse_day
-from compressor.quality.labels import LABELS, Label
 from compressor.storage.base import (
     NotFound,
     PreconditionFailed,
@@ -150,7 +150,7 @@ class PartitionState:
     started_at: str | None = None
     error: str | None = None
     failed_key: str | None = None
-    #: The day's label (compressor.quality.labels.Label value), compared literally.
+    #: The day's label (compressor.labels.Label value), compared literally.
     day_quality_post: str | None = None
     post_filter_version: str | None = None
     quality: dict[str, Any] | None = None

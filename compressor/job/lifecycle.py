@@ -26,6 +26,7 @@ from compressor.job.outcome import (
     Status,
     classify,
 )
+from compressor.labels import LABELS, RULES_VERSION, Label
 from compressor.layout import PartitionId
 from compressor.lease import Lease, LeaseManager
 from compressor.merge_errors import MergeAborted
@@ -33,7 +34,6 @@ from compressor.meta import Meta, Published, read_published
 from compressor.partition.compact import CompactSettings, compact_partition
 from compressor.partition.publish import PublishConflict, relabel
 from compressor.planning import DONE_SKIPS, Action, PlannedPartition, Reason
-from compressor.quality.labels import LABELS, RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality
 from compressor.readiness import StateRecorder
 from compressor.state import PartitionState, StateStore

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from compressor.job.lifecycle import JobObserver, PartitionLifecycle
 from compressor.job.outcome import EVENT_OF, PROBLEMS, PartitionOutcome, Status
+from compressor.labels import Label
 from compressor.lease import LeaseManager
 from compressor.logs import STRUCTURED_ONLY
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Plan, PlannedPartition
-from compressor.quality.labels import Label
 from compressor.readiness import StateRecorder, Watermark
 from compressor.state import StateStore
 from compressor.storage.base import Store, StoreConfigError, StoreError

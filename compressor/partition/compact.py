@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compressor import __version__
 from compressor.discovery import Partition
+from compressor.labels import RULES_VERSION, Label
 from compressor.merge_errors import MergeAborted, MergeInputError, MergeResourceError
 from compressor.merge_writer import MergeResult, MergeSettings, merge_files
 from compressor.meta import Meta, Published, read_published
@@ -30,7 +31,6 @@ from compressor.partition.fetch import (
 from compressor.partition.publish import no_fence, publish
 from compressor.partition.verify import Verified, verify_output
 from compressor.partition.workdir import work_dir
-from compressor.quality.labels import RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 from compressor.storage.base import (
     Store,
