@@ -45,7 +45,9 @@ def _reaches(name: str, target: str) -> bool:
     return any(m == target or m.startswith(target + ".") for m in imports_of(name))
 
 
-@pytest.mark.parametrize("module", ["compressor.planning", "compressor.state"])
+@pytest.mark.parametrize("module", ["compressor.planning", "compressor.state",
+                                    "compressor.state.document", "compressor.state.merge",
+                                    "compressor.state.store"])
 def test_planning_and_state_import_nothing_from_quality(module: str) -> None:
     """The day label and its rules version sit below both (compressor.labels)."""
     assert not _reaches(module, "compressor.quality"), sorted(imports_of(module))
@@ -72,9 +74,13 @@ def test_s3_data_path_does_not_import_the_s3_store() -> None:
 @pytest.mark.parametrize(("module", "above"), [
     ("compressor.job.outcome", ["compressor.job.lifecycle", "compressor.job.run"]),
     ("compressor.job.lifecycle", ["compressor.job.run"]),
+    ("compressor.state.document", ["compressor.state.merge", "compressor.state.store"]),
+    ("compressor.state.merge", ["compressor.state.store"]),
 ])
-def test_job_modules_import_downward(module: str, above: list[str]) -> None:
-    """run (the loop) -> lifecycle (one partition) -> outcome (what became of it)."""
+def test_package_modules_import_downward(module: str, above: list[str]) -> None:
+    """job: run (the loop) -> lifecycle (one partition) -> outcome (what became of it);
+    state: store (CAS writes) -> merge (the rule) -> document (shape, validation)."""
     for higher in above:
         assert not _reaches(module, higher), (module, higher)
-    assert "compressor.job" not in imports_of(module)  # the package's face is above
+    package = module.rpartition(".")[0]
+    assert package not in imports_of(module)  # the package's face is above its modules
