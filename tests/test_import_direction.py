@@ -84,3 +84,39 @@ def test_package_modules_import_downward(module: str, above: list[str]) -> None:
         assert not _reaches(module, higher), (module, higher)
     package = module.rpartition(".")[0]
     assert package not in imports_of(module)  # the package's face is above its modules
+
+
+def test_s3_probe_does_not_import_the_s3_store() -> None:
+    """s3.py runs the probe at check(); the probe knows the store by a protocol."""
+    assert not _reaches("compressor.storage.s3probe", "compressor.storage.s3")
+
+
+def _all_modules() -> list[str]:
+    names = []
+    for path in sorted((ROOT / "compressor").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_no_import_circle_anywhere() -> None:
+    """Follow every arrow from every module; none leads back to where it started. A
+    module's import of its own package (`__init__`, run first by Python anyway) is the
+    one arrow not followed: the package's face sits above the modules it re-exports."""
+    graph = {m: {i for i in imports_of(m) if not m.startswith(i + ".")}
+             for m in _all_modules()}
+
+    def circle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for nxt in sorted(graph.get(module, ())):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    circles = [c for m in graph if (c := circle_from(m))]
+    assert not circles, " -> ".join(circles[0])
