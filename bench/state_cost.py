@@ -92,7 +92,7 @@ def _key(p: int, day: str) -> str:
 
 
 def _entry(seed: int, started: float, rows: int = 3_300_000) -> PartitionState:
-    """A `success` entry as job.py records it (same fields, realistic sizes)."""
+    """A `success` entry as compressor.job records it (same fields, realistic sizes)."""
     return PartitionState.success(
         rows=rows, total_size_bytes=rows * 37, started_at=utc_iso(started),
         updated_at=utc_iso(started + 4.2), day_quality_post="GOOD",

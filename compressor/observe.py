@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from compressor.job import PartitionOutcome, RunReport, Status
+from compressor.labels import LABELS, Label
 from compressor.layout import PartitionId, parse_day
 from compressor.logs import attach_live_line, detach_live_line, set_run_id
 from compressor.planning import Action, Plan
-from compressor.quality.labels import LABELS, Label
 from compressor.text import human_size, one_line, utc_iso
 
 log = logging.getLogger(__name__)

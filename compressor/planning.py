@@ -29,9 +29,9 @@ from compressor.discovery import (
     list_partition,
     walk,
 )
+from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day, parse_day
 from compressor.meta import Published, read_published
-from compressor.quality.labels import RULES_VERSION
 from compressor.state import PartitionState
 from compressor.storage.base import Store, StoreConfigError, StoreError
 from compressor.text import backfill_hint, human_size, one_line

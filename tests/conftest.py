@@ -175,7 +175,7 @@ def s3proxy(moto_server: str) -> Iterator[S3Proxy]:
 
 # =============================================================================
 # Job-level helpers (discovery, planning, publish, CLI tests). Appended by the
-# owner of compressor/job.py; everything above belongs to the storage fixtures.
+# owner of compressor/job/; everything above belongs to the storage fixtures.
 # =============================================================================
 
 

@@ -19,11 +19,11 @@ from compressor.clock import StoreClock
 from compressor.discovery import list_partition
 from compressor.generator import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.job import Job, Status
+from compressor.labels import RULES_VERSION
 from compressor.lease import LeaseManager
 from compressor.meta import read_published
 from compressor.partition.compact import CompactSettings
 from compressor.planning import Mode, PlanOptions, build_plan
-from compressor.quality.labels import RULES_VERSION
 from compressor.quality.verdicts import DayVerdicts
 from compressor.quality.windows import load_verdict, windows_prefix
 from compressor.state import StateStore

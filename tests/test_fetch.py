@@ -35,7 +35,7 @@ from compressor.partition.fetch import (
     fetch,
 )
 from compressor.storage import LocalStore, ObjectInfo, S3Store, Store, StoreConfigError, StoreError
-from compressor.storage.data import InPlaceReader
+from compressor.storage.base import InPlaceReader
 from tests import jobworld
 from tests.conftest import make_s3_store, put_partition
 from tests.jobworld import ENDPOINT_PASSWORD, ENDPOINT_USER, with_userinfo

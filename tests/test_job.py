@@ -1,4 +1,5 @@
-"""compressor/job.py's own logic, on local stores with generator data (no mocks).
+"""compressor.job (run loop, partition lifecycle, outcomes), on local stores with generator
+data (no mocks).
 
 - classify: which exception quarantines a partition and which only fails it (retryable);
 - RunReport: ok and render;

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from compressor.discovery import Filters, Partition, list_partition
 from compressor.generator import PartitionSpec
 from compressor.job import Job
+from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day
 from compressor.lease import LeaseManager
 from compressor.meta import Meta, Published
@@ -31,7 +32,6 @@ from compressor.planning import (
     empty_day_ready,
     plan_days,
 )
-from compressor.quality.labels import RULES_VERSION
 from compressor.state import PartitionState, StateStore, ready_date
 from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectInfo

@@ -14,12 +14,12 @@ import pytest
 
 from compressor.discovery import Partition, list_partition
 from compressor.generator import PartitionSpec, raw_table, rows_in_file, special_files
+from compressor.labels import RULES_VERSION
 from compressor.merge import MergeAborted
 from compressor.meta import Meta, check_data_file
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import RawChangedError
 from compressor.partition.verify import VerificationError, verify_output
-from compressor.quality.labels import RULES_VERSION
 from compressor.storage import LocalStore, Store
 from compressor.storage.base import ObjectInfo
 from tests.conftest import put_partition

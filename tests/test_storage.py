@@ -1358,7 +1358,7 @@ def test_open_store_rejects_half_a_credential_pair(s3_env: dict[str, str]) -> No
 
 
 # =============================================================================
-# The data path (compressor/storage/data.py): Store.data_reader(), what the fetch
+# The data path (compressor/storage/base.py): Store.data_reader(), what the fetch
 # reads raw objects through. LocalStore: the files in place; S3Store: obstore.
 # =============================================================================
 
@@ -1385,7 +1385,7 @@ def test_data_reader_reads_what_get_bytes_reads(store: Store, tmp_path: Path) ->
 
 
 def test_local_data_reader_locates_files_in_place_and_sees_changes(local: LocalStore) -> None:
-    from compressor.storage.data import InPlaceReader
+    from compressor.storage.base import InPlaceReader
 
     reader = local.data_reader()
     assert isinstance(reader, InPlaceReader)
@@ -1496,7 +1496,7 @@ def test_local_reader_many_files_one_directory_and_a_missing_root(
 
 
 def test_a_local_store_whose_reads_are_overridden_keeps_them(local: LocalStore) -> None:
-    from compressor.storage.data import InPlaceReader, StoreReader
+    from compressor.storage.base import InPlaceReader, StoreReader
 
     class Wrapped(LocalStore):
         def get_file(self, key: str, path: Path) -> ObjectInfo:

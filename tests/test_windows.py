@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from compressor.generator import write_quality_windows
-from compressor.quality.labels import RULES_VERSION, Label
+from compressor.labels import RULES_VERSION, Label
 from compressor.quality.windows import (
     MALFORMED_KEYS_CAP,
     DayVerdict,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compressor import __version__
 from compressor.discovery import Partition
+from compressor.labels import RULES_VERSION, Label
 from compressor.merge import (
     MergeAborted,
     MergeInputError,
@@ -36,7 +37,6 @@ from compressor.partition.fetch import (
 from compressor.partition.publish import no_fence, publish
 from compressor.partition.verify import Verified, verify_output
 from compressor.partition.workdir import work_dir
-from compressor.quality.labels import RULES_VERSION, Label
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 from compressor.storage.base import (
     Store,

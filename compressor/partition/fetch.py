@@ -1,7 +1,7 @@
 """Fetch: a partition's raw objects, ready for the merge.
 
 Each input reaches the merge in the cheapest form the raw store allows (its
-`data_reader()`, compressor/storage/data.py):
+`data_reader()`, "The data path" in compressor/storage/base.py):
 
 - a LocalStore: the raw files themselves, where they lie (no copy); their real
   paths, always under the store's root;
@@ -36,14 +36,17 @@ from compressor.discovery import Partition
 from compressor.merge import MemoryInput, MergeAborted, Source, source_name
 from compressor.partition import never
 from compressor.storage.base import (
+    DataReader,
+    InPlaceReader,
+    LocalObject,
     NotFound,
+    ObjectData,
     ObjectInfo,
     ObjectUnreadable,
     Store,
     StoreError,
     TransientStoreError,
 )
-from compressor.storage.data import DataReader, InPlaceReader, LocalObject, ObjectData
 from compressor.text import human_size
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from compressor.discovery import Partition
+from compressor.labels import RULES_VERSION, Label
 from compressor.layout import PartitionId
 from compressor.meta import Meta, Published, read_published
-from compressor.quality.labels import RULES_VERSION, Label
 from compressor.storage.base import (
     PreconditionFailed,
     Store,

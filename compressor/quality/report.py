@@ -47,9 +47,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from compressor.discovery import Filters, list_partition, unsafe_value
+from compressor.labels import RULES_VERSION
 from compressor.layout import STATE_KEY, PartitionId, format_day, parse_day
 from compressor.meta import Meta, MetaError
-from compressor.quality.labels import RULES_VERSION
 from compressor.quality.windows import (
     DEFAULT_PRIMARY,
     DayVerdict,

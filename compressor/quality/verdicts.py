@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from compressor.quality.labels import RULES_VERSION, Label
+from compressor.labels import RULES_VERSION, Label
 from compressor.quality.windows import (
     DayVerdict,
     fetch_day_windows,

@@ -92,8 +92,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from compressor.labels import RULES_VERSION, Label
 from compressor.layout import parse_day
-from compressor.quality.labels import RULES_VERSION, Label
 from compressor.storage.base import NotFound, Store
 from compressor.text import utc_iso
 

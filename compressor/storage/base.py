@@ -4,6 +4,23 @@ Keys are '/'-separated strings relative to the store's root (bucket + optional
 prefix for S3, a directory for the local store). Listing is always in key
 order (S3's lexicographic order of UTF-8 bytes). Writes are atomic: a reader
 sees either the previous object or the complete new one, never a part.
+
+The data path (`DataReader`, at the end): the Store interface is the control plane
+(listing, conditional writes, state, leases). Reading thousands of tiny raw objects
+per partition is a different job, with its own costs: `Store.data_reader()` gives
+the cheapest way a store has to do it.
+
+- LocalStore: `LocalReader` (in local.py), which hands out the files where
+  they lie (`locate`), no copy at all;
+- S3Store: `ObstoreReader` (in s3data.py), GETs through obstore, which holds
+  no GIL while it waits and copies and costs about a fifth of boto3's CPU per
+  object (bench/README.md, "Fetch cost");
+- any other store (and a subclass that overrides how objects are read): this
+  module's `StoreReader`, through the store's own `get_file`, as before.
+
+Its errors are the Store's: NotFound, ObjectUnreadable, StoreError and its kinds,
+their messages naming the key, never a credential. The readers live here, with the
+Store whose `data_reader()` returns one, so that this module imports no other.
 """
 
 from __future__ import annotations
@@ -16,10 +33,9 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
-if TYPE_CHECKING:
-    from .data import DataReader
+import pyarrow as pa
 
 #: Names of the stores' temp files (downloads, local writes) start with this.
 TMP_MARK = ".qlc-tmp-"
@@ -186,12 +202,10 @@ class Store(ABC):
         return None
 
     def data_reader(self) -> DataReader:
-        """How the fetch reads this store's raw objects (see compressor/storage/data.py).
+        """How the fetch reads this store's raw objects (see "The data path" above).
 
         This default goes through `get_file`; LocalStore and S3Store have cheaper ones.
         """
-        from .data import StoreReader
-
         return StoreReader(self)
 
     def clock_offset(self, host_clock: Callable[[], float] = time.time) -> float:
@@ -279,3 +293,85 @@ class Store(ABC):
         concurrent run's in-flight write is safe with a generous age.
         """
         return 0
+
+
+# -- the data path --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectData:
+    """One object's bytes, and its size and ETag as the store served them."""
+
+    data: pa.Buffer
+    info: ObjectInfo
+
+
+@dataclass(frozen=True)
+class LocalObject:
+    """An object of a local store, as the file that holds it.
+
+    `path` is real (no symlink in it) and under the store's root; `stamp` is
+    (st_dev, st_ino, st_size, st_mtime_ns) of the file when `info` was taken:
+    a file replaced or rewritten since then has another stamp.
+    """
+
+    path: Path
+    info: ObjectInfo
+    stamp: tuple[int, int, int, int]
+
+
+class DataReader(ABC):
+    """Reads whole objects of one store for the merge."""
+
+    #: Whether `read` keeps the bytes in memory cheaply. False: the store's objects
+    #: are best read as files (`read_to_file`), whatever the memory budget.
+    in_memory = True
+
+    @abstractmethod
+    def read(self, key: str) -> ObjectData:
+        """The object's bytes. Raises NotFound, ObjectUnreadable, StoreError."""
+
+    @abstractmethod
+    def read_to_file(self, key: str, path: Path) -> ObjectInfo:
+        """Write the object to local `path` (atomically: a partial file is never seen there)."""
+
+
+class InPlaceReader(DataReader):
+    """A reader whose objects are local files the merge can read where they lie."""
+
+    @abstractmethod
+    def locate(self, key: str) -> LocalObject:
+        """The object's file, its info (size, ETag) and stamp. Raises NotFound,
+        ObjectUnreadable, StoreError (a key that is not a regular file under the root)."""
+
+    @abstractmethod
+    def changed(self, obj: LocalObject) -> bool:
+        """Whether the file is no longer the one `locate` found (replaced, rewritten, gone)."""
+
+
+class ObjectSource(Protocol):
+    """What a StoreReader reads through: a Store's own GETs (any Store is one)."""
+
+    def get_bytes(self, key: str) -> tuple[bytes, str]: ...
+
+    def get_file(self, key: str, path: Path) -> ObjectInfo: ...
+
+
+class StoreReader(DataReader):
+    """Through the Store interface: `get_file` (today's fetch), `get_bytes` for `read`.
+
+    Objects are read as files (`in_memory` False): a store with no data path of its
+    own is a wrapper or a test double, and its `get_file` is what it intercepts.
+    """
+
+    in_memory = False
+
+    def __init__(self, store: ObjectSource) -> None:
+        self.store = store
+
+    def read(self, key: str) -> ObjectData:
+        data, etag = self.store.get_bytes(key)
+        return ObjectData(pa.py_buffer(data), ObjectInfo(key, len(data), etag))
+
+    def read_to_file(self, key: str, path: Path) -> ObjectInfo:
+        return self.store.get_file(key, path)

@@ -39,6 +39,9 @@ from typing import BinaryIO
 from .base import (
     CHUNK,
     TMP_MARK,
+    DataReader,
+    InPlaceReader,
+    LocalObject,
     NotFound,
     ObjectInfo,
     ObjectUnreadable,
@@ -46,11 +49,11 @@ from .base import (
     Store,
     StoreConfigError,
     StoreError,
+    StoreReader,
     md5_file,
     normalize_etag,
     temp_name,
 )
-from .data import DataReader, InPlaceReader, LocalObject, StoreReader
 
 _XATTR = "user.qlc.md5"
 #: How often a write is retried when a concurrent delete removed its directory.
@@ -407,7 +410,7 @@ class LocalStore(Store):
 
 
 class LocalReader(StoreReader, InPlaceReader):
-    """LocalStore's data path: the files themselves (see compressor/storage/data.py);
+    """LocalStore's data path: the files themselves (see compressor/storage/base.py);
     `read` and `read_to_file` go through the store, as a StoreReader's do.
 
     `locate` hands out the real path of a key's file: under the store's real root,

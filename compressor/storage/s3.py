@@ -36,10 +36,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -57,6 +56,7 @@ from botocore.exceptions import (
 
 from .base import (
     CHUNK,
+    DataReader,
     NotFound,
     ObjectInfo,
     ObjectUnreadable,
@@ -70,9 +70,7 @@ from .base import (
     temp_name,
 )
 from .s3probe import ServerFeatures, probe
-
-if TYPE_CHECKING:
-    from .data import DataReader
+from .s3session import new_client
 
 log = logging.getLogger(__name__)
 
@@ -767,10 +765,6 @@ class S3Store(Store):
         return StoreError(text)
 
 
-_SESSION_LOCK = threading.Lock()
-_SESSION: list[boto3.session.Session] = []
-
-
 def _new_clients(
     endpoint_url: str | None,
     region: str | None,
@@ -818,7 +812,7 @@ def _new_clients(
         "aws_access_key_id": access_key or None,
         "aws_secret_access_key": secret_key or None,
     }
-    return _new_client(config, credentials), _new_client(check_config, credentials)
+    return new_client(config, credentials), new_client(check_config, credentials)
 
 
 def _check_try_timeout(check_timeout: float, read_timeout: float) -> float:
@@ -835,24 +829,6 @@ def _check_failure(exc: ClientError | BotoCoreError) -> str:
     if isinstance(exc, ReadTimeoutError):
         return "no answer (ReadTimeoutError)"
     return type(exc).__name__
-
-
-def _new_client(config: Config, kwargs: dict[str, Any]) -> Any:
-    """An S3 client from one shared boto3 session.
-
-    Sharing the session shares its loaded service models (a new session costs
-    ~0.2 s); credentials are per client. Sessions are not thread-safe, hence the lock.
-    """
-    with _SESSION_LOCK:
-        return _shared_session().client("s3", config=config, **kwargs)
-
-
-def _shared_session() -> boto3.session.Session:
-    """The one boto3 session (created on first use); call it under _SESSION_LOCK when
-    using the session for more than reading credentials."""
-    if not _SESSION:
-        _SESSION.append(boto3.session.Session())
-    return _SESSION[0]
 
 
 def _code(exc: ClientError | BotoCoreError) -> str | None:

@@ -1,4 +1,5 @@
-"""S3Store's data path: raw objects read through obstore (see compressor/storage/data.py).
+"""S3Store's data path: raw objects read through obstore (see compressor/storage/base.py,
+"The data path").
 
 Why obstore: a GET of a ~30 KB object costs boto3 about 1.8-2.9 ms of CPU, most of
 it Python holding the GIL (signing, parsing, botocore's event hooks), so 16
@@ -27,16 +28,23 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from .base import CHUNK, NotFound, ObjectInfo, StoreError, temp_name
-from .data import DataReader, ObjectData, StoreReader
-
-if TYPE_CHECKING:
-    from .s3 import S3Store
+from .base import (
+    CHUNK,
+    DataReader,
+    NotFound,
+    ObjectData,
+    ObjectInfo,
+    ObjectSource,
+    StoreError,
+    StoreReader,
+    temp_name,
+)
+from .s3session import SESSION_LOCK, shared_session
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +55,23 @@ _NOT_VERBATIM = re.compile(r"(^|/)(\.{1,2})?(/|$)|[\x00-\x1f\x7f]")
 _CREDENTIALS_TTL = timedelta(minutes=15)
 
 
+class S3Source(ObjectSource, Protocol):
+    """What the data path uses of the S3Store it belongs to (s3.py's S3Store is one).
+    A protocol, so that s3.py imports this module and this module never imports s3.py."""
+
+    uri: str
+    bucket: str
+
+    def _full(self, key: str) -> str: ...
+
+    def _where(self, key: str | None) -> str: ...
+
+
 class _NoCredentials(Exception):
     """No explicit pair and none in boto3's chain: boto3 will say so, in its words."""
 
 
-def new_reader(store: S3Store, **settings: Any) -> DataReader:
+def new_reader(store: S3Source, **settings: Any) -> DataReader:
     """An ObstoreReader with `settings` (see its parameters), else a boto3 one: when
     obstore is missing, cannot be set up (type name logged), or no credentials exist."""
     try:
@@ -76,7 +96,7 @@ class ObstoreReader(DataReader):
 
     def __init__(
         self,
-        store: S3Store,
+        store: S3Source,
         *,
         endpoint_url: str | None,
         access_key: str | None,
@@ -215,10 +235,8 @@ def _without_userinfo(url: str) -> str:
 def _boto3_credentials() -> Callable[[], Any] | None:
     """obstore's credentials from boto3's chain (environment, config files, instance
     role), as the boto3 client without explicit keys gets them; None when it has none."""
-    from .s3 import _SESSION_LOCK, _shared_session
-
-    with _SESSION_LOCK:
-        credentials = _shared_session().get_credentials()
+    with SESSION_LOCK:
+        credentials = shared_session().get_credentials()
     if credentials is None:
         return None
 

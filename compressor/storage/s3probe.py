@@ -24,14 +24,17 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import PreconditionFailed, StoreConfigError, StoreError, TransientStoreError
-
-if TYPE_CHECKING:
-    from .s3 import S3Store
+from .base import (
+    ObjectInfo,
+    PreconditionFailed,
+    StoreConfigError,
+    StoreError,
+    TransientStoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,34 @@ class ServerFeatures:
         return out
 
 
-def probe(store: S3Store, key: str) -> ServerFeatures:
+class S3Probed(Protocol):
+    """What the probe uses of the S3Store it probes (s3.py's S3Store is one). A protocol,
+    so that s3.py imports this module and this module never imports s3.py."""
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def features(self) -> ServerFeatures: ...
+
+    def put_bytes(self, key: str, data: bytes, *, if_match: str | None = None,
+                  if_none_match: bool = False) -> str: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def raw_delete(self, key: str, *, if_match: str | None = None) -> None: ...
+
+    def start_upload(self, key: str) -> str: ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+
+    def complete_upload(self, key: str, upload_id: str, part_etags: list[str], *,
+                        if_match: str | None = None, if_none_match: bool = False) -> None: ...
+
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+
+def probe(store: S3Probed, key: str) -> ServerFeatures:
     """The server's features, from writes to the fresh `key` (left for the caller to delete).
 
     StoreConfigError('<what it ignored>') when PUT's own conditions are not honoured;
@@ -102,14 +132,14 @@ def probe(store: S3Store, key: str) -> ServerFeatures:
     )
 
 
-def refused(store: S3Store, how: str) -> StoreConfigError:
+def refused(store: S3Probed, how: str) -> StoreConfigError:
     return StoreConfigError(
         f"{store.location} does not honour conditional writes "
         f"(If-None-Match/If-Match); leases and state need them ({how})"
     )
 
 
-def _must_lose(store: S3Store, what: str, write: Callable[[], object]) -> None:
+def _must_lose(store: S3Probed, what: str, write: Callable[[], object]) -> None:
     try:
         write()
     except PreconditionFailed:
@@ -117,7 +147,7 @@ def _must_lose(store: S3Store, what: str, write: Callable[[], object]) -> None:
     raise refused(store, what)
 
 
-def _delete_honours_if_match(store: S3Store, key: str, current: str, wrong: str) -> bool:
+def _delete_honours_if_match(store: S3Probed, key: str, current: str, wrong: str) -> bool:
     """A delete If-Match a wrong ETag keeps the object, and one If-Match the right ETag
     removes it. Any other answer (ignored, refused with 501, removed anyway): no."""
     try:
@@ -141,7 +171,7 @@ def _delete_honours_if_match(store: S3Store, key: str, current: str, wrong: str)
     return store.head(key) is None
 
 
-def _complete_honours_conditions(store: S3Store, key: str, wrong: str) -> bool:
+def _complete_honours_conditions(store: S3Probed, key: str, wrong: str) -> bool:
     """CompleteMultipartUpload over the existing `key` with If-None-Match, then with a
     wrong If-Match: both must answer 412 and leave the object as it was."""
     before = store.head(key)

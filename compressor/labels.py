@@ -5,6 +5,15 @@ of these values; research scripts select `day_quality_post == "GOOD"`, or
 `in {"GOOD", "DEGRADED"}`, or `!= "BAD"`. `post_filter_version` names the version
 of the rules that produced the label (`RULES_VERSION`), so a reader can tell labels
 made by different rules apart.
+
+Why here, at the bottom next to `layout`, and not in `compressor.quality`: the label
+and its rules version are words of the data contract that every layer stores or
+compares. The state validates `day_quality_post`, the plan relabels a day whose
+`post_filter_version` is not `RULES_VERSION`, the job and the publish write them into
+meta.json, and `quality` computes them. Kept in `quality`, planning and the state
+would import from a package that itself reads the state (the report), an arrow back
+up the layers; here every one of them imports downward, and this module imports
+nothing of the project.
 """
 
 from __future__ import annotations
