@@ -596,12 +596,7 @@ class S3Store(Store):
                     raise err from None
                 if if_none_match and _is_tombstone(current):
                     if_match, if_none_match = TOMBSTONE_ETAG, False
-                elif (if_match is not None and current is not None and not _is_tombstone(current)
-                      and current.etag == normalize_etag(if_match)
-                      and not self.features.if_match_unquoted):
-                    self.features = replace(self.features, if_match_unquoted=True)
-                    log.info("%s compares If-Match unquoted: sending it so", self.location)
-                else:
+                elif not self._learnt_unquoted(current, if_match):
                     raise err from None
         raise PreconditionFailed(f"put {self._where(key)}: the condition kept failing")
 
@@ -641,12 +636,21 @@ class S3Store(Store):
                 if isinstance(err, NotFound) and _retried(exc):
                     raise NotFound(f"{err} (retried)") from None
                 current = None if if_match is None else self._head_raw(key)
-                if not (isinstance(err, PreconditionFailed) and current is not None
-                        and current.etag == normalize_etag(if_match or "")
-                        and not self.features.if_match_unquoted):
+                if not (isinstance(err, PreconditionFailed)
+                        and self._learnt_unquoted(current, if_match)):
                     raise err from None
-                self.features = replace(self.features, if_match_unquoted=True)
                 kwargs.update(self._condition_headers(if_match, False))
+
+    def _learnt_unquoted(self, current: ObjectInfo | None, if_match: str | None) -> bool:
+        """After a 412 on `if_match`: whether the server refused a quoted If-Match although
+        the object's ETag (`current`, as HEAD saw it) is the one asked for. Ceph RGW 16.2
+        compares If-Match unquoted; the store learns to send it so (True: send again)."""
+        if (if_match is None or current is None or _is_tombstone(current)
+                or current.etag != normalize_etag(if_match) or self.features.if_match_unquoted):
+            return False
+        self.features = replace(self.features, if_match_unquoted=True)
+        log.info("%s compares If-Match unquoted: sending it so", self.location)
+        return True
 
     def remove_tombstone(self, key: str) -> None:
         """Delete `key` if it holds a tombstone (see `delete`). Only for a key that no
