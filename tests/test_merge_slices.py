@@ -200,14 +200,9 @@ def test_a_job_killed_with_sigkill_leaves_no_slice_process(tmp_path):
         assert job.poll() is None, "the merge ended before it could be killed"
         job.kill()
         job.wait()
-        deadline = time.monotonic() + 10
-        while slice_workers(marker):
-            assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
-            time.sleep(0.05)
+        _assert_gone_within(marker, 10)
     finally:
-        job.kill()
-        for pid in slice_workers(marker):
-            os.kill(pid, signal.SIGKILL)
+        _kill_all(job, marker)
 
 
 def test_a_full_temp_disk_in_a_slice_process_is_the_same_resource_error(tmp_path, tiny_disk):
@@ -292,14 +287,9 @@ def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
         job.kill()
         job.wait()
         gate.touch()  # the slices start now, their parent already gone
-        deadline = time.monotonic() + 20
-        while slice_workers(marker):
-            assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
-            time.sleep(0.05)
+        _assert_gone_within(marker, 20)
     finally:
-        job.kill()
-        for pid in slice_workers(marker):
-            os.kill(pid, signal.SIGKILL)
+        _kill_all(job, marker)
 
 
 def test_inputs_in_memory_stay_in_this_process(tmp_path):
@@ -309,3 +299,17 @@ def test_inputs_in_memory_stay_in_this_process(tmp_path):
     sliced, result = run(memory, tmp_path / "mem.parquet", tmp_path, processes=3)
     assert sliced == one
     assert result.passes == 1 and result.spill_runs == 0  # no slices: one process
+
+
+def _assert_gone_within(marker: str, seconds: float) -> None:
+    """Every slice process of `marker` ends within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while slice_workers(marker):
+        assert time.monotonic() < deadline, f"left running: {slice_workers(marker)}"
+        time.sleep(0.05)
+
+
+def _kill_all(job: subprocess.Popen[bytes], marker: str) -> None:
+    job.kill()
+    for pid in slice_workers(marker):
+        os.kill(pid, signal.SIGKILL)
