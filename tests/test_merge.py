@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressor.generator import LAYOUTS, PartitionSpec, raw_table, special_files, write_partition
+from compressor.demo import LAYOUTS, PartitionSpec, raw_table, special_files, write_partition
 from compressor.merge import (
     BadTsEventTypeError,
     CorruptFileError,

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import CORRUPT_KINDS, PartitionSpec, special_files, write_partition
+from compressor.demo import CORRUPT_KINDS, PartitionSpec, special_files, write_partition
 from compressor.merge import CorruptFileError, MergeInputError, MergeResourceError, merge_files
 from compressor.merge import reading as merge_reading
 from compressor.merge import sorting as merge_sorting

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import PartitionSpec, raw_table
+from compressor.demo import PartitionSpec, raw_table
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.meta import Meta
 from compressor.planning import Action, Mode, PlanOptions, Reason, Shard, build_plan
