@@ -32,6 +32,7 @@ from compressor.demo.spec import (
 from compressor.demo.windows import write_quality_windows
 from compressor.layout import PartitionId, parse_day
 
+
 def _use_dictionary(spec: PartitionSpec, i: int) -> bool:
     return not (spec.schema_drift and i % 4 == 3)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from compressor.demo.spec import EXCHANGES, PartitionSpec, unit
 
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
