@@ -138,36 +138,12 @@ def raw_table(spec: PartitionSpec, file_index: int) -> pa.Table:
     n = rows_in_file(spec, i)
     k_prev = previous_day_rows(spec, i, n)
     n_main = n - k_prev
-    day0 = spec.day_start_ms
     u = (pc.random(8 * n, initializer=seeded_hash(spec, "file", i)) if n
          else pa.array([], pa.float64()))
     u_gap, u_tie, u_lat, u_perm = (u.slice(j * n, n) for j in range(4))
     v1, v2, v3, v4 = (u.slice(j * n, n) for j in range(4, 8))
 
-    if spec.layout == "spans_day":
-        start, end = day0, day0 + DAY_MS - 1000
-    else:
-        start, end = boundary(spec, i), boundary(spec, i + 1)
-        if spec.layout == "edges" and i > 0:
-            overlap = int((end - start) * (0.02 + 0.04 * unit(spec, "overlap", i))) + 1
-            start -= overlap
-    ts = _sorted_times(
-        u_gap.slice(0, n_main), u_tie.slice(0, n_main), spec.tie_fraction, start, end
-    )
-    if k_prev:
-        prev_ms = 2000 + int(3000 * unit(spec, "previous_day"))
-        ts = pa.concat_arrays(
-            [
-                _sorted_times(
-                    u_gap.slice(n_main, k_prev),
-                    u_tie.slice(n_main, k_prev),
-                    spec.tie_fraction,
-                    day0 - prev_ms,
-                    day0,
-                ),
-                ts,
-            ]
-        )
+    ts = _event_times(spec, i, u_gap, u_tie, n_main, k_prev)
     serial = pa.array(range(n), pa.int64())
     if spec.layout == "edges":
         order = _send_order(spec, i, ts)
@@ -199,6 +175,39 @@ def raw_table(spec: PartitionSpec, file_index: int) -> pa.Table:
         cols[q] = pc.cast(cols[q], pa.float32())
     table = pa.table(cols)
     return table.replace_schema_metadata({b"pandas": _pandas_metadata(table.schema, n)})
+
+
+def _event_times(spec: PartitionSpec, i: int, u_gap: pa.Array, u_tie: pa.Array,
+                 n_main: int, k_prev: int) -> pa.Array:
+    """ts_event of file i's rows, sorted: `k_prev` rows in the last seconds of the
+    previous day, then `n_main` rows in the file's slice of the day (the whole day
+    for `spans_day`; for `edges` reaching a little back into the previous slice)."""
+    day0 = spec.day_start_ms
+    if spec.layout == "spans_day":
+        start, end = day0, day0 + DAY_MS - 1000
+    else:
+        start, end = boundary(spec, i), boundary(spec, i + 1)
+        if spec.layout == "edges" and i > 0:
+            overlap = int((end - start) * (0.02 + 0.04 * unit(spec, "overlap", i))) + 1
+            start -= overlap
+    ts = _sorted_times(
+        u_gap.slice(0, n_main), u_tie.slice(0, n_main), spec.tie_fraction, start, end
+    )
+    if k_prev:
+        prev_ms = 2000 + int(3000 * unit(spec, "previous_day"))
+        ts = pa.concat_arrays(
+            [
+                _sorted_times(
+                    u_gap.slice(n_main, k_prev),
+                    u_tie.slice(n_main, k_prev),
+                    spec.tie_fraction,
+                    day0 - prev_ms,
+                    day0,
+                ),
+                ts,
+            ]
+        )
+    return ts
 
 
 def _send_order(spec: PartitionSpec, i: int, ts: pa.Array) -> pa.Array:
