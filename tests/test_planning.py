@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from compressor.demo import PartitionSpec
 from compressor.discovery import Filters, Partition, list_partition
-from compressor.generator import PartitionSpec
 from compressor.job import Job
 from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day
