@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from compressor.cli import main
 from compressor.generator import PartitionSpec, raw_table
 from compressor.merge import MergeSettings, merge_files
-from compressor.quality import metrics
+from compressor.quality import metrics, pieces
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 
 DAY = "20261124"
@@ -585,7 +585,7 @@ def test_every_figure_matches_a_plain_computation(day: tuple[str, pa.Table, list
     each figure, for every stream, batches cut anywhere and small pieces."""
     stream, table, cuts = day
     acc = QualityAccumulator(DAY, OUT, stream)
-    with mock.patch.object(metrics, "_PIECE_ROWS", piece):
+    with mock.patch.object(pieces, "PIECE_ROWS", piece):
         for a, b in itertools.pairwise([0, *cuts, table.num_rows]):
             acc(table.slice(a, b - a))
     assert acc.result() == _plain_quality(stream, table, cuts)
