@@ -269,8 +269,7 @@ class TradeIdRepeats:
     Each id gets a 64-bit key, equal for equal ids (`_id_keys`); a sort of the keys
     finds the few keys seen twice, and only the ids with those keys are compared as
     strings. Without keys every id is compared as a string (slower, as exact). The ids
-    stay in their chunks (no batch-long copy of the strings) unless fixed-width keys
-    need one array.
+    stay in their chunks: no batch-long copy of the strings.
     """
 
     def __init__(self, window_ms: int) -> None:
@@ -373,10 +372,10 @@ def _id_keys(ids: pa.ChunkedArray, kind: str | None) -> tuple[str | None, np.nda
     if width is None or kind not in (None, fixed):
         return kind or "exact", None
     try:  # Arrow checks that every id has the width
-        array = ids.cast(pa.binary(width)).combine_chunks()
+        chunks = ids.cast(pa.binary(width)).chunks
     except pa.ArrowInvalid:
         return kind or "exact", None
-    return fixed, _hash_fixed(array, width)
+    return fixed, np.concatenate([_hash_fixed(chunk, width) for chunk in chunks])
 
 
 def _int_keys(ids: pa.ChunkedArray) -> np.ndarray:
@@ -400,7 +399,9 @@ def _first_width(ids: pa.ChunkedArray) -> int | None:
 
 
 def _hash_fixed(ids: pa.FixedSizeBinaryArray, width: int) -> np.ndarray:
-    """A 64-bit hash of each id's `width` bytes (the words mixed like the row hash)."""
+    """A 64-bit hash of each id's `width` bytes (the words mixed like the row hash).
+
+    Called a chunk at a time: the padded copy of the bytes stays small and in cache."""
     buffer = ids.buffers()[1]
     assert buffer is not None
     data = np.frombuffer(buffer, dtype=np.uint8)[ids.offset * width :

@@ -18,7 +18,9 @@ figure does not apply to the stream, or an older writer did not record it):
 - out_of_day_rows = out_of_day_before + out_of_day_after: ts_event before the
   partition's UTC day / at or after the next midnight.
 - duplicate_rows: rows equal to an earlier row in every column but seq and
-  ts_recv (the same event delivered twice); counted across batch boundaries.
+  ts_recv (the same event delivered twice); counted across batch boundaries. Equal
+  as Arrow groups values: null equals null, floats by their bits (-0.0 is not 0.0,
+  a NaN equals a NaN of the same bits).
 - max_gap_ms: largest step between consecutive ts_event.
 - gap_threshold_ms, gaps_above_threshold: the partition's threshold (below) and
   how many consecutive steps exceed it.
