@@ -213,9 +213,11 @@ def _run_rows(times: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _repeated(hashes: np.ndarray) -> np.ndarray:
-    """Which of `hashes` occur more than once."""
-    values, counts = np.unique(hashes, return_counts=True)
-    return np.isin(hashes, values[counts > 1])
+    """Which of `hashes` occur more than once (one sort: np.unique with counts costs
+    half as much again, on a path taken once a piece)."""
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    return np.isin(hashes, repeated)
 
 
 def _exact_duplicates(table: pa.Table, rows: np.ndarray) -> int:
