@@ -91,6 +91,15 @@ def test_s3_probe_does_not_import_the_s3_store() -> None:
     assert not _reaches("compressor.storage.s3probe", "compressor.storage.s3")
 
 
+def test_duplicate_counting_knows_only_arrow_numpy_and_the_piece_size() -> None:
+    """quality/duplicates.py (exact duplicate rows, repeated trade_ids) and quality/pieces.py
+    are below the accumulator (metrics.py): pure Arrow/numpy, no merge, store or state."""
+    face = {"compressor.quality"}  # `from compressor.quality import pieces`
+    assert imports_of("compressor.quality.duplicates") - face == {"compressor.quality.pieces"}
+    assert imports_of("compressor.quality.pieces") == set()
+    assert "compressor.quality.duplicates" in imports_of("compressor.quality.metrics")
+
+
 def _all_modules() -> list[str]:
     names = []
     for path in sorted((ROOT / "compressor").rglob("*.py")):
