@@ -76,14 +76,29 @@ def test_s3_data_path_does_not_import_the_s3_store() -> None:
     ("compressor.job.lifecycle", ["compressor.job.run"]),
     ("compressor.state.document", ["compressor.state.merge", "compressor.state.store"]),
     ("compressor.state.merge", ["compressor.state.store"]),
+    ("compressor.quality.windows.parse", ["compressor.quality.windows.rules",
+                                          "compressor.quality.windows.day",
+                                          "compressor.quality.windows.store"]),
+    ("compressor.quality.windows.rules", ["compressor.quality.windows.day",
+                                          "compressor.quality.windows.store"]),
+    ("compressor.quality.windows.day", ["compressor.quality.windows.store"]),
 ])
 def test_package_modules_import_downward(module: str, above: list[str]) -> None:
     """job: run (the loop) -> lifecycle (one partition) -> outcome (what became of it);
-    state: store (CAS writes) -> merge (the rule) -> document (shape, validation)."""
+    state: store (CAS writes) -> merge (the rule) -> document (shape, validation);
+    quality.windows: store (the Store) -> day (slots, label) -> rules -> parse."""
     for higher in above:
         assert not _reaches(module, higher), (module, higher)
     package = module.rpartition(".")[0]
     assert package not in imports_of(module)  # the package's face is above its modules
+
+
+@pytest.mark.parametrize("module", ["compressor.quality.windows.parse",
+                                    "compressor.quality.windows.rules",
+                                    "compressor.quality.windows.day"])
+def test_window_scoring_touches_no_store(module: str) -> None:
+    """Scoring windows and days is pure: only quality.windows.store reads or writes."""
+    assert not _reaches(module, "compressor.storage"), sorted(imports_of(module))
 
 
 def test_s3_probe_does_not_import_the_s3_store() -> None:
