@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         "+ meta.json per exchange/stream/symbol/day, and keep compacted/_state.json true.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    run = p.add_argument_group("what to compact")
+    _what_to_compact(p.add_argument_group("what to compact"))
+    _other_actions(p.add_argument_group("other actions"))
+    _stores_and_resources(p.add_argument_group("stores and resources"))
+    _observe(p.add_argument_group("observe"))
+    return p
+
+
+def _what_to_compact(run: argparse._ArgumentGroup) -> None:
+    """The run's days, filters and choices (docs/operations.md "Command line")."""
     run.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.CATCH_UP.value,
                      help="daily = yesterday; catch-up (default) = every raw day after "
                      "last_compacted_date and before today; backfill = --date-from..--date-to")
@@ -131,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "Never moves last_compacted_date")
     run.add_argument("--apply", action="store_true",
                      help="--mode cleanup: really remove (without it: list what would go)")
+    _how_to_compact(run)
+
+
+def _how_to_compact(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--deep", action="store_true",
                      help="--mode verify: also download each output and check its sha256, "
                      "rows, order and seq")
@@ -146,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"day verdict (default {DEFAULT_PRIMARY_EXCHANGE})")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (days, partitions, files, bytes, skips) and exit")
-    other = p.add_argument_group("other actions")
+
+
+def _other_actions(other: argparse._ArgumentGroup) -> None:
     other.add_argument("--quality-report", action="store_true",
                        help="print the quality report (one row per day: collector label, "
                        "partitions by condition, rows, data flags; the watermark; the worst "
@@ -166,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--demo", metavar="DIR", type=Path,
                        help="generate a small raw lake in DIR/raw, compact it into "
                        "DIR/compact (local stores) and print the quality report")
-    where = p.add_argument_group("stores and resources")
+
+
+def _stores_and_resources(where: argparse._ArgumentGroup) -> None:
     where.add_argument("--raw", metavar="URI",
                        help="raw store: s3://bucket[/prefix] or a directory "
                        "(default s3://$S3_BUCKET, bucket quantlab-raw)")
@@ -187,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "gets at least 192M of --memory-budget; the choice is logged)")
     where.add_argument("--log-format", choices=FORMATS, default="human",
                        help="human (default) or json lines, on stderr")
-    watch = p.add_argument_group("observe")
+
+
+def _observe(watch: argparse._ArgumentGroup) -> None:
     watch.add_argument("--metrics-file", metavar="PATH", type=Path,
                        help="write the run's Prometheus metrics to PATH at its end, atomically "
                        "(for node_exporter's textfile collector: name it *.prom)")
@@ -197,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                        help="the live progress line on stderr: auto (default) = when stderr "
                        "is a terminal")
-    return p
 
 
 # --------------------------------------------------------------------------- parsing helpers
