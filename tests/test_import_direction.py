@@ -63,11 +63,11 @@ def test_storage_base_imports_no_other_store_module() -> None:
 
 
 def test_s3_data_path_does_not_import_the_s3_store() -> None:
-    """s3.py builds its data path (s3data.py); the shared boto3 session both use is
-    below them (s3session.py)."""
+    """s3.py builds its data path (s3data.py); the shared boto3 session that the data
+    path and the store's clients (s3connect.py) use is below them (s3session.py)."""
     assert not _reaches("compressor.storage.s3data", "compressor.storage.s3")
     assert "compressor.storage.s3session" in imports_of("compressor.storage.s3data")
-    assert "compressor.storage.s3session" in imports_of("compressor.storage.s3")
+    assert "compressor.storage.s3session" in imports_of("compressor.storage.s3connect")
     assert imports_of("compressor.storage.s3session") == set()
 
 
@@ -89,6 +89,21 @@ def test_package_modules_import_downward(module: str, above: list[str]) -> None:
 def test_s3_probe_does_not_import_the_s3_store() -> None:
     """s3.py runs the probe at check(); the probe knows the store by a protocol."""
     assert not _reaches("compressor.storage.s3probe", "compressor.storage.s3")
+
+
+@pytest.mark.parametrize("module", ["compressor.storage.s3compat", "compressor.storage.s3connect",
+                                    "compressor.storage.s3errors",
+                                    "compressor.storage.s3multipart"])
+def test_s3_store_modules_do_not_import_the_s3_store(module: str) -> None:
+    """The fallbacks, reaching the bucket, the error mapping and multipart uploads each
+    know the S3Store by a protocol: s3.py imports them, never the other way."""
+    assert not _reaches(module, "compressor.storage.s3")
+    assert module in imports_of("compressor.storage.s3")
+
+
+def test_s3_error_mapping_imports_only_the_store_interface() -> None:
+    """What a failure means is decided from the error alone: below every S3 module."""
+    assert imports_of("compressor.storage.s3errors") == {"compressor.storage.base"}
 
 
 def _all_modules() -> list[str]:

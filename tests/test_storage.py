@@ -38,7 +38,7 @@ from compressor.storage import (
     open_store,
 )
 from compressor.storage.base import TMP_MARK
-from compressor.storage.s3 import TOMBSTONE
+from compressor.storage.s3compat import TOMBSTONE
 from compressor.storage.s3probe import ServerFeatures
 from tests.conftest import (
     TEST_ACCESS_KEY,
