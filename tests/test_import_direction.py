@@ -101,6 +101,19 @@ def test_s3_store_modules_do_not_import_the_s3_store(module: str) -> None:
     assert module in imports_of("compressor.storage.s3")
 
 
+@pytest.mark.parametrize(("module", "below"), [
+    ("compressor.storage.localdata", {"compressor.storage.base", "compressor.storage.localfiles"}),
+    ("compressor.storage.localwrite", {"compressor.storage.base", "compressor.storage.localfiles"}),
+    ("compressor.storage.localfiles", {"compressor.storage.base"}),
+])
+def test_local_store_modules_import_only_below_the_local_store(module: str, below: set[str]
+                                                               ) -> None:
+    """local.py imports its data path, its writes and its file rules; they know the
+    LocalStore by a protocol (or not at all), and the file rules sit below both."""
+    assert imports_of(module) == below
+    assert module in imports_of("compressor.storage.local")
+
+
 def test_s3_error_mapping_imports_only_the_store_interface() -> None:
     """What a failure means is decided from the error alone: below every S3 module."""
     assert imports_of("compressor.storage.s3errors") == {"compressor.storage.base"}
