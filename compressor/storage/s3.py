@@ -311,8 +311,8 @@ class S3Store(Store):
         completes nothing is visible, so that is where the check belongs (AWS
         honours If-Match and If-None-Match there). On a server whose
         CompleteMultipartUpload ignores them (`features.conditional_multipart`), a
-        conditional upload goes as one PUT instead, up to SINGLE_PUT_MAX. The
-        outcomes of a condition are put_bytes's (see `_conditional`).
+        conditional upload goes as one PUT instead, up to SINGLE_PUT_MAX
+        (s3compat.py). The outcomes of a condition are put_bytes's (see `_conditional`).
         """
         conditional = if_match is not None or if_none_match
         try:
@@ -527,7 +527,7 @@ def _stream_to(body: Any, tmp: Path) -> int:
 
     No fsync: downloads are scratch copies for the merge, a crash loses nothing
     that the next run would not fetch again, and the caller's rename keeps a
-    partial copy from being seen (as LocalStore's `_atomic_copy`).
+    partial copy from being seen (as LocalStore's `atomic_copy`, localwrite.py).
     """
     size = 0
     with open(tmp, "wb") as out:
