@@ -78,8 +78,14 @@ def _makedirs(real_root: Callable[[], str], key: str, directory: str) -> None:
             os.makedirs(directory, exist_ok=True)
             return
         except (FileExistsError, NotADirectoryError):
+            # makedirs also says "exists" when a parent it found was pruned before it
+            # looked again: only something there that is not a directory blocks the key
+            blocking = _blocking_file(real_root(), key)
+            path = os.path.join(real_root(), blocking)
+            if not os.path.lexists(path) or os.path.isdir(path):
+                continue
             raise StoreError(
-                f"cannot write key {key!r}: {_blocking_file(real_root(), key)!r} is a file, "
+                f"cannot write key {key!r}: {blocking!r} is a file, "
                 "not a directory (an existing object)"
             ) from None
         except FileNotFoundError:
