@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.chaos.skew import HOST_SHIM, faketime_library, skew_environment
 from compressor.discovery import list_day
 from compressor.eventday import (
     DAY_MS,
@@ -39,7 +42,7 @@ from compressor.layout import PartitionId, raw_file_name
 from compressor.planning import Action, Mode, PlanOptions, Reason, build_plan
 from compressor.state import StateStore
 from compressor.storage import LocalStore, Store
-from tests.conftest import make_s3_store
+from tests.conftest import make_s3_store, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTOR_REAL = Path(__file__).parent / "fixtures" / "collector-real"
@@ -385,3 +388,36 @@ def test_listing_the_next_day_stops_past_the_horizon(tmp_path: Path) -> None:
     assert part.edges is not None
     assert [f.key for f in part.edges.before] == [before[1]]
     assert [f.key for f in part.edges.after] == after[:2]
+
+
+def _run_at(when: int, raw: Path, compact: Path, *args: str
+            ) -> subprocess.CompletedProcess[str]:
+    """run.py on local stores with the host's wall clock at `when` (libfaketime)."""
+    library = require_tool("libfaketime", found=faketime_library(), package="faketime")
+    env = {**os.environ, **skew_environment(library, when - time.time())}
+    return subprocess.run(
+        [sys.executable, "-c", HOST_SHIM, str(REPO / "run.py"), "--raw", str(raw),
+         "--compact", str(compact), *args],
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+
+
+def test_a_run_just_after_midnight_waits_and_a_later_one_compacts(tmp_path: Path) -> None:
+    """A catch-up at 00:10 UTC (its host clock faked) leaves yesterday alone and says so,
+    exit 0, readiness not moved; the same run at 01:05 compacts it and moves readiness."""
+    raw_dir, compact_dir = tmp_path / "raw", tmp_path / "compact"
+    raw_dir.mkdir()
+    compact_dir.mkdir()
+    m1 = midnight_s(shift(D, 1))
+    _put(LocalStore(raw_dir), D, m1 - 200, 0, _rows([m1 * 1000 - 300_000]))
+    early = _run_at(m1 + 600, raw_dir, compact_dir, "--mode", "catch-up")
+    assert early.returncode == 0, early.stderr[-3000:]
+    assert "1 waiting for the next day" in early.stdout + early.stderr
+    assert not list(compact_dir.glob("exchange=*/*/*/*/data.parquet"))
+    state_file = compact_dir / "compacted/_state.json"
+    assert not state_file.exists() or json.loads(state_file.read_text())[
+        "last_compacted_date"] is None
+    later = _run_at(m1 + SETTLE_GRACE_S + 300, raw_dir, compact_dir, "--mode", "catch-up")
+    assert later.returncode == 0, later.stderr[-3000:]
+    assert len(list(compact_dir.glob("exchange=*/*/*/*/data.parquet"))) == 1
+    state = json.loads((compact_dir / "compacted/_state.json").read_text())
+    assert state["last_compacted_date"] == D

@@ -291,6 +291,10 @@ class PartitionLifecycle:
         if planned.reason is Reason.CAPPED:
             log.info("%s: not run: %s", pid.state_key, planned.describe)
             return PartitionOutcome(pid, Status.NOT_RUN)
+        if planned.reason is Reason.UNSETTLED:
+            log.info("%s: waits: %s", pid.state_key, planned.describe,
+                     extra=self.fields(pid, "skipped", reason=planned.describe))
+            return PartitionOutcome(pid, Status.WAITING)
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
             log.info("%s: skipped: %s", pid.state_key, planned.describe,
