@@ -112,6 +112,8 @@ class StateView(Protocol):
     @property
     def event_day_from(self) -> str: ...
 
+    def days_by_flush_rule(self) -> list[str]: ...
+
 
 @dataclass(frozen=True)
 class PlannedPartition:
@@ -148,6 +150,19 @@ class Plan:
     event_day_from: str | None = None
     #: True when this run moves event_day_from back (a backfill over older days).
     lowers_event_day_from: bool = False
+    #: Published days whose rows are filed by flush day (state.days_by_flush_rule).
+    flush_rule_days: list[str] = field(default_factory=list)
+
+    def flush_rule_note(self) -> str | None:
+        """One line on the days still filed by flush day and the backfill that moves
+        them (None when there are none), for the plan and the run's log."""
+        days = self.flush_rule_days
+        if not days or self.event_day_from is None:
+            return None
+        last = max(days[-1], shift(self.event_day_from, -1))
+        return (f"{len(days)} published day(s) {days[0]}..{days[-1]} keep rows filed by "
+                f"flush day (docs/guarantees.md \"Rows belong to their event day\"): "
+                f"--mode backfill --date-from {days[0]} --date-to {last} moves them")
 
     def for_day(self, day: str) -> list[PlannedPartition]:
         return [p for p in self.partitions if p.pid.date == day]
@@ -179,6 +194,9 @@ class Plan:
             lines.append(f"  empty   {day}: no raw data; "
                          + ("counts as ready (grace passed, later days have data)" if ready
                             else "holds readiness back (within its grace, or no later data)"))
+        note = self.flush_rule_note()
+        if note and not self.lowers_event_day_from:
+            lines.append(note)
         if self.lowers_event_day_from:
             lines.append(f"event_day_from: moved back to {self.event_day_from} (these days "
                          "are compacted again with rows in their event day)")
@@ -429,7 +447,7 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     if last is None and ready:
         _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
     return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty,
-                event_day_from, lowers)
+                event_day_from, lowers, state.days_by_flush_rule())
 
 
 def _event_day_from(stored: str, options: PlanOptions) -> tuple[str, bool]:

@@ -159,6 +159,9 @@ def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[]
     if config.dry_run:
         return RunResult(the_plan)
     observer.planned(the_plan)
+    note = the_plan.flush_rule_note()
+    if note and not the_plan.lowers_event_day_from:
+        log.info(note)
     compact.check_conditional_writes(PROBE_PREFIX)  # it writes: never in a dry run
     check_tmp_dir(config.tmp_dir)
     for path in clean_stale_tmp(config.tmp_dir):

@@ -42,7 +42,7 @@ from compressor.layout import PartitionId, raw_file_name
 from compressor.planning import Action, Mode, PlanOptions, Reason, build_plan
 from compressor.state import StateStore
 from compressor.storage import LocalStore, Store
-from tests.conftest import make_s3_store, require_tool
+from tests.conftest import make_s3_store, old_checkout, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTOR_REAL = Path(__file__).parent / "fixtures" / "collector-real"
@@ -421,3 +421,63 @@ def test_a_run_just_after_midnight_waits_and_a_later_one_compacts(tmp_path: Path
     assert len(list(compact_dir.glob("exchange=*/*/*/*/data.parquet"))) == 1
     state = json.loads((compact_dir / "compacted/_state.json").read_text())
     assert state["last_compacted_date"] == D
+
+
+#: The last commit that filed rows by flush day (the code before the event-day rule).
+FLUSH_RULE_COMMIT = "844aec3be9ba6e2d2f39bf11eddddb626b2324e9"
+
+
+def test_a_store_compacted_by_flush_day_is_moved_only_by_a_backfill(tmp_path: Path) -> None:
+    """Days compacted by the code before the rule stay as they are (their outputs are
+    current, the run names them and the backfill that moves them); the first new day
+    keeps the old rule at its first midnight, so no row is lost or doubled between them;
+    the backfill moves event_day_from back, compacts the old days and the first new day
+    again, and then every day holds its event day's rows."""
+    raw_dir, compact_dir = tmp_path / "raw", tmp_path / "compact"
+    raw_dir.mkdir()
+    compact_dir.mkdir()
+    raw, compact = LocalStore(raw_dir), LocalStore(compact_dir)
+    keys = sorted(_skewed_lake(raw))
+    days = [shift(D, -1), D, shift(D, 1)]
+    old = old_checkout(FLUSH_RULE_COMMIT, tmp_path / "old")
+    made = subprocess.run([sys.executable, str(old / "run.py"), "--raw", str(raw_dir),
+                           "--compact", str(compact_dir), "--mode", "backfill", "--date-from",
+                           days[0], "--date-to", days[1], "--today", shift(D, 2)],
+                          env={**os.environ, "PYTHONPATH": str(old)}, cwd=old,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr[-3000:]
+    old_etags = {o.key: o.etag for o in compact.list_objects("exchange=")}
+    assert all("day_rule" not in json.loads(compact.get_bytes(k)[0])
+               for k in old_etags if k.endswith("meta.json"))
+
+    nightly = _run(str(raw_dir), str(compact_dir), "--mode", "catch-up", "--today", shift(D, 2))
+    assert nightly.returncode == 0, nightly.stderr[-3000:]
+    assert (f"2 published day(s) {days[0]}..{days[1]} keep rows filed by flush day"
+            in nightly.stderr)
+    assert f"--date-from {days[0]} --date-to {days[1]} moves them" in nightly.stderr
+    assert {k: e for k, e in ((o.key, o.etag) for o in compact.list_objects("exchange="))
+            if k in old_etags} == old_etags  # nothing changed behind the operator's back
+    state = json.loads(compact.get_bytes("compacted/_state.json")[0])
+    assert state["event_day_from"] == days[2]
+    _, first_new = _published(compact, PartitionId("binance", "trade", "btcusdt", days[2]))
+    assert first_new["edges"]["previous"] == "flush"
+    raw_rows = _raw_rows(raw, keys)
+    total = sum(_published(compact, PartitionId("binance", "trade", "btcusdt", d))[0].num_rows
+                for d in days)
+    assert total == len(raw_rows)  # the flush-rule midnight loses and doubles nothing
+
+    plan = _run(str(raw_dir), str(compact_dir), "--mode", "backfill", "--date-from", days[0],
+                "--date-to", days[1], "--today", shift(D, 2), "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert f"event_day_from: moved back to {days[0]}" in plan.stdout
+    assert plan.stdout.count("rows move to their event day") == 2
+    assert f"binance/trade/btcusdt/{days[2]}" in plan.stdout  # the first new day again
+    moved = _run(str(raw_dir), str(compact_dir), "--mode", "backfill", "--date-from", days[0],
+                 "--date-to", days[1], "--today", shift(D, 2))
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    _check_days(compact, raw_rows, days)
+    state = json.loads(compact.get_bytes("compacted/_state.json")[0])
+    assert state["event_day_from"] == days[0]
+    assert all(e.get("day_rule") == "event_day/1" for e in state["partitions"].values())
+    again = _run(str(raw_dir), str(compact_dir), "--mode", "catch-up", "--today", shift(D, 2))
+    assert again.returncode == 0 and "flush day" not in again.stderr, again.stderr[-2000:]

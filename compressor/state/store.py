@@ -230,6 +230,19 @@ class StateStore:
         return {key[-8:] for key, (status, made_by) in current.items()
                 if status == "success" and made_by != version}
 
+    def days_by_flush_rule(self) -> list[str]:
+        """Days with a `success` entry whose output files rows by flush day: made before
+        the event-day rule (no `day_rule`), or before event_day_from (docs/guarantees.md
+        "Rows belong to their event day"). Ascending."""
+        doc = self._document()
+        edf = self.event_day_from
+        with self._lock:
+            raws = dict(doc["partitions"])
+            queued = {k: e.to_json() for k, e in self._pending.items()}
+        raws.update(queued)
+        return sorted({key[-8:] for key, raw in raws.items() if raw.get("status") == "success"
+                       and (key[-8:] < edf or not raw.get("day_rule"))})
+
     def snapshot(self) -> StateSnapshot:
         """Every entry (as `get` gives it), last_compacted_date and updated_at."""
         entries = {key: self.get(key) for key in self.partition_keys()}
