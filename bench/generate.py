@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compressor.generator import (  # noqa: E402
+from compressor.demo import (  # noqa: E402
     LAYOUTS,
     STREAM_COLUMNS,
     PartitionSpec,

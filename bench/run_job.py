@@ -731,7 +731,7 @@ def per_object_cpu(samples: dict[str, list[Sample]], job: str, base: str,
 
 
 def day_specs(scale: float, day: str, seed: int) -> list[Any]:
-    from compressor.generator import EXCHANGES, STREAMS, PartitionSpec
+    from compressor.demo import EXCHANGES, STREAMS, PartitionSpec
 
     specs = []
     for exchange in EXCHANGES:
@@ -748,7 +748,7 @@ def day_specs(scale: float, day: str, seed: int) -> list[Any]:
 
 
 def _write_one(spec: Any, root: str) -> int:
-    from compressor.generator import write_partition
+    from compressor.demo import write_partition
 
     return len(write_partition(spec, Path(root)))
 
@@ -757,7 +757,7 @@ def write_day(out: Path, scale: float, day: str, seed: int) -> Path:
     """The collector-shaped day under out/raw (reused when the same shape is there)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from compressor.generator import EXCHANGES, write_quality_windows
+    from compressor.demo import EXCHANGES, write_quality_windows
 
     raw = out / "raw"
     marker = out / "day.json"

@@ -468,7 +468,7 @@ def repair_state(compact: Store) -> int:
 
 def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
     """Generate a small lake, backfill every demo day, then a catch-up marks them ready."""
-    from compressor.generator import write_demo_lake
+    from compressor.demo import write_demo_lake
 
     root: Path = args.demo
     today = _today(args)

@@ -184,7 +184,7 @@ def s3proxy(moto_server: str) -> Iterator[S3Proxy]:
 def put_partition(store: Store, spec: Any, scratch: Path) -> list[str]:
     """Generate `spec` (a generator.PartitionSpec) and upload every object it makes,
     strays included, through the storage layer. Returns the data keys in key order."""
-    from compressor.generator import write_partition
+    from compressor.demo import write_partition
 
     root = scratch / f"gen-{uuid.uuid4().hex[:8]}"
     paths = write_partition(spec, root)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import boto3
 import pytest
 
-from compressor.generator import PartitionSpec
+from compressor.demo import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.merge import WORKER_MODULE
 from compressor.meta import Meta, check_data_file

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import (
+from compressor.demo import (
     CORRUPT_KINDS,
     PartitionSpec,
     file_bytes,

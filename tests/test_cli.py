@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from compressor import runner
-from compressor.generator import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
+from compressor.demo import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
 from compressor.merge import MergeSettings

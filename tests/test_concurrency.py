@@ -31,8 +31,8 @@ from urllib.parse import unquote
 import boto3
 import pytest
 
+from compressor.demo import PartitionSpec, file_bytes
 from compressor.discovery import Partition, list_partition
-from compressor.generator import PartitionSpec, file_bytes
 from compressor.job import Job, Status
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseManager, LeaseOwner
@@ -439,7 +439,7 @@ def test_backfills_with_four_workers_on_a_local_store_record_every_partition(
     """Two backfills with 4 workers each at once, twice, on local directories: leases
     are created and released (their emptied directories pruned) side by side in the
     same parents, and every partition must still end with a `success` entry."""
-    from compressor.generator import write_demo_lake
+    from compressor.demo import write_demo_lake
 
     raw, compact = tmp_path / "raw", tmp_path / "compact"
     compact.mkdir()

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from compressor.clock import StoreClock
+from compressor.demo import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.discovery import list_partition
-from compressor.generator import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.job import Job, Status
 from compressor.labels import RULES_VERSION
 from compressor.lease import LeaseManager

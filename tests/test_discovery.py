@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from compressor.demo import PartitionSpec
 from compressor.discovery import (
     Filters,
     RawLayoutError,
@@ -16,7 +17,6 @@ from compressor.discovery import (
     source_fingerprint,
     walk,
 )
-from compressor.generator import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.storage import Store
 from compressor.storage.base import ObjectInfo

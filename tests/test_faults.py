@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.generator import write_partition
+from compressor.demo import write_partition
 from tests import jobworld
 from tests.conftest import make_s3_store
 from tests.jobworld import (

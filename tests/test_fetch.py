@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from compressor.demo import PartitionSpec, write_partition
 from compressor.discovery import Partition, list_partition
-from compressor.generator import PartitionSpec, write_partition
 from compressor.merge import MemoryInput, MergeAborted, MergeSettings, merge_files
 from compressor.partition.compact import BadInputError, CompactSettings, compact_partition
 from compressor.partition.fetch import (

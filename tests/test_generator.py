@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import (
+from compressor.demo import (
     CORRUPT_KINDS,
     DAY_MS,
     DRIFT_ADDED_COLUMN,

@@ -120,3 +120,36 @@ def test_no_import_circle_anywhere() -> None:
 
     circles = [c for m in graph if (c := circle_from(m))]
     assert not circles, " -> ".join(circles[0])
+
+
+#: The merge package's modules, bottom up (docs/architecture.md): each imports only
+#: modules before it. The slices' conversation (slices.py) sits below the merge in
+#: slices that uses it, and knows nothing of the merge's data path.
+MERGE_ORDER = ["errors", "inputs", "reading", "schema", "settings", "sorting", "plan",
+               "spill", "runs", "output", "slices", "slice_merge", "writer"]
+#: The demo package's modules, bottom up.
+DEMO_ORDER = ["spec", "rows", "windows", "lake"]
+
+
+@pytest.mark.parametrize(("package", "order"), [("compressor.merge", MERGE_ORDER),
+                                                ("compressor.demo", DEMO_ORDER)])
+def test_package_layers_import_downward(package: str, order: list[str]) -> None:
+    wrong = []
+    for n, name in enumerate(order):
+        above = {f"{package}.{later}" for later in order[n + 1:]}
+        wrong += [f"{name} -> {m}" for m in imports_of(f"{package}.{name}") & above]
+    assert wrong == []
+
+
+def test_slices_conversation_knows_no_data_path() -> None:
+    assert imports_of("compressor.merge.slices") <= {"compressor.merge",
+                                                     "compressor.merge.errors"}
+
+
+def test_demo_data_imports_only_the_key_layout() -> None:
+    """Test data is made the way the collector makes it, from the key names alone:
+    nothing of the compactor it is meant to test."""
+    for name in ["", *(f".{m}" for m in DEMO_ORDER)]:
+        found = imports_of(f"compressor.demo{name}")
+        assert {m for m in found if not m.startswith("compressor.demo")} <= {
+            "compressor.layout"}, name

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from compressor.demo import PartitionSpec, special_files
 from compressor.discovery import list_partition
-from compressor.generator import PartitionSpec, special_files
 from compressor.job import REPORT_PROBLEMS, Job, PartitionOutcome, RunReport, Status, classify
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.lease import LeaseLost, LeaseManager

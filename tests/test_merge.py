@@ -1,4 +1,4 @@
-"""The merge engine (compressor/merge/writer.py, schema.py) against a simple reference.
+"""The merge engine (compressor/merge/) against a simple reference.
 
 Reference: read every input whole, concatenate in input order, stable-sort by
 ts_event. The engine must give the same rows in the same order, with seq
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressor.generator import LAYOUTS, PartitionSpec, raw_table, special_files, write_partition
+from compressor.demo import LAYOUTS, PartitionSpec, raw_table, special_files, write_partition
 from compressor.merge import (
     BadTsEventTypeError,
     CorruptFileError,

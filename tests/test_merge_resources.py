@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import CORRUPT_KINDS, PartitionSpec, special_files, write_partition
+from compressor.demo import CORRUPT_KINDS, PartitionSpec, special_files, write_partition
 from compressor.merge import CorruptFileError, MergeInputError, MergeResourceError, merge_files
-from compressor.merge import schema as merge_schema
-from compressor.merge import writer as merge_writer
-from compressor.merge.schema import _is_decode_failure
+from compressor.merge import reading as merge_reading
+from compressor.merge import sorting as merge_sorting
+from compressor.merge.inputs import _is_decode_failure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_emfile_during_column_read_is_not_corrupt(
 ) -> None:
     paths = _inputs(tmp_path)
     out = tmp_path / "out.parquet"
-    real = merge_schema.read_columns
+    real = merge_reading.read_columns
     read: list[Path] = []
 
     def starved(path: Path, columns: list[str], *constants: Any) -> pa.Table:
@@ -101,7 +101,7 @@ def test_emfile_during_column_read_is_not_corrupt(
         with _no_free_fds():
             return real(path, columns, *constants)
 
-    monkeypatch.setattr(merge_writer, "read_columns", starved)
+    monkeypatch.setattr(merge_sorting, "read_columns", starved)
     with pytest.raises(MergeResourceError) as info:
         merge_files(paths, out, tmp_dir=tmp_path)
     assert read, "the footer scan passed and a column read was starved"

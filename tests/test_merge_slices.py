@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compressor.demo import PartitionSpec, write_partition
 from compressor.discovery import list_partition
-from compressor.generator import PartitionSpec, write_partition
 from compressor.job import Status, classify
 from compressor.merge import (
     MergeAborted,

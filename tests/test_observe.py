@@ -1,7 +1,7 @@
 """Observability: the Prometheus text file, the summary JSON, JSON log lines, the live line.
 
 End to end through `python run.py` on local stores (a lake from
-`compressor.generator.write_demo_lake`); the live line on a pseudo-terminal.
+`compressor.demo.write_demo_lake`); the live line on a pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from compressor.generator import write_demo_lake
+from compressor.demo import write_demo_lake
 from compressor.job import PartitionOutcome, RunReport, Status
 from compressor.layout import PartitionId
 from compressor.logs import ConsoleHandler, HumanFormatter, JsonFormatter

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
-from compressor.generator import PartitionSpec, raw_table
+from compressor.demo import PartitionSpec, raw_table
 from compressor.layout import LOCKS_PREFIX, STATE_KEY, PartitionId
 from compressor.meta import Meta
 from compressor.planning import Action, Mode, PlanOptions, Reason, Shard, build_plan
@@ -205,8 +205,8 @@ def test_cleanup_is_a_dry_run_until_apply_then_removes_and_holds_readiness_back(
 #: An older compactor, which took footer statistics on trust for constant columns.
 _TRUSTING = """
 import sys
-from compressor.merge import schema as merge_schema
-merge_schema._check_constant = lambda *args: None
+from compressor.merge import reading as merge_reading
+merge_reading._check_constant = lambda *args: None
 from compressor.cli import main
 sys.exit(main(sys.argv[1:]))
 """

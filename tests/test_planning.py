@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from compressor.demo import PartitionSpec
 from compressor.discovery import Filters, Partition, list_day
 from compressor.eventday import DAY_RULE
-from compressor.generator import PartitionSpec
 from compressor.job import Job
 from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from compressor.demo import PartitionSpec
 from compressor.discovery import Partition, list_partition
-from compressor.generator import PartitionSpec
 from compressor.job import Job, Status
 from compressor.lease import LeaseManager
 from compressor.meta import Published, read_published

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from compressor.demo import PartitionSpec, raw_table, rows_in_file, special_files
 from compressor.discovery import Partition, list_partition
-from compressor.generator import PartitionSpec, raw_table, rows_in_file, special_files
 from compressor.labels import RULES_VERSION
 from compressor.merge import MergeAborted
 from compressor.meta import Meta, check_data_file

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.cli import main
-from compressor.generator import PartitionSpec, raw_table
+from compressor.demo import PartitionSpec, raw_table
 from compressor.merge import MergeSettings, merge_files
 from compressor.quality import metrics
 from compressor.quality.metrics import DayQuality, QualityAccumulator

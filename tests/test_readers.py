@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compressor.cli import main
-from compressor.generator import PartitionSpec, write_partition
+from compressor.demo import PartitionSpec, write_partition
 
 TODAY = "20261204"
 DRIFT_DAY = "20261130"

@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 
 from compressor.cli import main
+from compressor.demo import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.discovery import list_partition
-from compressor.generator import EXCHANGES, PartitionSpec, write_quality_windows
 from compressor.job import Job
 from compressor.layout import STATE_KEY, PartitionId
 from compressor.lease import LeaseManager

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from compressor.generator import PartitionSpec
+from compressor.demo import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.meta import Meta, check_data_file
 from compressor.state import StateStore

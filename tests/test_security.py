@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.generator import CORRUPT_KINDS, file_bytes, file_names, special_files
+from compressor.demo import CORRUPT_KINDS, file_bytes, file_names, special_files
 from compressor.lease import LeaseManager, LeaseOwner
 from tests import jobworld
 from tests.conftest import free_port

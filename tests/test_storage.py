@@ -1564,7 +1564,7 @@ def test_a_run_on_local_stores_never_imports_boto3_or_obstore(tmp_path: Path) ->
     """`run.py` compacting a partition from a local raw store into a local compact store,
     as a subprocess, with the modules loaded at its exit listed; and S3Store still
     comes from `compressor.storage`, imported on first use."""
-    from compressor.generator import PartitionSpec
+    from compressor.demo import PartitionSpec
     from tests.conftest import put_partition
 
     repo = Path(__file__).resolve().parents[1]

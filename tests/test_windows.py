@@ -1,7 +1,7 @@
 """compressor.quality.windows: every window and day rule of 2.0.0 with known answers,
 its threshold edges, coverage (missing, partial, malformed, misnamed), the windows the
 real collector wrote (tests/fixtures/collector-real), the stored verdict, and
-fetch/save/load against a LocalStore filled by generator.write_quality_windows."""
+fetch/save/load against a LocalStore filled by compressor.demo.write_quality_windows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from compressor.generator import write_quality_windows
+from compressor.demo import write_quality_windows
 from compressor.labels import RULES_VERSION, Label
 from compressor.quality.windows import (
     MALFORMED_KEYS_CAP,

@@ -6,7 +6,7 @@ Usage (from the repository root, with the project's venv):
                           [--faults kill,pause,skew] [--scenarios fresh,overwrite,pair]
 
 It starts its own moto S3 server on 127.0.0.1 (tests/support/s3server.py), writes a small
-raw lake (DAYS x PARTITIONS, collector-shaped, compressor/generator.py) and makes a
+raw lake (DAYS x PARTITIONS, collector-shaped, compressor/demo/) and makes a
 reference compaction with one clean run. Then, per trial, in a fresh compact bucket,
 one fault (kinds are dealt in blocks of five: kill, kill, kill, pause, skew, shuffled):
 

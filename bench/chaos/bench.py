@@ -32,7 +32,7 @@ from bench.chaos.lake import (
 from bench.chaos.proxy import KillingProxy
 from bench.chaos.report import Totals
 from bench.chaos.skew import HOST_SHIM, skew_environment
-from compressor.generator import (
+from compressor.demo import (
     file_bytes,
     file_names,
     write_partition,

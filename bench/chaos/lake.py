@@ -7,7 +7,7 @@ from pathlib import Path
 
 import boto3
 
-from compressor.generator import PartitionSpec
+from compressor.demo import PartitionSpec
 from compressor.layout import PartitionId
 from compressor.storage.base import ObjectInfo, normalize_etag
 from tests.support.s3server import (

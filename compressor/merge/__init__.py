@@ -2,11 +2,16 @@
 "How a run works"). This module is the package's face: everything outside it imports from
 `compressor.merge` only, and the names below are all it offers.
 
-Inside: `schema` learns what it can from the footers, `writer` plans and writes the
-merge, `slices` runs later slices in processes of their own whose side is `worker`,
-`memory` picks Arrow's allocator, `errors` holds the typed errors, each naming the
-input at fault. The package knows files and Arrow buffers only: no store, CLI,
-state, lease, job or logging setup (tests/test_merge_package.py walks its imports).
+Inside, from the bottom up: `errors` holds the typed errors, each naming the input at
+fault; `inputs` is one input (a file or bytes, its footer, what a failed read means);
+`reading` reads its rows; `schema` learns what it can from all the footers;
+`settings` is MergeSettings and MergeResult; `sorting` loads and sorts rows; `plan`
+cuts the inputs into runs; `spill` writes, reads and k-way merges sorted runs; `runs`
+executes a plan; `output` writes data.parquet; `slice_merge` is the merge in slices,
+whose processes `slices` starts and `worker` runs; `writer` is the entry
+(`merge_files`); `memory` picks Arrow's allocator. The package knows files and Arrow
+buffers only: no store, CLI, state, lease, job or logging setup
+(tests/test_merge_package.py walks its imports).
 
 The names are loaded on first use, not here: `python -m compressor.merge.worker`
 imports this package before its first line, and a slice process must ask Linux to
@@ -30,25 +35,14 @@ if TYPE_CHECKING:
         NullTsEventError,
         SchemaConflictError,
     )
+    from compressor.merge.inputs import SEQ, MemoryInput, Source, source_name
     from compressor.merge.memory import choose_memory_pool
-    from compressor.merge.schema import (
-        SEQ,
-        MemoryInput,
-        Source,
-        conform,
-        read_columns,
-        scan_inputs,
-        source_name,
-        to_ms_array,
-    )
+    from compressor.merge.plan import plan_runs
+    from compressor.merge.reading import read_columns, to_ms_array
+    from compressor.merge.schema import conform, scan_inputs
+    from compressor.merge.settings import DEFAULT_MEMORY_BUDGET, MergeResult, MergeSettings
     from compressor.merge.slices import WORKER_MODULE, SliceFailed
-    from compressor.merge.writer import (
-        DEFAULT_MEMORY_BUDGET,
-        MergeResult,
-        MergeSettings,
-        merge_files,
-        plan_runs,
-    )
+    from compressor.merge.writer import merge_files
 
 #: Each name the face offers -> the module of this package that defines it.
 _HOME = {
@@ -61,21 +55,21 @@ _HOME = {
     "NullTsEventError": "errors",
     "SchemaConflictError": "errors",
     "choose_memory_pool": "memory",
-    "SEQ": "schema",
-    "MemoryInput": "schema",
-    "Source": "schema",
+    "SEQ": "inputs",
+    "MemoryInput": "inputs",
+    "Source": "inputs",
     "conform": "schema",
-    "read_columns": "schema",
+    "read_columns": "reading",
     "scan_inputs": "schema",
-    "source_name": "schema",
-    "to_ms_array": "schema",
+    "source_name": "inputs",
+    "to_ms_array": "reading",
     "WORKER_MODULE": "slices",
     "SliceFailed": "slices",
-    "DEFAULT_MEMORY_BUDGET": "writer",
-    "MergeResult": "writer",
-    "MergeSettings": "writer",
+    "DEFAULT_MEMORY_BUDGET": "settings",
+    "MergeResult": "settings",
+    "MergeSettings": "settings",
     "merge_files": "writer",
-    "plan_runs": "writer",
+    "plan_runs": "plan",
 }
 
 __all__ = [

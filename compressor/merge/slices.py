@@ -9,7 +9,7 @@ scans its footers, then sorts its rows exactly as a one-process merge sorts a
 run, into an Arrow IPC file in the merge's work dir. The job then merges the
 slices k ways, ties to the earlier slice (an earlier slice holds earlier
 inputs), so the output is the one-process merge's, byte for byte
-(writer._merge_in_slices).
+(slice_merge.merge_in_slices).
 
 This module is the job's side of the conversation: start a slice process, send
 its job, receive its messages, stop it. Messages are pickles framed by a length,

@@ -47,8 +47,9 @@ if __name__ == "__main__":
 from pathlib import Path  # noqa: E402
 
 from compressor.merge.memory import choose_memory_pool  # noqa: E402
+from compressor.merge.settings import MergeSettings  # noqa: E402
+from compressor.merge.slice_merge import scan_slice, sort_slice  # noqa: E402
 from compressor.merge.slices import SliceJob, describe_error, send  # noqa: E402
-from compressor.merge.writer import MergeSettings, scan_slice, sort_slice  # noqa: E402
 
 
 def main() -> int:
