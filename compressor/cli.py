@@ -426,7 +426,7 @@ def run_once(config: RunConfig, raw: Store, compact: Store, stop: StopFlag) -> i
 
 
 def quality_report(args: argparse.Namespace, raw: Store, compact: Store) -> int:
-    """Read-only: no lease, no cleanup, no probe, no verdict saved (quality/report.py)."""
+    """Read-only: no lease, no cleanup, no probe, no verdict saved (quality/report/)."""
     today = _today(args)
     try:
         days = report_days(today, args.days, args.date_from, args.date_to)

@@ -76,19 +76,60 @@ def test_s3_data_path_does_not_import_the_s3_store() -> None:
     ("compressor.job.lifecycle", ["compressor.job.run"]),
     ("compressor.state.document", ["compressor.state.merge", "compressor.state.store"]),
     ("compressor.state.merge", ["compressor.state.store"]),
+    ("compressor.quality.windows.parse", ["compressor.quality.windows.rules",
+                                          "compressor.quality.windows.day",
+                                          "compressor.quality.windows.store"]),
+    ("compressor.quality.windows.rules", ["compressor.quality.windows.day",
+                                          "compressor.quality.windows.store"]),
+    ("compressor.quality.windows.day", ["compressor.quality.windows.store"]),
+    ("compressor.quality.report.model", ["compressor.quality.report.partitions",
+                                         "compressor.quality.report.gather",
+                                         "compressor.quality.report.terminal",
+                                         "compressor.quality.report.json_doc"]),
+    ("compressor.quality.report.partitions", ["compressor.quality.report.gather"]),
 ])
 def test_package_modules_import_downward(module: str, above: list[str]) -> None:
     """job: run (the loop) -> lifecycle (one partition) -> outcome (what became of it);
-    state: store (CAS writes) -> merge (the rule) -> document (shape, validation)."""
+    state: store (CAS writes) -> merge (the rule) -> document (shape, validation);
+    quality.windows: store (the Store) -> day (slots, label) -> rules -> parse;
+    quality.report: gather -> partitions -> model, and the renderers -> model."""
     for higher in above:
         assert not _reaches(module, higher), (module, higher)
     package = module.rpartition(".")[0]
     assert package not in imports_of(module)  # the package's face is above its modules
 
 
+@pytest.mark.parametrize("module", ["compressor.quality.windows.parse",
+                                    "compressor.quality.windows.rules",
+                                    "compressor.quality.windows.day"])
+def test_window_scoring_touches_no_store(module: str) -> None:
+    """Scoring windows and days is pure: only quality.windows.store reads or writes."""
+    assert not _reaches(module, "compressor.storage"), sorted(imports_of(module))
+
+
+@pytest.mark.parametrize("module", ["compressor.quality.report.terminal",
+                                    "compressor.quality.report.json_doc",
+                                    "compressor.quality.html"])
+def test_report_renderers_read_only_the_model(module: str) -> None:
+    """The report is gathered once (report.gather) and shown three ways: a renderer
+    imports the model and its sibling renderers, never a store or the gathering."""
+    renderers = {"compressor.quality.report.terminal", "compressor.quality.report.json_doc"}
+    allowed = {"compressor.labels", "compressor.quality.report.model", *renderers}
+    assert imports_of(module) <= allowed, sorted(imports_of(module) - allowed)
+
+
 def test_s3_probe_does_not_import_the_s3_store() -> None:
     """s3.py runs the probe at check(); the probe knows the store by a protocol."""
     assert not _reaches("compressor.storage.s3probe", "compressor.storage.s3")
+
+
+def test_duplicate_counting_knows_only_arrow_numpy_and_the_piece_size() -> None:
+    """quality/duplicates.py (exact duplicate rows, repeated trade_ids) and quality/pieces.py
+    are below the accumulator (metrics.py): pure Arrow/numpy, no merge, store or state."""
+    face = {"compressor.quality"}  # `from compressor.quality import pieces`
+    assert imports_of("compressor.quality.duplicates") - face == {"compressor.quality.pieces"}
+    assert imports_of("compressor.quality.pieces") == set()
+    assert "compressor.quality.duplicates" in imports_of("compressor.quality.metrics")
 
 
 def _all_modules() -> list[str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import struct
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from compressor.cli import main
 from compressor.demo import PartitionSpec, raw_table
 from compressor.merge import MergeSettings, merge_files
-from compressor.quality import metrics
+from compressor.quality import duplicates, metrics, pieces
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 
 DAY = "20261124"
@@ -438,6 +440,72 @@ def test_duplicate_trade_ids_match_a_plain_count(data: st.DataObject, kinds: lis
     assert q.duplicate_trade_ids == expected
 
 
+# ---------------------------------------------------------------- exact, whatever the keys
+
+_NAN_PAYLOAD = struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000001))[0]
+
+
+@pytest.mark.parametrize("cuts", [(), (1,), (2, 4), tuple(range(1, 9))])
+def test_duplicate_rows_compare_floats_by_their_bits_and_nulls_as_equal(
+        cuts: tuple[int, ...]) -> None:
+    """The row hash takes -0.0 as 0.0 and every NaN or null as one NaN; the count does
+    not: 0.0 and -0.0 differ, a NaN equals only a NaN of the same bits, null equals
+    null. Whole or cut between any rows (the carry)."""
+    nan = float("nan")
+    t = _table(ts_event=[DAY0] * 9,
+               bid_price=pa.array([0.0, -0.0, nan, nan, _NAN_PAYLOAD, None, None, 1.0, 1.0],
+                                  pa.float64()))
+    q = _feed_split(t, "bbo", *cuts)
+    assert q.duplicate_rows == 3  # the second NaN, the second null, the second 1.0
+    assert q.duplicate_rows == _reference_duplicates(t)
+
+
+@pytest.mark.parametrize("cuts", [(), (3,), (1, 2, 5)])
+def test_a_shared_row_hash_never_counts_as_a_duplicate(cuts: tuple[int, ...]) -> None:
+    """Every row given the same hash (as if all collided): only equal rows count."""
+    ts = [DAY0, DAY0, DAY0, DAY0 + 1, DAY0 + 1, DAY0 + 1, DAY0 + 2]
+    t = _table(ts_event=ts, price=[1.0, 2.0, 1.0, 1.0, -0.0, 0.0, 3.0],
+               venue=["a", "a", "a", "a", "b", "b", "c"])
+    collide = lambda times, columns: np.zeros(len(times), np.uint64)  # noqa: E731
+    with mock.patch.object(duplicates, "_mix_floats", collide):
+        q = _feed_split(t, "trade", *cuts)
+    assert q.duplicate_rows == 1 == _reference_duplicates(t)
+
+
+def test_unsorted_rows_tied_with_a_neighbour_are_grouped_exactly() -> None:
+    """Input out of ts_event order (never the merge's) takes the exact grouping of the
+    rows tied with a neighbour, without the hash."""
+    t = pa.table({"ts_event": pa.array([DAY0 + 5, DAY0 + 5, DAY0 + 3, DAY0 + 3, DAY0 + 3,
+                                        DAY0 + 4], pa.int64()),
+                  "price": pa.array([1.0, 1.0, -0.0, 0.0, -0.0, 2.0])})
+    q = _feed(t.to_batches())
+    assert q.duplicate_rows == 2  # the second 1.0 at +5, the second -0.0 at +3
+
+
+@pytest.mark.parametrize("ids", [
+    ["é1", "ab1", "é1", "é2", "ab1"],  # 3 bytes each: fixed-width keys, multi-byte too
+    ["7", "07", "7", "8", "08"],  # decimal keys: "7" and "07" share a key, not an id
+    ["abc", "abcd", "abc", "", ""],  # neither: compared as strings
+])
+def test_duplicate_trade_ids_are_counted_exactly_for_every_kind_of_id(ids: list[str]) -> None:
+    t = _table(ts_event=[DAY0 + n for n in range(len(ids))], trade_id=ids)
+    expected = len(ids) - len(set(ids))
+    assert _feed_split(t, "trade", 2).duplicate_trade_ids == expected
+    collide = lambda array, width: np.zeros(len(array), np.uint64)  # noqa: E731
+    with mock.patch.object(duplicates, "_hash_fixed", collide):  # every key shared
+        assert _feed_split(t, "trade", 2).duplicate_trade_ids == expected
+
+
+def test_fixed_width_ids_sliced_and_dictionary_encoded() -> None:
+    """The fixed-width bytes are read at the array's offset (a slice of a batch) and a
+    dictionary column is decoded first."""
+    uuids = [f"20f43950-d8dd-5b31-9112-a178eb6023{n:02x}" for n in (1, 2, 1, 3, 2, 4)]
+    t = _table(ts_event=[DAY0 + n for n in range(6)], trade_id=uuids)
+    assert _feed_split(t, "trade", 1, 3).duplicate_trade_ids == 2
+    encoded = t.set_column(2, "trade_id", t.column("trade_id").dictionary_encode())
+    assert _feed_split(encoded, "trade", 4).duplicate_trade_ids == 2
+
+
 # --------------------------------------------------------------------------- every figure at once
 
 _STREAM_FLOATS = {
@@ -585,7 +653,7 @@ def test_every_figure_matches_a_plain_computation(day: tuple[str, pa.Table, list
     each figure, for every stream, batches cut anywhere and small pieces."""
     stream, table, cuts = day
     acc = QualityAccumulator(DAY, OUT, stream)
-    with mock.patch.object(metrics, "_PIECE_ROWS", piece):
+    with mock.patch.object(pieces, "PIECE_ROWS", piece):
         for a, b in itertools.pairwise([0, *cuts, table.num_rows]):
             acc(table.slice(a, b - a))
     assert acc.result() == _plain_quality(stream, table, cuts)

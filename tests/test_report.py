@@ -1,4 +1,4 @@
-"""--quality-report (compressor/quality/report.py, html.py) on lakes built by the job itself.
+"""--quality-report (compressor/quality/report/, html.py) on lakes built by the job itself.
 
 The main lake (`lake`, built once per module) holds, over the 7 days before TODAY:
 

@@ -25,14 +25,9 @@ import html
 import json
 from typing import Any
 
-from compressor.quality.report import (
-    CONDITIONS,
-    DayReport,
-    QualityReport,
-    compact_count,
-    shown_condition,
-    to_json,
-)
+from compressor.quality.report.json_doc import to_json
+from compressor.quality.report.model import CONDITIONS, DayReport, QualityReport
+from compressor.quality.report.terminal import compact_count, shown_condition
 
 #: Condition -> (letter in the cell, legend text).
 _CONDITION_TEXT = {
@@ -52,7 +47,7 @@ LABEL_COLOURS = {"GOOD": ("#2b8a3e", "#fff"), "DEGRADED": ("#94c973", "#212529")
 #: Condition -> background of its cell (the letter says which, too); no label's colour.
 CONDITION_COLOURS = {"stale": "#0c8599", "failed": "#f08c00", "quarantined": "#5f3dc4",
                      "in_progress": "#1971c2", "gone_from_raw": "#343a40"}
-#: What the daily table says in its `ready` column, per day state (report.DAY_STATES).
+#: What the daily table says in its `ready` column, per day state (report.model.DAY_STATES).
 _STATUS_TEXT = {"ready": "yes", "pending": "not yet", "no_raw_data": "no raw data",
                 "not_compacted": "not compacted"}
 

@@ -2,10 +2,12 @@
 
 `QualityAccumulator` sees every output row group once, in order, in the merge's
 writer thread; every figure is vectorised (numpy/Arrow) over the batch or over
-pieces of it (`_PIECE_ROWS` rows: temporaries stay small), with a small carry-over
-between batches. `DayQuality` holds the figures: `to_json()` is
-meta.json's `quality` object, `compact()` the state entry's subset, `flags()` the
-named data flags the thresholds below raise. `from_json` also reads the figures
+pieces of it (`compressor.quality.pieces`: temporaries stay small), with a small
+carry-over between batches. The two figures that compare rows with rows, duplicate
+rows and repeated trade_ids, are counted by `compressor.quality.duplicates`.
+`DayQuality` holds the figures: `to_json()` is meta.json's `quality` object,
+`compact()` the state entry's subset, `flags()` the named data flags the thresholds
+below raise. `from_json` also reads the figures
 written before 1.1 (rows, out_of_day_rows, duplicate_rows, max_gap_ms,
 lag_p50_ms, lag_p99_ms) and the compact subset; a figure absent there is None.
 
@@ -16,7 +18,9 @@ figure does not apply to the stream, or an older writer did not record it):
 - out_of_day_rows = out_of_day_before + out_of_day_after: ts_event before the
   partition's UTC day / at or after the next midnight.
 - duplicate_rows: rows equal to an earlier row in every column but seq and
-  ts_recv (the same event delivered twice); counted across batch boundaries.
+  ts_recv (the same event delivered twice); counted across batch boundaries. Equal
+  as Arrow groups values: null equals null, floats by their bits (-0.0 is not 0.0,
+  a NaN equals a NaN of the same bits).
 - max_gap_ms: largest step between consecutive ts_event.
 - gap_threshold_ms, gaps_above_threshold: the partition's threshold (below) and
   how many consecutive steps exceed it.
@@ -87,9 +91,8 @@ Flags (`flags()`, in this order), raised when:
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,14 +104,14 @@ import pyarrow.compute as pc
 
 from compressor.layout import parse_day
 from compressor.merge import to_ms_array
+from compressor.quality import pieces
+from compressor.quality.duplicates import DuplicateRows, TradeIdRepeats
 
 if TYPE_CHECKING:
     from compressor.merge import MergeResult
 
 #: Version of the row filtering applied after the merge. 1: none, every raw row is kept.
 POST_FILTER_VERSION = 1
-#: Columns that never make two rows different for duplicate counting.
-_NOT_IDENTITY = ("seq", "ts_recv")
 #: Lags below this (ms, absolute) are counted exactly; larger ones to the second.
 _EXACT_LAG_MS = 10_000
 _DAY_MS = 86_400_000
@@ -302,7 +305,7 @@ class QualityAccumulator:
         self._rows = 0
         self._before = 0
         self._after = 0
-        self._duplicates = 0
+        self._duplicates = DuplicateRows()
         self._max_gap: int | None = None
         #: Steps above the floor (at most _MAX_KEPT_STEPS, the largest), and the extremes.
         self._big_steps: list[np.ndarray] = []
@@ -318,13 +321,7 @@ class QualityAccumulator:
         self._non_positive: dict[str, int] = {}
         self._crossed: int | None = None
         self._locked: int | None = None
-        self._trade_ids: int | None = None
-        #: trade_ids of the last TRADE_ID_WINDOW_MS seen, with their keys and ts_event.
-        self._id_window: _IdWindow | None = None
-        #: How trade_ids become keys (`_id_keys`); "exact" once some batch has no keys.
-        self._id_kind: str | None = None
-        #: Rows of the last ts_event seen (copied) and their ts_event in ms, for the next batch.
-        self._carry: tuple[pa.Table, np.ndarray] | None = None
+        self._trade_ids = TradeIdRepeats(TRADE_ID_WINDOW_MS)
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Count one batch; ts_event is converted to milliseconds once for every figure.
@@ -336,7 +333,7 @@ class QualityAccumulator:
         if batch.num_rows == 0:
             return
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        carried = 0 if self._carry is None else self._carry[0].num_rows
+        carried = self._duplicates.carried_times.size
         times = self._event_times(table)
         ts = times[carried:]
         names = table.schema.names
@@ -344,7 +341,7 @@ class QualityAccumulator:
         in_order = self._track_gaps(ts)
         self._count_out_of_day(ts, in_order)
         in_order = in_order and _in_order(np.diff(times[: carried + 1]))  # the carry too
-        self._count_duplicates(table, times, in_order)
+        self._duplicates.add(table, times, in_order)
         if "ts_recv" in names:
             self._count_lags(ts, table.column("ts_recv"))
         self._count_nulls(table)
@@ -352,20 +349,16 @@ class QualityAccumulator:
         if "bid_price" in names and "ask_price" in names:
             self._count_crossed(table.column("bid_price"), table.column("ask_price"))
         if "trade_id" in names:
-            self._count_trade_ids(table.column("trade_id"), ts)
+            self._trade_ids.add(table.column("trade_id"), ts)
 
     def result(self, merge: MergeResult | None = None) -> DayQuality:
         """The figures; `merge` (the merge's result) gives the per-file ones."""
-        if self._carry is not None:
-            carry, times = self._carry
-            self._duplicates += _duplicates_in(carry, times, _in_order(np.diff(times)))
-            self._carry = None
         lags = self._lag_histogram()
         threshold = self.gap_threshold()
         return DayQuality(
             rows=self._rows,
             out_of_day_rows=self._before + self._after,
-            duplicate_rows=self._duplicates,
+            duplicate_rows=self._duplicates.finish(),
             max_gap_ms=self._max_gap,
             lag_p50_ms=_percentile(lags, 0.50),
             lag_p99_ms=_percentile(lags, 0.99),
@@ -380,7 +373,7 @@ class QualityAccumulator:
             empty_files=None if merge is None else merge.empty_files,
             null_counts=dict(self._nulls),
             non_positive=dict(self._non_positive),
-            duplicate_trade_ids=self._trade_ids,
+            duplicate_trade_ids=self._trade_ids.count,
             crossed_rows=self._crossed,
             locked_rows=self._locked,
         )
@@ -388,8 +381,7 @@ class QualityAccumulator:
     def _event_times(self, table: pa.Table) -> np.ndarray:
         """The carried rows' ts_event then this batch's, in ms, as one new int64 array."""
         column = to_ms_array(self._path, table.column("ts_event"), "ts_event")
-        carried = np.empty(0, np.int64) if self._carry is None else self._carry[1]
-        return _int64_values(column, carried)
+        return _int64_values(column, self._duplicates.carried_times)
 
     def _count_out_of_day(self, ts: np.ndarray, in_order: bool) -> None:
         """Rows outside the day; on sorted ts_event (the merge's output) two binary searches."""
@@ -427,7 +419,7 @@ class QualityAccumulator:
             biggest = step if biggest is None else max(biggest, step)
             if step > floor:
                 self._keep_steps(np.array([step], np.int64))
-        for start, end in _pieces(ts.size - 1):
+        for start, end in pieces.pieces(ts.size - 1):
             steps = np.diff(ts[start : end + 1])
             step = int(steps.max())
             biggest = step if biggest is None else max(biggest, step)
@@ -451,7 +443,7 @@ class QualityAccumulator:
         """ts_recv - ts_event of the rows with a ts_recv, a piece of the batch at a time."""
         recv = to_ms_array(self._path, column, "ts_recv")
         negative = 0
-        for start, end in _pieces(ts.size):
+        for start, end in pieces.pieces(ts.size):
             negative += self._count_lag_piece(ts[start:end], recv.slice(start, end - start))
         self._negative_lags = (self._negative_lags or 0) + negative
 
@@ -510,7 +502,7 @@ class QualityAccumulator:
             column = table.column(name)
             if not _numeric(column.type):
                 continue
-            positive = sum(_positive(values) for (values,) in _float_pieces(column))
+            positive = sum(_positive(values) for (values,) in pieces.float_pieces(column))
             valid = len(column) - column.null_count  # nulls read as NaN: not counted here
             self._non_positive[name] = self._non_positive.get(name, 0) + valid - positive
 
@@ -518,186 +510,14 @@ class QualityAccumulator:
         if not (_numeric(bid.type) and _numeric(ask.type)):
             return
         crossed = locked = 0
-        for bids, asks in _float_pieces(bid, ask):  # nulls: NaN, never compared true
+        for bids, asks in pieces.float_pieces(bid, ask):  # nulls: NaN, never compared true
             crossed += int(np.count_nonzero(bids > asks))
             locked += int(np.count_nonzero(bids == asks))
         self._crossed = (self._crossed or 0) + crossed
         self._locked = (self._locked or 0) + locked
 
-    def _count_trade_ids(self, column: pa.ChunkedArray, ts: np.ndarray) -> None:
-        """Rows whose trade_id was seen before: in this batch or in the window before it.
-
-        Each id gets a 64-bit key, equal for equal ids (`_id_keys`); a sort of the keys
-        finds the few keys seen twice, and only the ids with those keys are compared
-        as strings. Without keys every id is compared as a string (slower, as exact).
-        The ids stay in their chunks (no batch-long copy of the strings) unless
-        fixed-width keys need one array.
-        """
-        ids = column
-        if pa.types.is_dictionary(ids.type):
-            ids = ids.cast(ids.type.value_type)
-        if ids.null_count:
-            valid = pc.is_valid(ids)
-            ids = ids.filter(valid)
-            ts = ts[valid.to_numpy(zero_copy_only=False)]
-        self._trade_ids = self._trade_ids or 0
-        if len(ids) == 0:
-            return
-        window = self._id_window or _IdWindow(
-            pa.array([], ids.type), np.empty(0, np.uint64), ts[:0]
-        )
-        if window.ids.type != ids.type:
-            window = _IdWindow(window.ids.cast(ids.type), window.keys, window.ts)
-        self._id_kind, keys = _id_keys(ids, self._id_kind)
-        if keys is None or window.keys is None:
-            self._id_kind = "exact"
-            keys = None
-            self._trade_ids += _repeats(ids, window.ids)
-        else:
-            ordered = np.concatenate([window.keys, keys])
-            ordered.sort(kind="stable" if self._id_kind == "int" else "quicksort")
-            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-            del ordered
-            if repeated.size:
-                mine = ids.filter(pa.array(np.isin(keys, repeated)))
-                seen = window.ids.filter(pa.array(np.isin(window.keys, repeated)))
-                self._trade_ids += _repeats(mine, seen)
-        self._id_window = window.then(ids, keys, ts, int(ts[-1]) - TRADE_ID_WINDOW_MS)
-
-    def _count_duplicates(self, table: pa.Table, times: np.ndarray, in_order: bool) -> None:
-        """Rows of the last ts_event wait for the next batch: their group may continue there.
-
-        `times` already starts with the carried rows; `in_order`: it is sorted. The
-        carry is copied, so it does not keep the whole batch's buffers alive until the
-        next one.
-        """
-        if self._carry is not None:
-            table = pa.concat_tables([self._carry[0], table], promote_options="permissive")
-        last = times[-1]
-        if in_order:
-            tail = times.size - int(np.searchsorted(times, last, side="left"))
-        else:
-            tail = int(np.count_nonzero(times == last))
-        head = table.num_rows - tail
-        self._duplicates += _duplicates_in(table.slice(0, head), times[:head], in_order)
-        self._carry = table.slice(head).take(np.arange(tail)), times[head:].copy()
-
-
-@dataclass(frozen=True)
-class _IdWindow:
-    """trade_ids (string array), their keys (None: compared as strings) and ts_event."""
-
-    ids: pa.Array
-    keys: np.ndarray | None
-    ts: np.ndarray
-
-    def then(self, ids: pa.ChunkedArray, keys: np.ndarray | None, ts: np.ndarray,
-             start: int) -> _IdWindow:
-        """This window followed by a batch, cut to the rows with ts_event >= start.
-
-        Concatenation copies the kept ranges, so the window never pins a whole batch."""
-        old = int(np.searchsorted(self.ts, start, side="left"))
-        new = int(np.searchsorted(ts, start, side="left"))
-        both = None if keys is None or self.keys is None else np.concatenate(
-            [self.keys[old:], keys[new:]]
-        )
-        return _IdWindow(
-            pa.concat_arrays([self.ids.slice(old), *ids.slice(new).chunks]),
-            both,
-            np.concatenate([self.ts[old:], ts[new:]]),
-        )
-
-
-def _repeats(ids: pa.ChunkedArray, seen: pa.Array) -> int:
-    """Rows of `ids` whose value is in `seen` or earlier in `ids`."""
-    if len(ids) == 0:
-        return 0
-    distinct = pc.unique(ids)
-    known = int(pc.sum(pc.is_in(distinct, value_set=seen)).as_py() or 0) if len(seen) else 0
-    return len(ids) - (len(distinct) - known)
-
-
-def _id_keys(ids: pa.ChunkedArray, kind: str | None) -> tuple[str | None, np.ndarray | None]:
-    """(kind, a uint64 key per id, equal for equal ids) or (kind, None) when `kind` fails.
-
-    kind "int": the ids are decimal integers (binance, okx), the key is the value; two
-    spellings of one number ("7", "07") share a key and the string compare tells them
-    apart. kind "fixed<L>": every id has L <= 64 bytes (bybit's UUIDs), the key hashes
-    the bytes. None: pick the first kind that works.
-    """
-    if kind in (None, "int"):
-        try:
-            return "int", _int_keys(ids)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            if kind == "int":
-                return kind, None
-    array = ids.combine_chunks()  # the byte-level kinds read its buffers
-    width = _fixed_width(array)
-    fixed = None if width is None else f"fixed{width}"
-    if width is None or kind not in (None, fixed):
-        return kind or "exact", None
-    return fixed, _hash_fixed(array, width)
-
-
-def _int_keys(ids: pa.ChunkedArray) -> np.ndarray:
-    """The decimal ids' values as uint64, parsed a chunk at a time (no batch-long
-    Arrow copy beside the result). Raises ArrowInvalid if one is not an integer."""
-    keys = np.empty(len(ids), dtype=np.int64)
-    start = 0
-    for chunk in ids.chunks:
-        keys[start : start + len(chunk)] = chunk.cast(pa.int64()).to_numpy()
-        start += len(chunk)
-    return keys.view(np.uint64)
-
-
-def _fixed_width(ids: pa.Array) -> int | None:
-    """The byte length shared by every (non-null) id, if there is one and it is <= 64."""
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        return None
-    offsets = _offsets(ids)
-    lengths = np.diff(offsets)
-    width = int(lengths[0])
-    if not 0 < width <= 64 or not bool(np.all(lengths == width)):
-        return None
-    return width
-
-
-def _offsets(ids: pa.Array) -> np.ndarray:
-    dtype = np.int64 if pa.types.is_large_string(ids.type) else np.int32
-    buffer = ids.buffers()[1]
-    assert buffer is not None
-    return np.frombuffer(buffer, dtype=dtype)[ids.offset : ids.offset + len(ids) + 1]
-
-
-def _hash_fixed(ids: pa.Array, width: int) -> np.ndarray:
-    """A 64-bit hash of each id's `width` bytes (the words mixed like the row hash)."""
-    buffer = ids.buffers()[2]
-    assert buffer is not None
-    first = int(_offsets(ids)[0])
-    data = np.frombuffer(buffer, dtype=np.uint8)[first : first + len(ids) * width]
-    words = -(-width // 8)
-    padded = np.zeros((len(ids), words * 8), dtype=np.uint8)
-    padded[:, :width] = data.reshape(len(ids), width)
-    keys = np.full(len(ids), width, dtype=np.uint64) * _MIX[0]
-    for word in padded.view(np.uint64).T:
-        keys = (keys ^ word) * _MIX[1]
-        keys ^= keys >> np.uint64(29)
-    return keys
-
-
 def _numeric(type_: pa.DataType) -> bool:
     return pa.types.is_integer(type_) or pa.types.is_floating(type_)
-
-
-#: Rows the per-row figures handle at a time: their temporaries stay small (half a
-#: MiB for 8-byte values) and in cache, whatever the batch size.
-_PIECE_ROWS = 65_536
-
-
-def _pieces(rows: int) -> Iterator[tuple[int, int]]:
-    """(start, end) ranges of at most _PIECE_ROWS covering range(rows)."""
-    for start in range(0, max(rows, 0), _PIECE_ROWS):
-        yield start, min(start + _PIECE_ROWS, rows)
 
 
 def _positive(values: np.ndarray) -> int:
@@ -720,219 +540,6 @@ def _int64_values(column: pa.ChunkedArray | pa.Array, before: np.ndarray | None 
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     head = np.empty(0, np.int64) if before is None else before
     return np.concatenate([head, *(chunk.to_numpy() for chunk in chunks)])
-
-
-def _float_pieces(*columns: pa.ChunkedArray) -> Iterator[list[np.ndarray]]:
-    """The columns as float64 numpy, nulls as NaN, a row-aligned piece at a time.
-
-    Each piece is an Arrow chunk read in place where it can be (float64 without
-    nulls), so no batch-long copy is made and the comparisons stay in cache."""
-    floats = [c if pa.types.is_float64(c.type) else c.cast(pa.float64()) for c in columns]
-    table = pa.Table.from_arrays(floats, names=[str(n) for n in range(len(floats))])
-    for piece in table.to_batches(max_chunksize=_PIECE_ROWS):
-        yield [array.to_numpy(zero_copy_only=False) for array in piece.columns]
-
-
-def _duplicates_in(table: pa.Table, times: np.ndarray, in_order: bool) -> int:
-    """Rows equal to an earlier row of `table` (sorted by ts_event) in every identity column.
-
-    `times` is the table's ts_event in ms, `in_order`: it is sorted. Only rows sharing
-    their ts_event with a neighbour can be duplicates. Of those, only rows whose hash
-    of ts_event and the float identity columns (`_mix_floats`) is shared with another
-    can be: equal rows have equal hashes, so every row left out is a group of its own
-    and leaving it out changes no count. The few rows left are grouped exactly on
-    every identity column, minus those constant over them (they cannot tell rows
-    apart).
-    """
-    if table.num_rows < 2:
-        return 0
-    if in_order:
-        rows = _shared_hashes_in_runs(table, times)
-    else:
-        rows = _shared_hashes(table, times)
-    if rows.size < 2:
-        return 0
-    return _exact_duplicates(table, rows)
-
-
-def _shared_hashes_in_runs(table: pa.Table, times: np.ndarray) -> np.ndarray:
-    """The rows (`times` sorted) whose hash equals another's in their run of equal
-    ts_event (`_shared_in_runs`).
-
-    A piece of the table at a time, cut where a run starts so that no run is split:
-    the columns are read in place and the arrays stay small and in cache.
-    """
-    columns = [table.column(index) for index in _float_identity(table)]
-    cuts = np.searchsorted(times, times[_PIECE_ROWS::_PIECE_ROWS], side="left")
-    bounds = np.unique(np.concatenate([[0], cuts, [times.size]])).tolist()
-    found = []
-    for start, end in itertools.pairwise(bounds):
-        hashes = _mix_floats(times[start:end], [c.slice(start, end - start) for c in columns])
-        found.append(np.flatnonzero(_shared_in_runs(times[start:end], hashes)) + start)
-    return np.concatenate(found)
-
-
-def _shared_hashes(table: pa.Table, times: np.ndarray) -> np.ndarray:
-    """The rows tied with a neighbour on ts_event whose hash equals another such row's
-    (one sort): for ts_event out of order, where equal rows need not be in one run."""
-    tie = times[1:] == times[:-1]
-    candidate = np.zeros(times.size, dtype=bool)
-    candidate[1:] |= tie
-    candidate[:-1] |= tie
-    rows = np.flatnonzero(candidate)
-    columns = [table.column(index) for index in _float_identity(table)]
-    hashes = _mix_floats(times[rows], columns, rows)
-    return rows[_repeated(hashes)]
-
-
-def _float_identity(table: pa.Table) -> list[int]:
-    """Positions of the float identity columns (the ones the row hash covers)."""
-    return [
-        index
-        for index, (name, typ) in enumerate(zip(table.column_names, table.schema.types,
-                                                strict=True))
-        if name not in _NOT_IDENTITY and pa.types.is_floating(typ)
-    ]
-
-
-#: Odd 64-bit multipliers (golden ratio, murmur3 finaliser) of the row hash and of
-#: fixed-width trade_id keys.
-_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xFF51AFD7ED558CCD))
-
-
-def _mix_floats(times: np.ndarray, columns: list[pa.ChunkedArray],
-                rows: np.ndarray | None = None) -> np.ndarray:
-    """A 64-bit hash per row (of `rows`, sorted, or every row): its ts_event (`times`)
-    and its value in each float column, mixed in place.
-
-    Equal rows give equal hashes (floats are compared as values: -0.0 is 0.0, every NaN
-    and null is one NaN), which is all the duplicate count needs; the other columns
-    (strings, small integers such as side or stream_version) are left to the exact
-    grouping. Each step (xor a value, multiply by an odd constant) is a bijection, so
-    rows that differ in one value never collide; other collisions are 64-bit
-    coincidences, which the exact grouping would absorb anyway.
-    """
-    hashes = times.view(np.uint64) * _MIX[0]
-    for column in columns:
-        hashes ^= _float_bits(column, rows)
-        hashes *= _MIX[1]
-    return hashes
-
-
-def _float_bits(column: pa.ChunkedArray, rows: np.ndarray | None = None) -> np.ndarray:
-    """The float column's values (at `rows`, sorted, or all) as float64 bits, -0.0 as
-    0.0 and nulls and every NaN as one NaN, so equal values have equal bits.
-
-    Each chunk is read in place and copied once, adding 0.0 on the way (-0.0 + 0.0 is
-    0.0); a minimum is NaN whenever a value is, so the NaN pass only runs if needed."""
-    values = np.empty(len(column) if rows is None else rows.size, dtype=np.float64)
-    start = 0
-    for chunk in column.chunks:
-        end = start + len(chunk)
-        if rows is None:
-            np.add(chunk.to_numpy(zero_copy_only=False), 0.0, out=values[start:end])
-        else:
-            low, high = np.searchsorted(rows, [start, end])
-            taken = chunk.to_numpy(zero_copy_only=False)[rows[low:high] - start]
-            np.add(taken, 0.0, out=values[low:high])
-        start = end
-    if values.size and np.isnan(values.min()):
-        values[np.isnan(values)] = np.nan
-    bits: np.ndarray = values.view(np.uint64)
-    return bits
-
-
-#: Runs of equal ts_event longer than this many rows are checked by sorting their hashes.
-_MAX_RUN = 16
-
-
-def _shared_in_runs(times: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Rows whose hash equals another row's in their run of equal ts_event.
-
-    `times` is sorted. Runs are short (a handful of rows on a busy bbo day), so
-    comparing each row with the row k on, k = 1, 2, ... while its run lasts, costs a
-    few passes over the rows where a sort of their hashes costs many: k = 1 over whole
-    arrays, then only the rows whose run goes on k rows (`live`). Runs longer than
-    _MAX_RUN rows (a burst of one ts_event) are left to `_repeated`, which bounds the
-    passes.
-    """
-    tie = np.zeros(times.size, dtype=bool)  # tie[i]: row i + 1 has row i's ts_event
-    np.equal(times[1:], times[:-1], out=tie[:-1])
-    same = hashes[1:] == hashes[:-1]
-    same &= tie[:-1]
-    shared = np.zeros(times.size, dtype=bool)
-    shared[:-1] = same
-    shared[1:] |= same
-    live = np.flatnonzero(tie[:-1] & tie[1:])  # rows whose run goes on 2 rows
-    k = 2
-    while live.size and k < _MAX_RUN:
-        ahead = live + k  # tie[-1] is False, so this stays in bounds
-        same = hashes[live] == hashes[ahead]
-        shared[live[same]] = True
-        shared[ahead[same]] = True
-        live = live[tie[ahead]]
-        k += 1
-    if live.size:
-        rows = _run_rows(times, np.unique(times[live]))
-        shared[rows[_repeated(hashes[rows])]] = True
-    return shared
-
-
-def _run_rows(times: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Positions of the rows of sorted `times` equal to one of `values` (sorted, distinct)."""
-    starts = np.searchsorted(times, values, side="left")
-    lengths = np.searchsorted(times, values, side="right") - starts
-    offsets = np.cumsum(lengths) - lengths
-    return np.arange(int(lengths.sum())) + np.repeat(starts - offsets, lengths)
-
-
-def _repeated(hashes: np.ndarray) -> np.ndarray:
-    """Which of `hashes` occur more than once (one sort)."""
-    ordered = np.sort(hashes)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    return np.isin(hashes, repeated)
-
-
-def _exact_duplicates(table: pa.Table, rows: np.ndarray) -> int:
-    """Rows among `rows` (sorted positions) equal to an earlier one in every identity column."""
-    identity = [
-        index
-        for index, (name, typ) in enumerate(zip(table.column_names, table.schema.types,
-                                                strict=True))
-        if name not in _NOT_IDENTITY and not pa.types.is_nested(typ)
-    ]
-    table = _take_rows(table.select(identity), rows)
-    keys = [name for name in table.column_names if not _constant(table.column(name))]
-    groups = table.group_by(keys or ["ts_event"], use_threads=False).aggregate(
-        [([], "count_all")]
-    )
-    return table.num_rows - groups.num_rows
-
-
-def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
-    """table.take(rows) for sorted `rows`, chunk by chunk: Arrow's take on a chunked
-    table first concatenates every chunk of every column, which costs more than the
-    grouping of the few rows taken."""
-    pieces = []
-    start = 0
-    for piece in table.to_batches():
-        low, high = np.searchsorted(rows, [start, start + piece.num_rows])
-        if high > low:
-            pieces.append(piece.take(pa.array(rows[low:high] - start)))
-        start += piece.num_rows
-    return pa.Table.from_batches(pieces, schema=table.schema)
-
-
-def _constant(column: pa.ChunkedArray) -> bool:
-    if column.null_count:
-        return column.null_count == len(column)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-            or pa.types.is_integer(column.type)):
-        return False  # floats: NaN != NaN; leave them to the hash
-    extremes = pc.min_max(column)
-    return bool(extremes["min"] == extremes["max"])
 
 
 def _percentile(counts: Counter[int], q: float) -> int | None:
