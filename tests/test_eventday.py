@@ -39,6 +39,8 @@ from compressor.eventday import (
     shift,
 )
 from compressor.layout import PartitionId, raw_file_name
+from compressor.partition.edges import neighbours_with_rows
+from compressor.partition.fetch import RawChangedError
 from compressor.planning import Action, Mode, PlanOptions, Reason, build_plan
 from compressor.state import StateStore
 from compressor.storage import LocalStore, Store
@@ -481,3 +483,31 @@ def test_a_store_compacted_by_flush_day_is_moved_only_by_a_backfill(tmp_path: Pa
     assert all(e.get("day_rule") == "event_day/1" for e in state["partitions"].values())
     again = _run(str(raw_dir), str(compact_dir), "--mode", "catch-up", "--today", shift(D, 2))
     assert again.returncode == 0 and "flush day" not in again.stderr, again.stderr[-2000:]
+
+
+def test_only_neighbour_files_whose_footer_says_so_are_read(
+        stores: tuple[Store, Store, str, str]) -> None:
+    """A neighbour file near midnight is read whole only when its footer's ts_event
+    statistics reach into the day (one ranged GET of the footer otherwise); a corrupt
+    one is left to its own day; a file rewritten since the listing is a retry."""
+    raw = stores[0]
+    m1 = midnight_s(shift(D, 1))
+    _put(raw, D, m1 - 7200, 0, _rows([m1 * 1000 - 7_300_000]))
+    gives = _put(raw, shift(D, 1), m1 + 60, 1, _rows([m1 * 1000 - 50, m1 * 1000 + 5]))
+    _put(raw, shift(D, 1), m1 + 240, 2, _rows([m1 * 1000 + 200_000]))
+    broken = (f"exchange=binance/stream=trade/symbol=btcusdt/date={shift(D, 1)}/"
+              f"{raw_file_name(m1 + 400, 3)}")
+    raw.put_bytes(broken, b"PAR1 not a footer PAR1")
+    part = list_day(raw, PartitionId("binance", "trade", "btcusdt", D), "19700101",
+                    datetime.fromtimestamp(m1 + 5000, UTC))
+    assert part.edges is not None and len(part.edges.after) == 3
+    assert [f.key for f in neighbours_with_rows(part, raw.data_reader())] == [gives]
+    raw.put_bytes(gives, pq_bytes(_rows([m1 * 1000 - 40])))  # rewritten since the listing
+    with pytest.raises(RawChangedError):
+        neighbours_with_rows(part, raw.data_reader())
+
+
+def pq_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()

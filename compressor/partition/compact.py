@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,12 @@ from compressor.merge import (
 )
 from compressor.meta import Meta, Published, read_published
 from compressor.partition import never
-from compressor.partition.edges import EdgeFigures, place_rows, with_neighbours
+from compressor.partition.edges import (
+    EdgeFigures,
+    neighbours_with_rows,
+    place_rows,
+    with_neighbours,
+)
 from compressor.partition.fetch import (
     DEFAULT_FETCH_BUDGET,
     DOWNLOAD_WORKERS,
@@ -128,7 +133,8 @@ def compact_partition(
     with work_dir(settings.tmp_root) as work:
         started = lap = time.monotonic()
         try:
-            inputs = with_neighbours(partition)
+            inputs = with_neighbours(partition,
+                                     neighbours_with_rows(partition, raw.data_reader()))
             fetched = fetch(inputs, raw, work / "in", workers=settings.download_workers,
                             fetch_budget_bytes=_fetch_budget(inputs, settings),
                             should_stop=should_stop)
@@ -150,6 +156,11 @@ def compact_partition(
             if no_space(exc):
                 raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
             raise
+        if edge_figures is not None:
+            quality = replace(quality, rows_from_previous=edge_figures.rows_from_previous,
+                              rows_from_next=edge_figures.rows_from_next,
+                              rows_to_previous=edge_figures.rows_to_previous,
+                              rows_to_next=edge_figures.rows_to_next)
         meta = build_meta(partition, verified, quality, merged, skipped_keys,
                           time.monotonic() - started, label, edge_figures)
         if should_stop():  # last moment to give up cheaply: nothing published yet

@@ -15,7 +15,10 @@ file, and `--skip-corrupt` leaves it out of both days alike.
 from __future__ import annotations
 
 import io
+import logging
+import struct
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -26,8 +29,15 @@ import pyarrow.parquet as pq
 from compressor.discovery import Partition
 from compressor.eventday import DAY_MS, Edges, midnight_s
 from compressor.merge import MemoryInput, Source, source_name
-from compressor.partition.fetch import RawInput
-from compressor.storage.base import ObjectInfo
+from compressor.partition.fetch import RawChangedError, RawInput
+from compressor.storage.base import DataReader, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: Bytes read from a neighbour file's end, first: its footer is a few KB.
+FOOTER_GUESS = 8192
+#: Footers read at once.
+FOOTER_WORKERS = 16
 
 
 @dataclass
@@ -43,23 +53,96 @@ class EdgeFigures:
     #: Neighbour files that gave rows: key, size, etag, rows (verify --deep reads them).
     neighbour_files: list[dict[str, object]] = field(default_factory=list)
 
+    def counts(self) -> dict[str, int]:
+        """The four row counts (also the day's quality figures of the same names)."""
+        return {"rows_from_previous": self.rows_from_previous,
+                "rows_from_next": self.rows_from_next,
+                "rows_to_previous": self.rows_to_previous, "rows_to_next": self.rows_to_next}
+
     def to_json(self) -> dict[str, object]:
-        return {
-            "previous": self.previous, "next": self.next,
-            "rows_from_previous": self.rows_from_previous,
-            "rows_from_next": self.rows_from_next,
-            "rows_to_previous": self.rows_to_previous, "rows_to_next": self.rows_to_next,
-            "neighbour_files": self.neighbour_files,
-        }
+        return {"previous": self.previous, "next": self.next, **self.counts(),
+                "neighbour_files": self.neighbour_files}
 
 
-def with_neighbours(partition: Partition) -> Partition:
-    """The partition with its neighbour files among its inputs, all in key order (a
-    day before's keys sort first, the next day's last: flush order)."""
-    if partition.edges is None or not partition.edges.neighbours:
+def with_neighbours(partition: Partition,
+                    neighbours: Sequence[ObjectInfo] | None = None) -> Partition:
+    """The partition with `neighbours` (default: every neighbour file near its
+    midnights) among its inputs, all in key order (a day before's keys sort first,
+    the next day's last: flush order). Its fingerprint stays the listing's."""
+    if neighbours is None:
+        neighbours = partition.edges.neighbours if partition.edges is not None else ()
+    if not neighbours:
         return partition
-    files = sorted(partition.files + partition.edges.neighbours, key=lambda f: f.key)
-    return replace(partition, files=tuple(files))
+    files = sorted((*partition.files, *neighbours), key=lambda f: f.key)
+    return replace(partition, files=tuple(files), edges=None)
+
+
+def neighbours_with_rows(partition: Partition, reader: DataReader,
+                         workers: int = FOOTER_WORKERS) -> list[ObjectInfo]:
+    """The neighbour files whose footer statistics say they may hold rows of the day:
+    one ranged GET of each one's footer, so whole neighbour files are read only when
+    they give rows. A footer without `ts_event` statistics keeps its file (read and
+    filtered); an unreadable one drops it: it is its own day's corrupt file, left out
+    there too (quarantined, or skipped by --skip-corrupt). RawChangedError when a
+    footer is not of the listed object."""
+    edges = partition.edges
+    if edges is None or not edges.neighbours:
+        return []
+    start = midnight_s(edges.day) * 1000
+    day = (start, start + DAY_MS)
+
+    def keep(info: ObjectInfo) -> bool:
+        footer = _footer(reader, info)
+        if footer is None:
+            log.warning("%s: neighbour file is not readable Parquet: left out of %s (its own "
+                        "day names it)", info.key, partition.pid.state_key)
+            return False
+        span = _ts_span(footer)
+        return span is None or (span[0] < day[1] and span[1] >= day[0])
+
+    candidates = list(edges.neighbours)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(candidates))),
+                            thread_name_prefix="footer") as pool:
+        kept = list(pool.map(keep, candidates))
+    return [info for info, ok in zip(candidates, kept, strict=True) if ok]
+
+
+def _footer(reader: DataReader, listed: ObjectInfo) -> pq.FileMetaData | None:
+    """The object's Parquet footer (None when it is not one), read from its tail."""
+    tail = _tail(reader, listed, FOOTER_GUESS)
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        return None
+    length = struct.unpack("<I", tail[-8:-4])[0]
+    if length + 8 > len(tail) and length + 8 <= listed.size:
+        tail = _tail(reader, listed, length + 8)
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(length + 8):]))
+    except Exception:  # any footer pyarrow cannot parse is a corrupt object
+        return None
+
+
+def _tail(reader: DataReader, listed: ObjectInfo, nbytes: int) -> bytes:
+    data, served = reader.read_tail(listed, nbytes)
+    if (served.size, served.etag) != (listed.size, listed.etag):
+        raise RawChangedError(f"{listed.key}: raw object changed since it was listed")
+    return data
+
+
+def _ts_span(footer: pq.FileMetaData) -> tuple[int, int] | None:
+    """(min, max) of ts_event over the row groups, from integer statistics; None when
+    some row group has none (the file is then read and filtered row by row)."""
+    names = [footer.schema.column(i).name for i in range(footer.num_columns)]
+    if "ts_event" not in names:
+        return None
+    column = names.index("ts_event")
+    low, high = None, None
+    for n in range(footer.num_row_groups):
+        stats = footer.row_group(n).column(column).statistics
+        if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
+            return None
+        low = stats.min if low is None else min(low, stats.min)
+        high = stats.max if high is None else max(high, stats.max)
+    return None if low is None or high is None else (low, high)
 
 
 def place_rows(inputs: Sequence[RawInput], own_prefix: str, edges: Edges,
@@ -80,8 +163,9 @@ def place_rows(inputs: Sequence[RawInput], own_prefix: str, edges: Edges,
             continue
         table = _readable(item.source)
         if table is None:
-            out.append(item)  # the merge names what is wrong with it
-            continue
+            if own:
+                out.append(item)  # the merge names what is wrong with it
+            continue  # a neighbour's: its own day names it (see neighbours_with_rows)
         ts = _event_ms(table)
         mask = _within(ts, keep)
         kept = int(mask.sum())

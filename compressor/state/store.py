@@ -522,6 +522,11 @@ class StateStore:
         return RepairResult(backup_key, kept, dropped, fresh["last_compacted_date"])
 
 
+def event_day_from_of(doc: Mapping[str, Any]) -> str:
+    """A document's event_day_from (derived when it has none): see `_event_day_from`."""
+    return _event_day_from(doc, None)
+
+
 def _event_day_from(doc: Mapping[str, Any], lowered: str | None) -> str:
     """The document's event_day_from (derived when it has none), lowered to `lowered`.
     Every write carries it, so it is derived once, from entries written before it
