@@ -24,6 +24,7 @@ from typing import Protocol
 from compressor.discovery import (
     Filters,
     Inventory,
+    Listings,
     Partition,
     check_found,
     list_day,
@@ -423,10 +424,11 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     if lowers:
         days = _with_cutover_day(days, state.event_day_from, inventory)
     pids = [pid for day in days.run for pid in inventory.partitions(day)]
+    listings = Listings(raw)
 
     def decide_one(pid: PartitionId) -> PlannedPartition:
         try:
-            partition = list_day(raw, pid, event_day_from, options.now)
+            partition = list_day(raw, pid, event_day_from, options.now, listings)
             published = read_published(compact, pid)
         except StoreConfigError:
             raise
