@@ -501,10 +501,10 @@ def test_only_neighbour_files_whose_footer_says_so_are_read(
     part = list_day(raw, PartitionId("binance", "trade", "btcusdt", D), "19700101",
                     datetime.fromtimestamp(m1 + 5000, UTC))
     assert part.edges is not None and len(part.edges.after) == 3
-    assert [f.key for f in neighbours_with_rows(part, raw.data_reader())] == [gives]
+    assert [f.key for f in neighbours_with_rows(part, raw)] == [gives]
     raw.put_bytes(gives, pq_bytes(_rows([m1 * 1000 - 40])))  # rewritten since the listing
     with pytest.raises(RawChangedError):
-        neighbours_with_rows(part, raw.data_reader())
+        neighbours_with_rows(part, raw)
 
 
 def pq_bytes(table: pa.Table) -> bytes:

@@ -583,7 +583,9 @@ def test_a_cleanup_during_a_catch_up_holds_the_watermark_before_the_cleaned_day(
         done = cleanup(plan, store, other, LeaseManager(store, auto_renew=False))
         assert done.removed == [first] and done.last_compacted_date == "20261119"
 
-    raw.at, raw.hook = 3, cleanup_of_the_first_day  # as the run starts on 1122
+    # as the run starts on 1122: data readers for 1120's fetch, 1121's neighbour footers
+    # (1120's last file, flushed at midnight) and fetch, then 1122's neighbour footers
+    raw.at, raw.hook = 4, cleanup_of_the_first_day
     report = job.run()
     assert raw.at <= 0, "the hook ran"
     assert read_published(store, first).meta is None

@@ -134,7 +134,7 @@ def compact_partition(
         started = lap = time.monotonic()
         try:
             inputs = with_neighbours(partition,
-                                     neighbours_with_rows(partition, raw.data_reader()))
+                                     neighbours_with_rows(partition, raw))
             fetched = fetch(inputs, raw, work / "in", workers=settings.download_workers,
                             fetch_budget_bytes=_fetch_budget(inputs, settings),
                             should_stop=should_stop)

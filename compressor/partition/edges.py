@@ -30,7 +30,7 @@ from compressor.discovery import Partition
 from compressor.eventday import DAY_MS, Edges, midnight_s
 from compressor.merge import MemoryInput, Source, source_name
 from compressor.partition.fetch import RawChangedError, RawInput
-from compressor.storage.base import DataReader, ObjectInfo
+from compressor.storage.base import DataReader, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def with_neighbours(partition: Partition,
     return replace(partition, files=tuple(files), edges=None)
 
 
-def neighbours_with_rows(partition: Partition, reader: DataReader,
+def neighbours_with_rows(partition: Partition, raw: Store,
                          workers: int = FOOTER_WORKERS) -> list[ObjectInfo]:
     """The neighbour files whose footer statistics say they may hold rows of the day:
     one ranged GET of each one's footer, so whole neighbour files are read only when
@@ -88,6 +88,7 @@ def neighbours_with_rows(partition: Partition, reader: DataReader,
     edges = partition.edges
     if edges is None or not edges.neighbours:
         return []
+    reader = raw.data_reader()
     start = midnight_s(edges.day) * 1000
     day = (start, start + DAY_MS)
 
