@@ -618,7 +618,7 @@ def partition_case(args: argparse.Namespace, work: Path) -> Case:
 
 def merge_budget_mib(memory_budget: str | None, workers: int | None) -> int:
     """The budget one worker of the job gets, for the merge-only contender."""
-    from compressor.cli import parse_size
+    from compressor.options import parse_size
     from compressor.runner import default_workers  # the job's own rule (runner.split_budget)
 
     total = parse_size(memory_budget) if memory_budget else 512 << 20

@@ -371,7 +371,7 @@ def test_usage_errors_exit_2_with_one_line(world: World, args: list[str], needle
 def test_no_option_is_taken_by_a_prefix() -> None:
     """`--app` once ran a cleanup as `--apply`: every option, shortened by a letter
     or two, is a usage error naming what was typed."""
-    from compressor.cli import UsageError, build_parser
+    from compressor.options import UsageError, build_parser
 
     parser = build_parser()
     longs = [opt for action in parser._actions for opt in action.option_strings

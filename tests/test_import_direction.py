@@ -63,11 +63,11 @@ def test_storage_base_imports_no_other_store_module() -> None:
 
 
 def test_s3_data_path_does_not_import_the_s3_store() -> None:
-    """s3.py builds its data path (s3data.py); the shared boto3 session both use is
-    below them (s3session.py)."""
+    """s3.py builds its data path (s3data.py); the shared boto3 session that the data
+    path and the store's clients (s3connect.py) use is below them (s3session.py)."""
     assert not _reaches("compressor.storage.s3data", "compressor.storage.s3")
     assert "compressor.storage.s3session" in imports_of("compressor.storage.s3data")
-    assert "compressor.storage.s3session" in imports_of("compressor.storage.s3")
+    assert "compressor.storage.s3session" in imports_of("compressor.storage.s3connect")
     assert imports_of("compressor.storage.s3session") == set()
 
 
@@ -130,6 +130,34 @@ def test_duplicate_counting_knows_only_arrow_numpy_and_the_piece_size() -> None:
     assert imports_of("compressor.quality.duplicates") - face == {"compressor.quality.pieces"}
     assert imports_of("compressor.quality.pieces") == set()
     assert "compressor.quality.duplicates" in imports_of("compressor.quality.metrics")
+
+
+@pytest.mark.parametrize("module", ["compressor.storage.s3compat", "compressor.storage.s3connect",
+                                    "compressor.storage.s3errors",
+                                    "compressor.storage.s3multipart"])
+def test_s3_store_modules_do_not_import_the_s3_store(module: str) -> None:
+    """The fallbacks, reaching the bucket, the error mapping and multipart uploads each
+    know the S3Store by a protocol: s3.py imports them, never the other way."""
+    assert not _reaches(module, "compressor.storage.s3")
+    assert module in imports_of("compressor.storage.s3")
+
+
+@pytest.mark.parametrize(("module", "below"), [
+    ("compressor.storage.localdata", {"compressor.storage.base", "compressor.storage.localfiles"}),
+    ("compressor.storage.localwrite", {"compressor.storage.base", "compressor.storage.localfiles"}),
+    ("compressor.storage.localfiles", {"compressor.storage.base"}),
+])
+def test_local_store_modules_import_only_below_the_local_store(module: str, below: set[str]
+                                                               ) -> None:
+    """local.py imports its data path, its writes and its file rules; they know the
+    LocalStore by a protocol (or not at all), and the file rules sit below both."""
+    assert imports_of(module) == below
+    assert module in imports_of("compressor.storage.local")
+
+
+def test_s3_error_mapping_imports_only_the_store_interface() -> None:
+    """What a failure means is decided from the error alone: below every S3 module."""
+    assert imports_of("compressor.storage.s3errors") == {"compressor.storage.base"}
 
 
 def _all_modules() -> list[str]:

@@ -38,7 +38,7 @@ from compressor.storage import (
     open_store,
 )
 from compressor.storage.base import TMP_MARK
-from compressor.storage.s3 import TOMBSTONE
+from compressor.storage.s3compat import TOMBSTONE
 from compressor.storage.s3probe import ServerFeatures
 from tests.conftest import (
     TEST_ACCESS_KEY,
@@ -1189,8 +1189,10 @@ def test_s3_bucket_level_403_is_still_a_config_error(
 
 @pytest.fixture
 def denied_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
-    """Make opening one path raise PermissionError (chmod does not stop root)."""
+    """Make opening one path raise PermissionError (chmod does not stop root), in the
+    store's reads (local.py) and in what it asks of a file (HEAD: localfiles.py)."""
     import compressor.storage.local as local_module
+    import compressor.storage.localfiles as localfiles_module
 
     denied: set[str] = set()
     real_open = open
@@ -1200,7 +1202,8 @@ def denied_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(local_module, "open", fake_open, raising=False)
+    for module in (local_module, localfiles_module):
+        monkeypatch.setattr(module, "open", fake_open, raising=False)
     return lambda path: denied.add(str(path))
 
 
@@ -1424,15 +1427,15 @@ def test_local_reader_caches_directories_but_never_locates_through_a_later_symli
     that is seen at the next locate, as without the cache: out of the root it is
     refused, inside the root the path handed out is the real one. And `changed`
     still tells that a path located before the swap now reaches another file."""
-    import compressor.storage.local as local_module
+    import compressor.storage.localdata as localdata_module
 
     if not proc:  # where /proc/self/fd is missing the directory is resolved per file
-        monkeypatch.setattr(local_module, "_opened_path", lambda fd: None)
+        monkeypatch.setattr(localdata_module, "_opened_path", lambda fd: None)
     keys = [f"raw/d=1/part-{n}.parquet" for n in range(3)]
     for key in keys:
         local.put_bytes(key, key.encode() * 10)
     reader = local.data_reader()
-    assert isinstance(reader, local_module.LocalReader)
+    assert isinstance(reader, localdata_module.LocalReader)
     first = reader.locate(keys[0])  # resolves (and caches) raw/d=1
     assert reader._dirs  # the cache this test is about
     # out of the root: a copy of the same bytes (so size and ETag would pass)

@@ -78,7 +78,8 @@ def open_store(uri: str, env: Mapping[str, str], *, role: str) -> Store:
 
 
 def _open_s3(uri: str, env: Mapping[str, str], role: str) -> S3Store:
-    from .s3 import DEFAULT_CHECK_TIMEOUT_S, MiB, S3Store
+    from .s3 import MiB, S3Store
+    from .s3connect import DEFAULT_CHECK_TIMEOUT_S
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:

@@ -10,7 +10,7 @@ The data path (`DataReader`, at the end): the Store interface is the control pla
 per partition is a different job, with its own costs: `Store.data_reader()` gives
 the cheapest way a store has to do it.
 
-- LocalStore: `LocalReader` (in local.py), which hands out the files where
+- LocalStore: `LocalReader` (in localdata.py), which hands out the files where
   they lie (`locate`), no copy at all;
 - S3Store: `ObstoreReader` (in s3data.py), GETs through obstore, which holds
   no GIL while it waits and copies and costs about a fifth of boto3's CPU per

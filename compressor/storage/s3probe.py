@@ -48,7 +48,7 @@ class ServerFeatures:
     #: DeleteObject honours If-Match. Without it a conditional delete writes a tombstone.
     conditional_delete: bool = True
     #: CompleteMultipartUpload honours If-None-Match and If-Match. Without it a
-    #: conditional upload goes as one PUT (at most SINGLE_PUT_MAX bytes).
+    #: conditional upload goes as one PUT (at most SINGLE_PUT_MAX bytes, s3compat.py).
     conditional_multipart: bool = True
 
     @property
