@@ -33,11 +33,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compressor.discovery import Filters, list_partition, walk
+from compressor.discovery import Filters, Partition, list_day_as, list_partition, walk
+from compressor.eventday import EdgeMode
 from compressor.layout import PartitionId, format_day
 from compressor.merge import SEQ, MergeInputError, conform, read_columns, scan_inputs
 from compressor.meta import Meta, check_data_file, read_published
 from compressor.partition.digest import ColumnDigest
+from compressor.partition.edges import place_rows, with_neighbours
 from compressor.partition.fetch import fetch
 from compressor.partition.verify import VERIFY_BATCH_ROWS, VerificationError, verify_output
 from compressor.state import PartitionState, StateSnapshot
@@ -199,18 +201,31 @@ def _deep(compact: Store, pid: PartitionId, meta: Meta, tmp_root: Path | None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _as_compacted(raw: Store, pid: PartitionId, meta: Meta) -> Partition:
+    """The raw files as the output's rule placed them: its own folder, and for an output
+    whose midnights moved rows (meta.json `edges`), the neighbour files near them."""
+    edges = meta.extra.get("edges")
+    if not isinstance(edges, dict):
+        return list_partition(raw, pid)
+    try:
+        previous, next_mode = EdgeMode(str(edges["previous"])), EdgeMode(str(edges["next"]))
+    except (KeyError, ValueError):
+        return list_partition(raw, pid)
+    return list_day_as(raw, pid, previous, next_mode)
+
+
 def _against_raw(raw: Store, pid: PartitionId, meta: Meta, path: Path, work: Path
                  ) -> list[str]:
     """The published columns against the raw files they were merged from (the ones
     meta.json's fingerprint names, less the skipped ones): [] when they agree."""
-    partition = list_partition(raw, pid)
+    partition = _as_compacted(raw, pid, meta)
     if partition.fingerprint != meta.source_fingerprint:
         log.info("%s: the raw files changed since it was compacted; columns not compared",
                  pid.state_key)
         return []
     skipped = set(meta.skipped_files)
-    partition = replace(partition, files=tuple(f for f in partition.files
-                                               if f.key not in skipped))
+    inputs = with_neighbours(partition)
+    inputs = replace(inputs, files=tuple(f for f in inputs.files if f.key not in skipped))
     published = pq.ParquetFile(path)
     names = [name for name in published.schema_arrow.names if name != SEQ]
     target = pa.schema([published.schema_arrow.field(name) for name in names])
@@ -219,7 +234,10 @@ def _against_raw(raw: Store, pid: PartitionId, meta: Meta, path: Path, work: Pat
         ours.add(batch)
     theirs = ColumnDigest(names)
     try:
-        fetched = fetch(partition, raw, work / "raw", fetch_budget_bytes=0)
+        fetched = fetch(inputs, raw, work / "raw", fetch_budget_bytes=0)
+        if partition.edges is not None and partition.edges.moves_rows:
+            fetched.inputs, _ = place_rows(fetched.inputs, pid.prefix, partition.edges,
+                                           inputs.files)
         infos, _ = scan_inputs([item.source for item in fetched.inputs])
         for info in infos:
             table = read_columns(info.source, [n for n in names if n in info.columns])

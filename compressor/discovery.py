@@ -8,11 +8,24 @@ Listing one partition's files costs ceil(files / 1000) requests.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
+from compressor.eventday import (
+    HORIZON_S,
+    EdgeMode,
+    Edges,
+    edge_mode,
+    flush_time,
+    midnight_s,
+    near,
+    settled,
+    shift,
+)
+from compressor.eventday import fingerprint as day_fingerprint
 from compressor.layout import DATA_FILE, PartitionId, is_raw_data_key
 from compressor.storage.base import ObjectInfo, Store, StoreConfigError
 
@@ -44,10 +57,15 @@ def _split(text: str | None) -> frozenset[str] | None:
 
 @dataclass(frozen=True)
 class Partition:
-    """One raw partition-day and its data files, in key (= flush) order."""
+    """One raw partition-day and its data files, in key (= flush) order.
+
+    `edges`: its two midnights and the neighbour files that may give it rows
+    (compressor.eventday); None for a listing made without them (a partition's own
+    files only, as `--mode verify` and the report list them)."""
 
     pid: PartitionId
     files: tuple[ObjectInfo, ...] = field(default=())
+    edges: Edges | None = None
 
     @property
     def file_count(self) -> int:
@@ -59,7 +77,12 @@ class Partition:
 
     @property
     def fingerprint(self) -> str:
-        return source_fingerprint(self.files)
+        return day_fingerprint(self.files, self.edges)
+
+    @property
+    def settled(self) -> bool:
+        """No raw file that could give this day rows can still arrive (eventday.settled)."""
+        return self.edges is None or self.edges.settled
 
 
 #: The levels of the raw layout a filter narrows, with the flag that narrows each.
@@ -98,10 +121,7 @@ def source_fingerprint(files: Iterable[ObjectInfo]) -> str:
 
     Any file added, removed, rewritten or resized changes it.
     """
-    digest = hashlib.sha256()
-    for info in sorted(files, key=lambda f: f.key):  # ObjectInfo ETags are unquoted
-        digest.update(f"{info.key}\t{info.size}\t{info.etag}\n".encode())
-    return digest.hexdigest()
+    return day_fingerprint(files, None)
 
 
 def unsafe_value(value: str) -> str | None:
@@ -219,3 +239,94 @@ def list_partition(store: Store, pid: PartitionId) -> Partition:
 def _is_direct_data_file(pid: PartitionId, key: str) -> bool:
     rest = key[len(pid.prefix) :]
     return "/" not in rest and is_raw_data_key(key) and rest != DATA_FILE
+
+
+class Listings:
+    """Partition folders listed once for a whole plan: a day's folder is its own
+    partition's listing and its neighbours' `before`/`after` alike. Thread-safe (two
+    threads may list one folder at the same moment; both get the same files)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._done: dict[PartitionId, Partition] = {}
+
+    def get(self, pid: PartitionId) -> Partition:
+        with self._lock:
+            found = self._done.get(pid)
+        if found is None:
+            found = list_partition(self.store, pid)
+            with self._lock:
+                self._done[pid] = found
+        return found
+
+    def known(self, pid: PartitionId) -> Partition | None:
+        with self._lock:
+            return self._done.get(pid)
+
+
+def list_day(store: Store, pid: PartitionId, event_day_from: str | None,
+             now: datetime, listings: Listings | None = None) -> Partition:
+    """The partition's raw files and its edges: the neighbour folders' files flushed
+    within the horizon of its two midnights (docs/guarantees.md "Rows belong to their
+    event day"). Costs the partition's own LIST, the day before's, and the next day's
+    up to its first file flushed past the horizon; with `listings`, a folder listed
+    for another partition of the plan is not listed again."""
+    return _listed_with_edges(store, pid, now, lambda earlier, has_data: edge_mode(
+        earlier, event_day_from, has_data), listings or Listings(store))
+
+
+def list_day_as(store: Store, pid: PartitionId, previous: EdgeMode, next_mode: EdgeMode
+                ) -> Partition:
+    """The partition listed with the edge modes an output was made with (meta.json's
+    `edges`), for checking that output against its raw files (`--mode verify --deep`)."""
+    modes = {shift(pid.date, -1): previous, pid.date: next_mode}
+    return _listed_with_edges(store, pid, None, lambda earlier, has_data: modes[earlier],
+                              Listings(store))
+
+
+def _listed_with_edges(store: Store, pid: PartitionId, now: datetime | None,
+                       mode_of: Callable[[str, bool], EdgeMode], listings: Listings
+                       ) -> Partition:
+    own = listings.get(pid)
+    before_pid = replace(pid, date=shift(pid.date, -1))
+    after_pid = replace(pid, date=shift(pid.date, 1))
+    start, end = midnight_s(pid.date), midnight_s(after_pid.date)
+    before_files = listings.get(before_pid).files
+    listed_after = listings.known(after_pid)
+    after_seen = (_to_horizon(listed_after.files, end) if listed_after is not None
+                  else _listed_to_horizon(store, after_pid, end))
+    previous = mode_of(before_pid.date, bool(before_files))
+    next_mode = mode_of(pid.date, bool(after_seen))
+    # a day whose next midnight can never move rows never waits for it
+    waits = now is not None and mode_of(pid.date, True) is EdgeMode.EVENT
+    edges = Edges(
+        pid.date, previous, next_mode,
+        tuple(f for f in before_files if near(f.key, start))
+        if previous is EdgeMode.EVENT else (),
+        tuple(f for f in after_seen if near(f.key, end)) if next_mode is EdgeMode.EVENT else (),
+        settled=not waits or settled(pid.date, after_seen, now or datetime.now(UTC)),
+    )
+    return replace(own, edges=edges)
+
+
+def _listed_to_horizon(store: Store, pid: PartitionId, midnight: int) -> list[ObjectInfo]:
+    """The folder's data files in key order up to and including the first one flushed
+    at or past `midnight`'s horizon (keys sort by flush time: no need to list further)."""
+    return _to_horizon(_iter_direct(store, pid), midnight)
+
+
+def _to_horizon(files: Iterable[ObjectInfo], midnight: int) -> list[ObjectInfo]:
+    seen: list[ObjectInfo] = []
+    for info in files:
+        seen.append(info)
+        flushed = flush_time(info.key)
+        if flushed is not None and flushed >= midnight + HORIZON_S:
+            break
+    return seen
+
+
+def _iter_direct(store: Store, pid: PartitionId) -> Iterator[ObjectInfo]:
+    for info in store.list_objects(pid.prefix):
+        if _is_direct_data_file(pid, info.key):
+            yield info

@@ -96,6 +96,13 @@ class Meta:
         version = self.extra.get("post_filter_version")
         return version if isinstance(version, str) else None
 
+    @property
+    def day_rule(self) -> str | None:
+        """`day_rule`: how rows were placed in days (None: by flush day, before 2.0;
+        docs/guarantees.md "Rows belong to their event day")."""
+        rule = self.extra.get("day_rule")
+        return rule if isinstance(rule, str) else None
+
     def describes(self, data: ObjectInfo | None) -> bool:
         """Whether `data` (a HEAD or listing of data.parquet) is the file named here."""
         return (

@@ -17,18 +17,20 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from compressor.discovery import (
     Filters,
     Inventory,
+    Listings,
     Partition,
     check_found,
-    list_partition,
+    list_day,
     walk,
 )
+from compressor.eventday import shift
 from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day, parse_day
 from compressor.meta import Published, read_published
@@ -84,6 +86,12 @@ class Reason(enum.StrEnum):
     QUARANTINED = "quarantined"
     UNREADABLE = "could not list or read it"
     CAPPED = "beyond --max-partitions"
+    #: Rows of this day may still arrive under the next day's folder (docs/guarantees.md
+    #: "Rows belong to their event day"): not compacted yet, the day is not ready.
+    UNSETTLED = "next day's first files not there yet"
+    #: Published by the flush-day rule; a midnight of it now moves rows (a backfill
+    #: moved event_day_from back over it).
+    DAY_RULE = "rows move to their event day"
 
 
 #: Skips that leave a partition done (it counts for last_compacted_date and exit 0).
@@ -101,6 +109,11 @@ class StateView(Protocol):
     def days_not_success(self, until: str) -> set[str]: ...
 
     def days_labelled_by_other_rules(self, version: str) -> set[str]: ...
+
+    @property
+    def event_day_from(self) -> str: ...
+
+    def days_by_flush_rule(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,23 @@ class Plan:
     partitions: list[PlannedPartition] = field(default_factory=list)
     #: Days of `ready_days` without raw data -> whether their grace has passed.
     empty_days: dict[str, bool] = field(default_factory=dict)
+    #: The first day whose midnights move rows to their event day, as this run uses it.
+    event_day_from: str | None = None
+    #: True when this run moves event_day_from back (a backfill over older days).
+    lowers_event_day_from: bool = False
+    #: Published days whose rows are filed by flush day (state.days_by_flush_rule).
+    flush_rule_days: list[str] = field(default_factory=list)
+
+    def flush_rule_note(self) -> str | None:
+        """One line on the days still filed by flush day and the backfill that moves
+        them (None when there are none), for the plan and the run's log."""
+        days = self.flush_rule_days
+        if not days or self.event_day_from is None:
+            return None
+        last = max(days[-1], shift(self.event_day_from, -1))
+        return (f"{len(days)} published day(s) {days[0]}..{days[-1]} keep rows filed by "
+                f"flush day (docs/guarantees.md \"Rows belong to their event day\"): "
+                f"--mode backfill --date-from {days[0]} --date-to {last} moves them")
 
     def for_day(self, day: str) -> list[PlannedPartition]:
         return [p for p in self.partitions if p.pid.date == day]
@@ -165,6 +195,12 @@ class Plan:
             lines.append(f"  empty   {day}: no raw data; "
                          + ("counts as ready (grace passed, later days have data)" if ready
                             else "holds readiness back (within its grace, or no later data)"))
+        note = self.flush_rule_note()
+        if note and not self.lowers_event_day_from:
+            lines.append(note)
+        if self.lowers_event_day_from:
+            lines.append(f"event_day_from: moved back to {self.event_day_from} (these days "
+                         "are compacted again with rows in their event day)")
         if not self.ready_days:
             lines.append("last_compacted_date: not moved by this run")
         return "\n".join(lines)
@@ -345,6 +381,8 @@ class PlanOptions:
     max_days: int | None = None
     #: At most this many partitions compacted; the rest are planned `skip` (capped).
     max_partitions: int | None = None
+    #: The run's clock (UTC): whether a day's next midnight has settled (eventday.settled).
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def filtered(self) -> bool:
@@ -382,11 +420,15 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
                              relabel_days=sorted(relabel))
 
         days = choose(inventory.dates)
+    event_day_from, lowers = _event_day_from(state.event_day_from, options)
+    if lowers:
+        days = _with_cutover_day(days, state.event_day_from, inventory)
     pids = [pid for day in days.run for pid in inventory.partitions(day)]
+    listings = Listings(raw)
 
     def decide_one(pid: PartitionId) -> PlannedPartition:
         try:
-            partition = list_partition(raw, pid)
+            partition = list_day(raw, pid, event_day_from, options.now, listings)
             published = read_published(compact, pid)
         except StoreConfigError:
             raise
@@ -406,7 +448,31 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
         ready, empty = [], {}  # a narrowed run never vouches for a whole day
     if last is None and ready:
         _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
-    return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty)
+    return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty,
+                event_day_from, lowers, state.days_by_flush_rule())
+
+
+def _event_day_from(stored: str, options: PlanOptions) -> tuple[str, bool]:
+    """The event_day_from this run uses, and whether it moves it back.
+
+    A backfill whose range starts before it and reaches the day before it moves it
+    back to its first day: those days are compacted again with their rows in their
+    event day (docs/guarantees.md "Rows belong to their event day"). Any other run
+    leaves the days before it as they are, placed by flush day."""
+    if options.mode is not Mode.BACKFILL or options.backfill is None:
+        return stored, False
+    first, last = (format_day(d) for d in options.backfill)
+    if first < stored <= shift(last, 1):
+        return first, True
+    return stored, False
+
+
+def _with_cutover_day(days: Days, old_cutover: str, inventory: Inventory) -> Days:
+    """The backfill's days plus the old event_day_from day itself: its first midnight
+    changes mode, so it is compacted again too (when it has raw data)."""
+    if old_cutover in days.run or old_cutover not in inventory.by_day:
+        return days
+    return replace(days, run=sorted([*days.run, old_cutover]))
 
 
 def _warn_fresh_start(first: str, older: Sequence[str]) -> None:
@@ -490,6 +556,8 @@ def decide(
 
     if partition.file_count == 0:
         return plan(Action.SKIP, Reason.NO_DATA)
+    if not partition.settled:
+        return plan(Action.SKIP, Reason.UNSETTLED, "rows of this day may still arrive")
     if entry is not None and entry.status == "quarantined":
         listed = {f.key for f in partition.files}
         if options.retry_quarantine:
@@ -509,6 +577,9 @@ def decide(
             version = published.meta.rules_version or "unknown"
             return plan(Action.SKIP, Reason.RELABEL, f"rules {version} -> {RULES_VERSION}")
         return plan(Action.SKIP, Reason.UP_TO_DATE)
+    if published.meta.day_rule is None and partition.edges is not None and (
+            partition.edges.moves_rows):
+        return plan(Action.COMPACT, Reason.DAY_RULE)
     before = published.meta.source_files
     return plan(
         Action.COMPACT, Reason.CHANGED, f"{before} files then, {partition.file_count} now"

@@ -129,6 +129,7 @@ def plan(config: RunConfig, raw: Store, compact: Store) -> tuple[Plan, StateStor
     options = config.options
     if not config.today_given:
         options = replace(options, today=datetime.fromtimestamp(clock(), UTC).date())
+    options = replace(options, now=datetime.fromtimestamp(clock(), UTC))
     state = StateStore(compact, clock=clock)
     state.load()
     return build_plan(raw, compact, state, options), state, clock
@@ -158,10 +159,20 @@ def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[]
     if config.dry_run:
         return RunResult(the_plan)
     observer.planned(the_plan)
+    note = the_plan.flush_rule_note()
+    if note and not the_plan.lowers_event_day_from:
+        log.info(note)
     compact.check_conditional_writes(PROBE_PREFIX)  # it writes: never in a dry run
     check_tmp_dir(config.tmp_dir)
     for path in clean_stale_tmp(config.tmp_dir):
         log.info("removed %s, left by a run that is gone", path)
+    if the_plan.lowers_event_day_from and the_plan.event_day_from is not None:
+        # declared before any output changes, so every run from now on places these days'
+        # rows by event day too (docs/guarantees.md "Rows belong to their event day")
+        log.info("event_day_from moves back to %s: the backfill's days get their rows by "
+                 "event day", the_plan.event_day_from)
+        state.lower_event_day_from(the_plan.event_day_from)
+        state.flush()
     verdicts = DayVerdicts(raw, compact, primary_exchange=config.primary_exchange, clock=clock)
     report = execute(config, the_plan, raw, compact, state, clock, verdicts, should_stop,
                      observer)

@@ -7,9 +7,11 @@ faults.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,3 +328,18 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def old_checkout(commit: str, dest: Path) -> Path:
+    """The repository as of `commit`, extracted under `dest` (git archive; CI clones the
+    full history): upgrade tests run the old code on a store, then the new code."""
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]),
+                              "archive", commit], capture_output=True, check=False)
+    if archive.returncode:
+        pytest.fail(f"git archive {commit}: {archive.stderr.decode()[-300:]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)  # noqa: S202 - our own repository's archive
+    return dest

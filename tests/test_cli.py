@@ -320,8 +320,10 @@ def test_discovery_list_requests_do_not_grow_with_files(world: World, moto_serve
         second = proxy.counts()
     # walk: root, 2 exchanges, 2 streams, 2 symbols; then one LIST per partition
     assert first["LIST_DELIM"] == second["LIST_DELIM"] == 1 + 2 + 2 + 2
-    # check() per store, the compact store's clock offset (its Date), 2 partitions
-    assert first["LIST"] == second["LIST"] == 2 + 1 + 2
+    # check() per store, the compact store's clock offset (its Date); per partition its
+    # own folder, the day before's and the next day's (docs/guarantees.md "Rows belong to
+    # their event day"): 2 partitions
+    assert first["LIST"] == second["LIST"] == 2 + 1 + 2 * 3
 
 
 # --------------------------------------------------------------------------- exit code 2

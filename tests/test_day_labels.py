@@ -3,11 +3,9 @@ meta.json and the state, never withholding data, and re-scored while not final."
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import time
 from datetime import date
 from pathlib import Path
@@ -29,8 +27,8 @@ from compressor.quality.windows import load_verdict, windows_prefix
 from compressor.state import StateStore
 from compressor.storage import LocalStore
 from tests import jobworld
-from tests.conftest import put_partition
-from tests.jobworld import REPO, JobWorld
+from tests.conftest import old_checkout, put_partition
+from tests.jobworld import JobWorld
 from tests.jobworld import spec as jw_spec
 
 jw = jobworld.jw  # the fixture
@@ -210,27 +208,13 @@ def test_real_format_windows_label_every_day_end_to_end(jw: JobWorld) -> None:
     assert _good_query(jw) == _every_partition_of("20261119", "20261124")
 
 
-def _old_code(tmp: Path) -> Path:
-    """The repository as of RULES_1_COMMIT (git archive; CI clones the full history)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", RULES_1_COMMIT],
-                             capture_output=True, check=False)
-    if archive.returncode:
-        pytest.fail(f"git archive {RULES_1_COMMIT}: {archive.stderr.decode()[-300:]}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
-            tar.extractall(tmp, filter="data")
-        else:
-            tar.extractall(tmp)  # noqa: S202 - our own repository's archive
-    return tmp
-
-
 def test_rules_upgrade_relabels_old_labels_without_recompacting(jw: JobWorld) -> None:
     """A compact store written by the rules-1.0.0 code (every real-format day UNKNOWN):
     the next catch-up relabels every partition in place (meta.json and the state, also
     the UNKNOWN day whose label string stays the same), data.parquet untouched; a
     second run does nothing."""
     dates = _lake(jw)
-    old = _old_code(jw.cwd.parent / "old")
+    old = old_checkout(RULES_1_COMMIT, jw.cwd.parent / "old")
     run = subprocess.run([sys.executable, str(old / "run.py"), "--today", JW_TODAY,
                           "--mode", "backfill", *dates],
                          env=jw.env_with(PYTHONPATH=str(old)), cwd=jw.cwd,

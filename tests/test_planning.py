@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compressor.demo import PartitionSpec
-from compressor.discovery import Filters, Partition, list_partition
+from compressor.discovery import Filters, Partition, list_day
+from compressor.eventday import DAY_RULE
 from compressor.job import Job
 from compressor.labels import RULES_VERSION
 from compressor.layout import PartitionId, format_day
@@ -265,11 +266,14 @@ def test_plan_reads_meta_and_touches_nothing(tmp_path: Path) -> None:
         put_partition(raw, spec, tmp_path)
     done = specs[0].partition
     data = compact.put_bytes(done.data_key, b"not parquet, only named by meta.json")
-    meta = _meta(list_partition(raw, done).fingerprint)
-    compact.put_bytes(done.meta_key, Meta(**{**meta.__dict__, "size_bytes": 36,
-                                             "data_etag": data}).to_bytes())
-    before = (store_listing(raw), store_listing(compact))
     state = StateStore(compact)
+    listed = list_day(raw, done, state.event_day_from, datetime.now(UTC))
+    meta = _meta(listed.fingerprint)
+    compact.put_bytes(done.meta_key, Meta(**{**meta.__dict__, "size_bytes": 36,
+                                             "data_etag": data,
+                                             "extra": {**meta.extra, "day_rule": DAY_RULE}
+                                             }).to_bytes())
+    before = (store_listing(raw), store_listing(compact))
     backfill = (date(2026, 11, 23), date(2026, 11, 24))
     plan = build_plan(raw, compact, state,
                       PlanOptions(mode=Mode.BACKFILL, today=TODAY, backfill=backfill))

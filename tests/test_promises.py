@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from compressor.demo import PartitionSpec
-from compressor.discovery import Partition, list_partition
+from compressor.discovery import Partition, list_day, list_partition
 from compressor.job import Job, Status
 from compressor.lease import LeaseManager
 from compressor.meta import Published, read_published
@@ -260,8 +260,15 @@ def test_a_late_day_is_compacted_and_empty_days_wait_for_their_grace(
     assert first.plan.days == ["20261102", "20261104"]
     assert first.last_compacted_after == "20261102"  # 1103 is empty and within its grace
     put_partition(raw, _spec(date="20261103"), tmp_path)  # uploaded late
+    data = {day: compact.head(_spec(date=day).partition.data_key) for day in ("20261102",
+                                                                            "20261104")}
     second = _catch_up(raw, compact, state, settings, today=date(2026, 11, 5)).run()
-    assert [o.pid.date for o in second.outcomes if o.status is Status.SUCCESS] == ["20261103"]
+    # 1102 and 1104 again too: their midnights with 1103 now move rows (docs/guarantees.md
+    # "Rows belong to their event day"); none crosses them here, so the same bytes
+    assert [o.pid.date for o in second.outcomes if o.status is Status.SUCCESS] == [
+        "20261102", "20261103", "20261104"]
+    assert all(compact.head(info.key).etag == info.etag  # type: ignore[union-attr]
+               for info in data.values() if info is not None)
     assert second.last_compacted_after == "20261104"
 
 
@@ -576,7 +583,9 @@ def test_a_cleanup_during_a_catch_up_holds_the_watermark_before_the_cleaned_day(
         done = cleanup(plan, store, other, LeaseManager(store, auto_renew=False))
         assert done.removed == [first] and done.last_compacted_date == "20261119"
 
-    raw.at, raw.hook = 3, cleanup_of_the_first_day  # as the run starts on 1122
+    # as the run starts on 1122: data readers for 1120's fetch, 1121's neighbour footers
+    # (1120's last file, flushed at midnight) and fetch, then 1122's neighbour footers
+    raw.at, raw.hook = 4, cleanup_of_the_first_day
     report = job.run()
     assert raw.at <= 0, "the hook ran"
     assert read_published(store, first).meta is None
@@ -586,4 +595,5 @@ def test_a_cleanup_during_a_catch_up_holds_the_watermark_before_the_cleaned_day(
     assert [(o.pid.date, o.status) for o in again.outcomes] == [
         (days[0], Status.SUCCESS), (days[1], Status.UP_TO_DATE), (days[2], Status.UP_TO_DATE)]
     assert _lcd_of(store) == days[2]
-    _whole_pair_of(store, list_partition(raw, first))
+    # the pair is current for the day's listing with its neighbour files near midnight
+    _whole_pair_of(store, list_day(raw, first, state.event_day_from, datetime.now(UTC)))

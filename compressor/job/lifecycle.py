@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from compressor.discovery import list_partition
+from compressor.discovery import list_day
 from compressor.job.outcome import (
     EVENT_OF,
     EXPECTED,
@@ -133,6 +134,7 @@ class PartitionLifecycle:
         labels: Callable[[str], Label],
         run_id: str,
         observer: JobObserver,
+        event_day_from: str | None = None,
     ) -> None:
         self.raw = raw
         self.compact = compact
@@ -148,6 +150,8 @@ class PartitionLifecycle:
         self.labels = labels
         self.run_id = run_id
         self.observer = observer
+        #: The plan's event_day_from: a re-listing places rows as the plan did.
+        self.event_day_from = event_day_from
         #: Partitions whose attempt has logged its final event (the rest get one at the end).
         self._ended: set[PartitionId] = set()
 
@@ -255,7 +259,8 @@ class PartitionLifecycle:
                 return ToCompact(replace(planned, action=Action.COMPACT), now)
             if now.current_for(planned.partition.fingerprint):
                 return PublishedMeanwhile(now, planned.partition.fingerprint)
-            fresh = list_partition(self.raw, pid)
+            fresh = list_day(self.raw, pid, self.event_day_from,
+                             datetime.fromtimestamp(self.clock(), UTC))
         except StoreConfigError:
             raise
         except StoreError as exc:
@@ -286,6 +291,10 @@ class PartitionLifecycle:
         if planned.reason is Reason.CAPPED:
             log.info("%s: not run: %s", pid.state_key, planned.describe)
             return PartitionOutcome(pid, Status.NOT_RUN)
+        if planned.reason is Reason.UNSETTLED:
+            log.info("%s: waits: %s", pid.state_key, planned.describe,
+                     extra=self.fields(pid, "skipped", reason=planned.describe))
+            return PartitionOutcome(pid, Status.WAITING)
         assert planned.reason in DONE_SKIPS
         if planned.reason is Reason.NO_DATA:
             log.info("%s: skipped: %s", pid.state_key, planned.describe,
@@ -393,7 +402,7 @@ class PartitionLifecycle:
             attempts=attempts, day_quality_post=_label_of(result.meta).value,
             post_filter_version=RULES_VERSION, quality=result.quality.compact(),
             source_fingerprint=part.fingerprint, skipped_files=result.skipped_files or None,
-            updated_at=utc_iso(self.clock()),
+            updated_at=utc_iso(self.clock()), day_rule=result.meta.day_rule,
         ))
         merged = result.merge
         log.info("%s: published %d rows, %s in %.1fs%s", pid.state_key, result.rows,
@@ -494,6 +503,7 @@ def _success_from_meta(
             quality=figures,
             source_fingerprint=meta.source_fingerprint,
             skipped_files=meta.skipped_files or None,
+            day_rule=meta.day_rule,
         )
     except (TypeError, ValueError):
         return None

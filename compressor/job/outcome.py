@@ -34,6 +34,9 @@ class Status(enum.StrEnum):
     BUSY = "busy elsewhere"
     #: The run was asked to stop before reaching the partition.
     NOT_RUN = "not run"
+    #: Rows of its day may still arrive under the next day's folder (docs/guarantees.md
+    #: "Rows belong to their event day"): a later run compacts it; the day is not ready.
+    WAITING = "waiting for the next day"
 
 
 DONE = frozenset({Status.SUCCESS, Status.UP_TO_DATE, Status.NO_DATA})

@@ -153,7 +153,8 @@ class Job:
         self.partitions = PartitionLifecycle(
             raw, compact, state, settings, leases, self.recorder, self.report, self._abort,
             ready_date=plan.last_compacted_date, should_stop=should_stop, clock=clock,
-            labels=labels, run_id=run_id, observer=self.observer)
+            labels=labels, run_id=run_id, observer=self.observer,
+            event_day_from=plan.event_day_from)
 
     def run(self) -> RunReport:
         """Every partition on `workers` threads, in plan order (days ascending); each

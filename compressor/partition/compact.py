@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from compressor import __version__
 from compressor.discovery import Partition
+from compressor.eventday import DAY_RULE
 from compressor.labels import RULES_VERSION, Label
 from compressor.merge import (
     MergeAborted,
@@ -25,6 +27,12 @@ from compressor.merge import (
 )
 from compressor.meta import Meta, Published, read_published
 from compressor.partition import never
+from compressor.partition.edges import (
+    EdgeFigures,
+    neighbours_with_rows,
+    place_rows,
+    with_neighbours,
+)
 from compressor.partition.fetch import (
     DEFAULT_FETCH_BUDGET,
     DOWNLOAD_WORKERS,
@@ -125,9 +133,12 @@ def compact_partition(
     with work_dir(settings.tmp_root) as work:
         started = lap = time.monotonic()
         try:
-            fetched = fetch(partition, raw, work / "in", workers=settings.download_workers,
-                            fetch_budget_bytes=_fetch_budget(partition, settings),
+            inputs = with_neighbours(partition,
+                                     neighbours_with_rows(partition, raw))
+            fetched = fetch(inputs, raw, work / "in", workers=settings.download_workers,
+                            fetch_budget_bytes=_fetch_budget(inputs, settings),
                             should_stop=should_stop)
+            edge_figures = _place(partition, fetched, inputs)
             lap = _lap(timings, "fetch", lap)
             output = work / "data.parquet"
             try:
@@ -145,8 +156,13 @@ def compact_partition(
             if no_space(exc):
                 raise TempSpaceError.for_partition(partition, settings.tmp_root) from None
             raise
+        if edge_figures is not None:
+            quality = replace(quality, rows_from_previous=edge_figures.rows_from_previous,
+                              rows_from_next=edge_figures.rows_from_next,
+                              rows_to_previous=edge_figures.rows_to_previous,
+                              rows_to_next=edge_figures.rows_to_next)
         meta = build_meta(partition, verified, quality, merged, skipped_keys,
-                          time.monotonic() - started, label)
+                          time.monotonic() - started, label, edge_figures)
         if should_stop():  # last moment to give up cheaply: nothing published yet
             raise MergeAborted("interrupted before publishing")
         before_publish()
@@ -155,6 +171,19 @@ def compact_partition(
         return CompactResult(verified.rows, verified.size_bytes, verified.sha256, quality,
                              merged, final, skipped_keys)
 
+
+
+def _place(partition: Partition, fetched: Fetched, inputs: Partition) -> EdgeFigures | None:
+    """Rows in their event day (compressor.partition.edges). A day placed by flush day
+    on both midnights merges its own files whole; its figures still say so."""
+    edges = partition.edges
+    if edges is None:
+        return None
+    if not edges.moves_rows:
+        return EdgeFigures(edges.previous.value, edges.next.value)
+    fetched.inputs, figures = place_rows(fetched.inputs, partition.pid.prefix, edges,
+                                         inputs.files)
+    return figures
 
 
 def _fetch_budget(partition: Partition, settings: CompactSettings) -> int:
@@ -227,6 +256,7 @@ def build_meta(
     skipped_keys: list[str],
     seconds: float,
     label: Label = Label.UNKNOWN,
+    edges: EdgeFigures | None = None,
 ) -> Meta:
     """meta.json: BRIEF §2 keys, the source fingerprint, the day label and figures.
 
@@ -234,17 +264,22 @@ def build_meta(
     figures = asdict(merged)
     figures.pop("columns", None)
     figures["seconds"] = round(seconds, 3)
+    extra: dict[str, Any] = {"day_rule": DAY_RULE}
+    if edges is not None:
+        extra["edges"] = edges.to_json()
     return Meta(
         rows=verified.rows,
         ts_event_min=verified.ts_event_min,
         ts_event_max=verified.ts_event_max,
         sha256=verified.sha256,
         size_bytes=verified.size_bytes,
-        source_files=partition.file_count - len(skipped_keys),
+        source_files=partition.file_count - len([k for k in skipped_keys
+                                                 if k.startswith(partition.pid.prefix)]),
         source_fingerprint=partition.fingerprint,
         stream_type=partition.pid.stream,
         skipped_files=tuple(skipped_keys),
         extra={
+            **extra,
             "day_quality": label.value,
             "post_filter_version": RULES_VERSION,
             "quality": quality.to_json(),

@@ -186,6 +186,20 @@ class DayQuality:
     duplicate_trade_ids: int | None = None
     crossed_rows: int | None = None
     locked_rows: int | None = None
+    #: Rows the days around gave this day, and rows of its own folder placed in them
+    #: (docs/guarantees.md "Rows belong to their event day"); None when not placed so.
+    rows_from_previous: int | None = None
+    rows_from_next: int | None = None
+    rows_to_previous: int | None = None
+    rows_to_next: int | None = None
+
+    @property
+    def rows_received(self) -> int:
+        return (self.rows_from_previous or 0) + (self.rows_from_next or 0)
+
+    @property
+    def rows_given(self) -> int:
+        return (self.rows_to_previous or 0) + (self.rows_to_next or 0)
 
     def flags(self) -> list[str]:
         """The data flags raised (names from FLAGS, in that order); see the module docstring."""
@@ -233,9 +247,13 @@ class DayQuality:
 
     def compact(self) -> dict[str, Any]:
         """The state entry's subset: rows, out_of_day_rows (the total), duplicate_rows,
-        max_gap_ms, lag_p99_ms and the raised flags."""
+        max_gap_ms, lag_p99_ms, the raised flags, and `rows_received`/`rows_given` across
+        the day's midnights when not zero (the quality report sums them per day)."""
         out: dict[str, Any] = {name: getattr(self, name) for name in COMPACT_FIGURES}
         out["flags"] = self.flags()
+        for name in ("rows_received", "rows_given"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         return out
 
     @classmethod

@@ -29,6 +29,7 @@ from compressor.state.store import (
     StateConflictError,
     StateSnapshot,
     StateStore,
+    event_day_from_of,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "PartitionState",
+    "event_day_from_of",
     "RepairResult",
     "StateConflictError",
     "StateCorruptError",

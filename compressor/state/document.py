@@ -6,6 +6,8 @@ Document (readers rely on it, BRIEF §2)::
       "schema_version": 1,
       "last_compacted_date": "YYYYMMDD" | null,
       "last_compacted_moved_at": ISO-8601 UTC "Z" (when it last moved; optional),
+      "event_day_from": "YYYYMMDD" (the first day whose midnights move rows to their
+                        event day, docs/guarantees.md "Rows belong to their event day"),
       "updated_at": "2024-01-02T02:31:00.123Z",
       "partitions": {
         "<ex>/<stream>/<sym>/<YYYYMMDD>": {
@@ -17,7 +19,9 @@ Document (readers rely on it, BRIEF §2)::
           "post_filter_version": str (the rules behind that label, optional),
           "quality": {a compact subset of meta.json's quality figures} (optional),
           "source_fingerprint": str (the raw listing compacted, optional),
-          "skipped_files": [str] (optional)
+          "skipped_files": [str] (optional),
+          "day_rule": str (the rule that placed rows in days, optional: absent = the
+                      flush-day rule of versions before 2.0)
         }
       }
     }
@@ -37,21 +41,22 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from compressor.labels import LABELS, Label
-from compressor.layout import STATE_KEY, parse_day
+from compressor.layout import STATE_KEY, format_day, parse_day
 from compressor.text import one_line, parse_utc_iso, utc_iso
 
 SCHEMA_VERSION = 1
 STATUSES = ("success", "failed", "quarantined", "in_progress")
 FAILURE_STATUSES = ("failed", "quarantined")
 _TOP_KEYS = {"schema_version", "last_compacted_date", "last_compacted_moved_at", "updated_at",
-             "partitions"}
+             "partitions", "event_day_from"}
 _ENTRY_KEYS = {
     "status", "rows", "total_size_bytes", "attempts", "updated_at", "started_at",
     "error", "failed_key", "day_quality_post", "post_filter_version", "quality",
-    "source_fingerprint", "skipped_files",
+    "source_fingerprint", "skipped_files", "day_rule",
 }
 _DAY_RE = re.compile(r"\d{8}")
 _PARTITION_KEY_RE = re.compile(r"[^/]+/[^/]+/[^/]+/\d{8}")
@@ -108,6 +113,8 @@ class PartitionState:
     quality: dict[str, Any] | None = None
     source_fingerprint: str | None = None
     skipped_files: tuple[str, ...] | None = None
+    #: eventday.DAY_RULE for outputs placed by event day; None: by flush day (before 2.0).
+    day_rule: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -132,7 +139,7 @@ class PartitionState:
         dq = self.day_quality_post
         if dq is not None and dq not in LABELS:
             raise ValueError(f"day_quality_post: expected one of {'|'.join(LABELS)}, got {dq!r}")
-        for name in ("post_filter_version", "source_fingerprint"):
+        for name in ("post_filter_version", "source_fingerprint", "day_rule"):
             _check_optional_str(name, getattr(self, name))
         if self.quality is not None and not isinstance(self.quality, dict):
             raise ValueError(f"quality: expected an object, got {self.quality!r}")
@@ -155,6 +162,7 @@ class PartitionState:
         updated_at: str | None = None, day_quality_post: str | None = None,
         post_filter_version: str | None = None, quality: dict[str, Any] | None = None,
         source_fingerprint: str | None = None, skipped_files: Iterable[str] | None = None,
+        day_rule: str | None = None,
     ) -> PartitionState:
         return cls(
             status="success", updated_at=updated_at or utc_iso(time.time()),
@@ -163,6 +171,7 @@ class PartitionState:
             post_filter_version=post_filter_version, quality=quality,
             source_fingerprint=source_fingerprint,
             skipped_files=tuple(skipped_files) if skipped_files is not None else None,
+            day_rule=day_rule,
         )
 
     @classmethod
@@ -193,7 +202,7 @@ class PartitionState:
             "updated_at": self.updated_at, "started_at": self.attempt_started_at,
         }
         for name in ("error", "failed_key", "day_quality_post", "post_filter_version",
-                     "quality", "source_fingerprint"):
+                     "quality", "source_fingerprint", "day_rule"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -261,6 +270,11 @@ def _check_top(doc: Any) -> None:
     for name in ("updated_at", "last_compacted_moved_at"):
         if doc.get(name) is not None:
             _check_time(name, doc[name])
+    edf = doc.get("event_day_from")
+    if edf is not None:
+        if not (isinstance(edf, str) and _DAY_RE.fullmatch(edf)):
+            raise ValueError(f"event_day_from: expected YYYYMMDD, got {edf!r}")
+        parse_day(edf)
     if not isinstance(doc.get("partitions"), dict):
         raise ValueError("partitions: expected an object")
 
@@ -341,3 +355,18 @@ def _salvage(data: bytes) -> tuple[dict[str, Any], int, int]:
         doc["partitions"][pkey] = raw
         kept += 1
     return doc, kept, dropped
+
+
+#: event_day_from of a store that never held an output of the flush-day rule.
+ALL_EVENT_DAYS = "19700101"
+
+
+def derived_event_day_from(partitions: Mapping[str, Any]) -> str:
+    """event_day_from for a document written before it existed: the day after the
+    newest day with any entry (every output there was placed by flush day), or
+    ALL_EVENT_DAYS for a store without entries (docs/guarantees.md "Rows belong to
+    their event day")."""
+    days = [key[-8:] for key in partitions]
+    if not days:
+        return ALL_EVENT_DAYS
+    return format_day(parse_day(max(days)) + timedelta(days=1))

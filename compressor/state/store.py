@@ -28,6 +28,7 @@ from compressor.state.document import (
     StateCorruptError,
     _needs_migration,
     _salvage,
+    derived_event_day_from,
     empty_document,
     parse_document,
     serialize_document,
@@ -114,6 +115,8 @@ class StateStore:
         #: Days a run vouches for (`vouch_for`), each with its partitions' state keys.
         self._pending_vouch: dict[str, frozenset[str]] = {}
         self._pending_since: float | None = None
+        #: A lowered event_day_from to write (`lower_event_day_from`).
+        self._pending_edf: str | None = None
         self._doc: dict[str, Any] | None = None
         self._etag: str | None = None
 
@@ -168,6 +171,14 @@ class StateStore:
         """last_compacted_date of the document as last loaded or written (nothing queued)."""
         return cast(str | None, self._document()["last_compacted_date"])
 
+    @property
+    def event_day_from(self) -> str:
+        """The first day whose midnights move rows to their event day (stored, or derived
+        for a document written before it existed), lowered by any queued change."""
+        doc = self._document()
+        with self._lock:
+            return _event_day_from(doc, self._pending_edf)
+
     def get(self, pid: PartitionId | str) -> PartitionState | None:
         """The partition's entry as loaded, merged with queued updates; None if absent."""
         skey = pid if isinstance(pid, str) else pid.state_key
@@ -219,6 +230,19 @@ class StateStore:
         return {key[-8:] for key, (status, made_by) in current.items()
                 if status == "success" and made_by != version}
 
+    def days_by_flush_rule(self) -> list[str]:
+        """Days with a `success` entry whose output files rows by flush day: made before
+        the event-day rule (no `day_rule`), or before event_day_from (docs/guarantees.md
+        "Rows belong to their event day"). Ascending."""
+        doc = self._document()
+        edf = self.event_day_from
+        with self._lock:
+            raws = dict(doc["partitions"])
+            queued = {k: e.to_json() for k, e in self._pending.items()}
+        raws.update(queued)
+        return sorted({key[-8:] for key, raw in raws.items() if raw.get("status") == "success"
+                       and (key[-8:] < edf or not raw.get("day_rule"))})
+
     def snapshot(self) -> StateSnapshot:
         """Every entry (as `get` gives it), last_compacted_date and updated_at."""
         entries = {key: self.get(key) for key in self.partition_keys()}
@@ -247,6 +271,15 @@ class StateStore:
         parse_day(day)
         with self._lock:
             self._pending_lcd = _max_day(self._pending_lcd, day)
+            if self._pending_since is None:
+                self._pending_since = self.clock()
+
+    def lower_event_day_from(self, day: str) -> None:
+        """Queue moving event_day_from back to `day` (a backfill that moves the days from
+        `day` on to the event-day rule); it never moves forward. Written by the next flush."""
+        parse_day(day)
+        with self._lock:
+            self._pending_edf = day if self._pending_edf is None else min(self._pending_edf, day)
             if self._pending_since is None:
                 self._pending_since = self.clock()
 
@@ -290,7 +323,9 @@ class StateStore:
                 updates, lcd, vouch = self._pending, self._pending_lcd, self._pending_vouch
                 self._pending, self._pending_lcd, self._pending_since = {}, None, None
                 self._pending_vouch = {}
-            if not updates and lcd is None and not vouch:
+            with self._lock:
+                edf_queued = self._pending_edf is not None
+            if not updates and lcd is None and not vouch and not edf_queued:
                 return False
             try:
                 self._write(updates, lcd, vouch)
@@ -322,7 +357,9 @@ class StateStore:
         backoff whenever another writer got in first; the document written."""
         for attempt in range(self.max_attempts):
             doc, etag = self._fetch()
-            new_doc = change(doc)
+            with self._lock:
+                edf = self._pending_edf
+            new_doc = {**change(doc), "event_day_from": _event_day_from(doc, edf)}
             try:
                 new_etag = self.store.put_bytes(
                     self.key, serialize_document(new_doc), if_match=etag,
@@ -335,6 +372,8 @@ class StateStore:
                 continue
             with self._lock:
                 self._doc, self._etag = new_doc, new_etag
+                if self._pending_edf == edf:
+                    self._pending_edf = None
             return new_doc
         raise StateConflictError(
             f"{self.key}: compare-and-swap lost {self.max_attempts} times in a row; {on_give_up}"
@@ -481,3 +520,16 @@ class StateStore:
         log.warning("%s: malformed state backed up to %s; kept %d entries, dropped %d",
                     self.key, backup_key, kept, dropped)
         return RepairResult(backup_key, kept, dropped, fresh["last_compacted_date"])
+
+
+def event_day_from_of(doc: Mapping[str, Any]) -> str:
+    """A document's event_day_from (derived when it has none): see `_event_day_from`."""
+    return _event_day_from(doc, None)
+
+
+def _event_day_from(doc: Mapping[str, Any], lowered: str | None) -> str:
+    """The document's event_day_from (derived when it has none), lowered to `lowered`.
+    Every write carries it, so it is derived once, from entries written before it
+    existed; after that it only moves back (a minimum: writers in any order agree)."""
+    stored = doc.get("event_day_from") or derived_event_day_from(doc["partitions"])
+    return stored if lowered is None else min(stored, lowered)

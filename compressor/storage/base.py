@@ -335,6 +335,12 @@ class DataReader(ABC):
     def read_to_file(self, key: str, path: Path) -> ObjectInfo:
         """Write the object to local `path` (atomically: a partial file is never seen there)."""
 
+    def read_tail(self, listed: ObjectInfo, nbytes: int) -> tuple[bytes, ObjectInfo]:
+        """The last `nbytes` of the object (a Parquet footer), and its size and ETag as
+        served. This default reads it whole; readers that can ask for a range do."""
+        got = self.read(listed.key)
+        return got.data.to_pybytes()[-nbytes:], got.info
+
 
 class InPlaceReader(DataReader):
     """A reader whose objects are local files the merge can read where they lie."""
@@ -347,6 +353,12 @@ class InPlaceReader(DataReader):
     @abstractmethod
     def changed(self, obj: LocalObject) -> bool:
         """Whether the file is no longer the one `locate` found (replaced, rewritten, gone)."""
+
+    def read_tail(self, listed: ObjectInfo, nbytes: int) -> tuple[bytes, ObjectInfo]:
+        obj = self.locate(listed.key)
+        with obj.path.open("rb") as fh:
+            fh.seek(max(0, obj.info.size - nbytes))
+            return fh.read(nbytes), obj.info
 
 
 class ObjectSource(Protocol):

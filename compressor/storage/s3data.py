@@ -157,6 +157,23 @@ class ObstoreReader(DataReader):
         data_bytes, etag = self._store.get_bytes(key)
         return ObjectData(pa.py_buffer(data_bytes), ObjectInfo(key, len(data_bytes), etag))
 
+    def read_tail(self, listed: ObjectInfo, nbytes: int) -> tuple[bytes, ObjectInfo]:
+        """One ranged GET of the last `nbytes` (the listed size says where they start)."""
+        import obstore
+
+        full = self._store._full(listed.key)
+        if _NOT_VERBATIM.search(full) is None and listed.size > 0:
+            try:
+                result = obstore.get(self._obstore, full, options={
+                    "range": (max(0, listed.size - nbytes), listed.size)})
+                meta = result.meta
+                if meta["e_tag"]:
+                    return result.bytes().to_bytes(), ObjectInfo(
+                        listed.key, int(meta["size"]), meta["e_tag"])
+            except Exception as exc:  # noqa: BLE001 - judged by the whole GET below
+                self._failed(listed.key, exc)
+        return super().read_tail(listed, nbytes)
+
     def read_to_file(self, key: str, path: Path) -> ObjectInfo:
         full = self._store._full(key)
         if _NOT_VERBATIM.search(full) is None:

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,7 +56,7 @@ from compressor.quality.windows import (
     load_verdict,
     score_day,
 )
-from compressor.state import PartitionState, parse_document
+from compressor.state import PartitionState, event_day_from_of, parse_document
 from compressor.storage.base import NotFound, Store, StoreConfigError, StoreError
 from compressor.text import backfill_hint, one_line, utc_iso
 
@@ -102,7 +103,8 @@ def gather(
             raw_pids = walk_raw(raw, filters, set(wanted), pool)
             doc = state_future.result()
             entries = _entries(doc, wanted, filters)
-            checks = check_partitions(raw, compact, raw_pids, entries, pool)
+            checks = check_partitions(raw, compact, raw_pids, entries, pool,
+                                      event_day_from_of(doc), datetime.fromtimestamp(clock(), UTC))
         collectors = {day: f.result() for day, f in verdict_futures.items()}
 
     cells = partition_cells(raw_pids, entries, checks, set(wanted))
@@ -139,11 +141,27 @@ def _day_reports(
     previous_rows = _previous_rows(entries, wanted)
     # a prefix holding no data file (strays only) is no raw data; unlisted ones count
     raw_days = {pid.date for pid in raw_pids if checks.files.get(pid.state_key) != 0}
+    moved = _rows_moved(entries)
     return [
-        _day_report(day, by_day[day], collectors[day], (lcd, first), previous_rows.get(day),
-                    day in raw_days, checks.failed.get(day, 0))
+        replace(_day_report(day, by_day[day], collectors[day], (lcd, first),
+                            previous_rows.get(day), day in raw_days, checks.failed.get(day, 0)),
+                rows_received=moved.get(day, (0, 0))[0], rows_given=moved.get(day, (0, 0))[1])
         for day in wanted
     ]
+
+
+def _rows_moved(entries: dict[str, PartitionState]) -> dict[str, tuple[int, int]]:
+    """Day -> rows its published partitions received across their midnights, and gave
+    (the state entries' quality `rows_received`/`rows_given`)."""
+    out: dict[str, tuple[int, int]] = {}
+    for key, entry in entries.items():
+        quality = entry.quality if entry.status == "success" and isinstance(
+            entry.quality, dict) else {}
+        got, gave = quality.get("rows_received", 0), quality.get("rows_given", 0)
+        if isinstance(got, int) and isinstance(gave, int) and (got or gave):
+            before = out.get(key[-8:], (0, 0))
+            out[key[-8:]] = (before[0] + got, before[1] + gave)
+    return out
 
 
 def _worst(cells: list[Cell]) -> list[Cell]:

@@ -60,6 +60,8 @@ def _day_json(d: DayReport) -> dict[str, Any]:
         "rows": d.rows,
         "rows_previous": d.rows_previous,
         "rows_change": None if change is None else round(change, 6),
+        "rows_received": d.rows_received,
+        "rows_given": d.rows_given,
         "flags": d.flags,
         "state_labels": d.state_labels,
         "notes": list(d.notes),

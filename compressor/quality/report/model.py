@@ -97,6 +97,10 @@ class DayReport:
     notes: tuple[str, ...] = ()
     #: One of DAY_STATES; "" lets __post_init__ derive it from `ready`/`has_raw_data`.
     status: str = ""
+    #: Rows the days around gave the day's published partitions, and rows of its raw
+    #: folders placed in them (docs/guarantees.md "Rows belong to their event day").
+    rows_received: int = 0
+    rows_given: int = 0
 
     def __post_init__(self) -> None:
         if not self.status:

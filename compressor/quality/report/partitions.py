@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
-from compressor.discovery import Filters, list_partition, unsafe_value
+from compressor.discovery import Filters, list_day, unsafe_value
 from compressor.layout import PartitionId
 from compressor.meta import Meta, MetaError
 from compressor.quality.report.model import Cell
@@ -84,9 +85,14 @@ class Checks:
 
 def check_partitions(
     raw: Store, compact: Store, raw_pids: list[PartitionId],
-    entries: dict[str, PartitionState], pool: ThreadPoolExecutor,
+    entries: dict[str, PartitionState], pool: ThreadPoolExecutor, event_day_from: str,
+    now: datetime,
 ) -> Checks:
-    """List the raw partitions that need it, and read the meta.json fallbacks."""
+    """List the raw partitions that need it, and read the meta.json fallbacks.
+
+    A partition is listed as the job lists it, with the neighbour files near its
+    midnights (docs/guarantees.md "Rows belong to their event day"), so its fingerprint
+    is the one the job would compare."""
     checks = Checks()
     to_list = [pid for pid in raw_pids
                if (e := entries.get(pid.state_key)) is None or e.status == "success"]
@@ -96,7 +102,7 @@ def check_partitions(
 
     def list_one(pid: PartitionId) -> tuple[PartitionId, int, str, str | None]:
         try:
-            partition = list_partition(raw, pid)
+            partition = list_day(raw, pid, event_day_from, now)
         except StoreConfigError:
             raise
         except StoreError as exc:
@@ -182,7 +188,8 @@ def _cell(key: str, in_raw: bool, entry: PartitionState | None,
                     "cannot tell which raw listing was compacted",
                     rows=entry.rows, label=label, flags=flags, raw_files=files, published=True)
     if compacted != checks.fingerprints.get(key):
-        return Cell(key, "stale", f"raw listing changed since compaction ({files} files now)",
+        return Cell(key, "stale", f"raw listing changed since compaction ({files} files now; "
+                    "or the files near its midnights)",
                     rows=entry.rows, label=label, flags=flags, raw_files=files, published=True)
     return Cell(key, "success", "", rows=entry.rows, label=label, flags=flags, raw_files=files,
                 published=True)

@@ -83,6 +83,9 @@ def render_text(report: QualityReport, colour: bool = False, width: int = LINE_W
         if d.flags:
             lines.extend(_wrap("flags: " + ", ".join(f"{k} {v}" for k, v in d.flags.items()),
                                width, 9))
+        if d.rows_received or d.rows_given:
+            lines.extend(_wrap(f"midnights: {d.rows_received} rows from the days around, "
+                               f"{d.rows_given} given to them", width, 9))
     lines.append("")
     for line in _watermark_lines(report):
         lines.extend(_wrap(line.lstrip(), width, len(line) - len(line.lstrip())))
