@@ -37,6 +37,9 @@ SECRET_KEY = "qlc-rgw-secret-key-do-not-leak"
 BOOT_TIMEOUT_S = 60.0
 #: Boots tried before giving up (a boot on a loaded machine now and then hangs).
 BOOT_TRIES = 2
+#: OSD starts tried within one boot, and how long each may take to become active.
+OSD_TRIES = 4
+OSD_BOOT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,7 @@ def _cluster(root: Path) -> Iterator[RGW]:
         osd_uuid = str(uuid.uuid4())
         osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "create", osd_uuid],
                       root).strip()
-        _run(["ceph-osd", *c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid], root)
-        procs.append(_daemon(["ceph-osd", *c, "-f", "-i", osd_id], root, "osd"))
+        procs.append(_start_osd(c, root, osd_id, osd_uuid))
         procs.append(_daemon(["radosgw", *c, "-f", "-n", "client.rgw.qlc"], root, "rgw"))
         endpoint = f"http://127.0.0.1:{rgw_port}"
         _wait_http(endpoint + "/", time.monotonic() + BOOT_TIMEOUT_S,
@@ -165,6 +167,42 @@ def _cluster(root: Path) -> Iterator[RGW]:
             _stop(proc)
         if os.environ.get("QLC_KEEP_RGW") != "1":
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_osd(c: list[str], root: Path, osd_id: str, osd_uuid: str) -> subprocess.Popen[bytes]:
+    """mkfs and start the OSD until it is active, OSD_TRIES times at most.
+
+    A young monitor sometimes takes the OSD's first command before the OSD has its
+    monmap: the command carries a zero fsid, the monitor answers 'wrong fsid', and the
+    OSD gives up its init (seen on the first boot of a test session, 3 times in 4
+    there). A fresh mkfs and start under the same uuid then boots; the cluster stays."""
+    log = root / "log" / f"osd.{osd_id}.log"
+    for attempt in range(1, OSD_TRIES + 1):
+        data = root / "osd" / f"ceph-{osd_id}"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        if log.exists():
+            log.rename(log.with_name(f"osd.{osd_id}.try{attempt - 1}.log"))
+        _run(["ceph-osd", *c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid], root)
+        proc = _daemon(["ceph-osd", *c, "-f", "-i", osd_id], root, f"osd.try{attempt}")
+        if _osd_active(proc, log, time.monotonic() + OSD_BOOT_TIMEOUT_S):
+            return proc
+        _stop(proc)
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+    raise RuntimeError(f"ceph-osd did not become active in {OSD_TRIES} tries: {tail}")
+
+
+def _osd_active(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> bool:
+    """True once the OSD's log says it is active; False when it failed its init,
+    exited, or the deadline passed."""
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "state: booting -> active" in text:
+            return True
+        if "wrong fsid" in text or "init unable" in text or proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
 
 
 def _fsid(conf: Path) -> str:
