@@ -19,7 +19,11 @@ measured under the same load. See bench/README.md "Whole job".
 `local` and `s3` check the last rep's data.parquet against Polars' row by row
 (run_merge.verify). `s3` starts a moto server (tests/support/s3server.py) in its own process,
 uploads the partition to a raw bucket, and reports the job's client CPU (run.py only)
-minus our merge-only CPU (`ours`), per raw object. `day` writes a collector-shaped day
+minus our merge-only CPU (`ours`), per raw object; with the `job_local` contender
+(the same job on the local lake, in the same reps) also the job's S3 path alone:
+(job CPU - job_local CPU) per raw object. Every rep's line and every ratio say what
+the rest of the machine did meanwhile (MachineLoad: other processes' CPU and the
+hypervisor's steal, in cores). `day` writes a collector-shaped day
 (140 partitions, file counts scaled by --scale), serves it from moto, runs the job with
 each --workers value, and merges every partition once per rep in one process
 (run_merge's `ours` worker function, timed around each call) for the merge-only sum.
@@ -203,6 +207,44 @@ def _kb(path: str, field_name: str) -> int:
     return 0
 
 
+class MachineLoad:
+    """What the rest of the machine did while one contender ran: the CPU it used, in
+    cores (busy CPU time from /proc/stat less the contender's own tree and this bench
+    process), and the time the hypervisor gave other guests (`steal`, in cores).
+
+    On a shared 2-core VM these two explain most of the run-to-run spread: a contender
+    that uses both cores (Polars, our slices) loses most when another process takes
+    one, so only ratios of runs under the same load compare (bench/README.md)."""
+
+    def __init__(self) -> None:
+        self._busy, self._steal = _proc_stat()
+        self._own = _own_cpu()
+        self._started = time.perf_counter()
+
+    def finish(self, tree_cpu_s: float | None) -> dict[str, float]:
+        busy, steal = _proc_stat()
+        wall = max(time.perf_counter() - self._started, 1e-6)
+        others = busy - self._busy - (tree_cpu_s or 0.0) - (_own_cpu() - self._own)
+        return {"other_cores": round(max(0.0, others) / wall, 2),
+                "steal_cores": round((steal - self._steal) / wall, 2)}
+
+
+def _proc_stat() -> tuple[float, float]:
+    """Busy and steal CPU seconds of the whole machine since boot (/proc/stat)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
           timeout: float, pss: bool = False) -> tuple[Sample, str, str]:
     """Run `cmd` under /usr/bin/time -v; the sample, stdout and stderr."""
@@ -231,6 +273,7 @@ def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
     for t in readers:
         t.start()
     memory = TreeMemory(proc.pid, pss)
+    load = MachineLoad()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -248,6 +291,7 @@ def timed(name: str, rep: int, cmd: list[str], env: dict[str, str], cwd: Path,
     sample = Sample(name, rep, "ok" if proc.returncode == 0 else "failed",
                     wall_s=figures.get("wall", wall), user_s=figures.get("user"),
                     sys_s=figures.get("sys"), rss_mb=figures.get("rss"))
+    sample.extra.update(load.finish(sample.cpu_s))
     # the tree less /usr/bin/time itself (a few hundred KB)
     sample.extra["tree_rss_mb"] = round(memory.rss_mb, 1)
     if pss:
@@ -310,7 +354,7 @@ def job_once(case: Case, rep: int, workers: int | None, name: str,
         args += ["--workers", str(workers)]
     if case.memory_budget is not None:
         args += ["--memory-budget", case.memory_budget]
-    if case.s3 is None:
+    if case.s3 is None or name == "job_local":  # job_local: the same job on the local lake
         compact = run_dir / "compact"
         compact.mkdir()
         args += ["--raw", str(case.lake), "--compact", str(compact)]
@@ -556,14 +600,23 @@ def ratio_line(samples: dict[str, list[Sample]], a: str, b: str) -> dict[str, An
     if not A or not B:
         return None
     by_rep = {s.rep: s for s in B}
-    per = [s.wall_s / by_rep[s.rep].wall_s for s in A
-           if s.rep in by_rep and s.wall_s and by_rep[s.rep].wall_s]
+    pairs = [(s, by_rep[s.rep]) for s in A
+             if s.rep in by_rep and s.wall_s and by_rep[s.rep].wall_s]
+    per = [x.wall_s / y.wall_s for x, y in pairs]  # type: ignore[operator]
+    # the rest of the machine during the pair of runs: the larger of the two
+    others = [max(x.extra.get("other_cores", 0), y.extra.get("other_cores", 0))
+              for x, y in pairs]
+    steal = [max(x.extra.get("steal_cores", 0), y.extra.get("steal_cores", 0))
+             for x, y in pairs]
     doc = {"wall": _med([s.wall_s for s in A]) / _med([s.wall_s for s in B]),  # type: ignore
            "cpu": _med([s.cpu_s for s in A]) / _med([s.cpu_s for s in B]),  # type: ignore
            "rss": _med([s.rss_mb for s in A]) / _med([s.rss_mb for s in B]),  # type: ignore
-           "wall_per_rep": per}
-    print(f"{a}/{b}: wall {doc['wall']:.2f} (per rep {', '.join(f'{r:.2f}' for r in per)}), "
-          f"CPU {doc['cpu']:.2f}, RSS {doc['rss']:.2f}")
+           "wall_per_rep": per, "others_cores_per_rep": others, "steal_cores_per_rep": steal,
+           "wall_per_rep_spread": (max(per) - min(per)) if per else None}
+    reps = ", ".join(f"{r:.2f} (others {o:.2f}, steal {t:.2f})"
+                     for r, o, t in zip(per, others, steal, strict=True))
+    print(f"{a}/{b}: wall {doc['wall']:.2f}, per rep {reps}; CPU {doc['cpu']:.2f}, "
+          f"RSS {doc['rss']:.2f}")
     return doc
 
 
@@ -589,6 +642,14 @@ def verify_outputs(case: Case, names: list[str]) -> bool:
               + ("" if check.ok else f" {check.problems[:3]}"))
         ok &= check.ok
     return ok
+
+
+def load_during(sample: Sample) -> str:
+    """The rest of the machine during one run (MachineLoad), for the per-rep lines."""
+    other, steal = sample.extra.get("other_cores"), sample.extra.get("steal_cores")
+    if other is None:
+        return "others ?"
+    return f"others {other:.2f} cores, steal {steal:.2f}"
 
 
 def load_line() -> str:
@@ -648,9 +709,9 @@ def run_reps(case: Case, contenders: list[str], reps: int, keep_for: Path | None
             cpu = "-" if s.cpu_s is None else f"{s.cpu_s:.2f}"
             op = "" if s.op_s is None else f" op {s.op_s:.2f} s"
             print(f"  rep {rep} {name:<10} {s.status:<6} wall {s.wall_s or 0:.2f} s  "
-                  f"cpu {cpu} s  rss {s.rss_mb or 0:.0f} MB (tree pss "
+                  f"cpu {cpu} s (sys {s.sys_s or 0:.2f})  rss {s.rss_mb or 0:.0f} MB (tree pss "
                   f"{s.extra.get('tree_pss_mb', 0):.0f}, rss {s.extra.get('tree_rss_mb', 0):.0f})"
-                  f"{op}  {steps}  [{load_line()}] "
+                  f"{op}  {steps}  [{load_during(s)}; {load_line()}] "
                   f"{s.message}", flush=True)
 
 
@@ -700,6 +761,10 @@ def report(case: Case, args: argparse.Namespace, samples: dict[str, list[Sample]
         per_object = per_object_cpu(samples, job, "ours", case.objects)
         if per_object is not None:
             doc[f"{job}_client_ms_per_object"] = per_object
+    if s3 and "job" in samples and "job_local" in samples:
+        # what the S3 path costs the client beyond the very same job on a local lake
+        doc["s3_path_ms_per_object"] = per_object_cpu(samples, "job", "job_local",
+                                                      case.objects)
     if not args.no_verify and len(case.partitions) == 1:
         ok = verify_outputs(case, [c for c in samples if c in ("polars", "ours") or
                                    c.startswith("job")])
