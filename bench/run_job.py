@@ -871,19 +871,23 @@ def main_day(args: argparse.Namespace) -> int:
     contenders = [f"job_w{w}" for w in workers] + (["merge_sum"] if not args.no_merge else [])
     samples: dict[str, list[Sample]] = {c: [] for c in contenders}
     try:
-        from tests.support.s3server import moto_server
-
-        with moto_server(work / "moto.log") as endpoint:
-            case.s3 = S3World(endpoint)
-            t0 = time.perf_counter()
-            quality = [raw / "quality"] if (raw / "quality").is_dir() else []
-            n = case.s3.upload_lake(raw, [raw / p for p in sorted(os.listdir(raw))
-                                          if p.startswith("exchange=")] + quality)
-            print(f"  uploaded {n:,} objects to moto in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+        if args.store == "local":
             run_reps(case, contenders, args.reps, None, samples)
+        else:
+            from tests.support.s3server import moto_server
+
+            with moto_server(work / "moto.log") as endpoint:
+                case.s3 = S3World(endpoint)
+                t0 = time.perf_counter()
+                quality = [raw / "quality"] if (raw / "quality").is_dir() else []
+                n = case.s3.upload_lake(raw, [raw / p for p in sorted(os.listdir(raw))
+                                              if p.startswith("exchange=")] + quality)
+                print(f"  uploaded {n:,} objects to moto in {time.perf_counter() - t0:.0f} s",
+                      flush=True)
+                run_reps(case, contenders, args.reps, None, samples)
         print_table(samples)
-        doc: dict[str, Any] = {"scale": args.scale, "partitions": len(partitions),
+        doc: dict[str, Any] = {"scale": args.scale, "store": args.store,
+                               "partitions": len(partitions),
                                "objects": objects, "rows": rows, "input_bytes": size,
                                "reps": args.reps, "summary": summarise(samples),
                                "samples": {k: [asdict(s) for s in v] for k, v in samples.items()}}
@@ -964,13 +968,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--contenders", default="job,polars" if name == "local" else "job,ours",
                        help="job, polars, ours, polars_sink, ... (run_merge's workers)")
         p.add_argument("--no-verify", action="store_true")
-    d = sub.add_parser("day", parents=[common], help="a collector-shaped day served by moto")
+    d = sub.add_parser("day", parents=[common], help="a collector-shaped day (moto or local)")
     d.add_argument("--out", type=Path, required=True, help="where the raw day is written/reused")
     d.add_argument("--scale", type=float, default=0.1, help="share of the real file counts")
     d.add_argument("--date", default="20261124")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--workers", dest="workers_list", default="1,2,4")
     d.add_argument("--no-merge", action="store_true", help="skip the merge-only sum")
+    d.add_argument("--store", choices=("s3", "local"), default="s3",
+                   help="serve the day from moto (default) or run on the local lake")
     args = ap.parse_args(argv)
     global PYCACHE
     PYCACHE = None if args.no_pycache else args.pycache
