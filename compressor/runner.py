@@ -25,8 +25,9 @@ from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, PartitionId
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner
+from compressor.merge import keep_spare_slices, start_spare_slices
 from compressor.observe import RunObserver
-from compressor.partition.compact import CompactSettings
+from compressor.partition.compact import CompactSettings, may_merge_in_slices
 from compressor.partition.workdir import clean_stale_tmp
 from compressor.planning import Plan, PlanOptions, build_plan
 from compressor.quality.verdicts import DEFAULT_PRIMARY_EXCHANGE, DayVerdicts
@@ -35,6 +36,9 @@ from compressor.storage import Store, StoreConfigError, StoreError
 from compressor.text import human_size, one_line
 
 log = logging.getLogger(__name__)
+
+#: Most slice processes a run starts before it knows its plan (`spare_slices`).
+MAX_SPARE_SLICES = 3
 
 
 class TmpDirError(ValueError):
@@ -144,13 +148,28 @@ def run(
     observer = RunObserver(config.run_id, metrics_file=config.metrics_file,
                            summary_json=config.summary_json, progress=config.progress,
                            enabled=not config.dry_run)
+    start_spare_slices(spare_slices(config))
     try:
         result = _run(config, raw, compact, should_stop, observer)
     except BaseException as exc:
         observer.finish(None, exc)
         raise
+    finally:
+        keep_spare_slices(0)
     observer.finish(result.report)
     return result
+
+
+def spare_slices(config: RunConfig, cores: int | None = None) -> int:
+    """Slice processes to start before the plan (docs/guarantees.md "How a run works").
+
+    A run may find one big partition to compact, whose merge then takes every core;
+    started now, the processes import while the run plans, not while that merge
+    waits for them. A plan that needs fewer stops the rest (`execute`)."""
+    cores = cores or os.cpu_count() or 1
+    if config.dry_run or (config.workers or 1) >= cores:
+        return 0
+    return min(MAX_SPARE_SLICES, cores - 1)
 
 
 def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool],
@@ -190,6 +209,8 @@ def execute(
 ) -> RunReport:
     workers, settings = split_budget(config, len(the_plan.to_compact))
     merge = settings.merge
+    sliced = any(may_merge_in_slices(p.partition, settings, raw) for p in the_plan.to_compact)
+    keep_spare_slices(merge.processes - 1 if sliced else 0)
     slices = (f"; a merge of {merge.parallel_min_files}+ local files runs in "
               f"{merge.processes} slices, the first in this process" if merge.processes > 1 else "")
     log.info("run %s: %s, %d of %d partitions to compact; %d worker%s (%s cores, memory "

@@ -764,6 +764,21 @@ def test_workers_and_slice_processes_from_cores_budget_and_partitions(
     assert got * (settings.merge.memory_budget + settings.fetch_budget_bytes) <= budget
 
 
+@pytest.mark.parametrize(("workers", "dry_run", "cores", "want"), [
+    (None, False, 2, 1),   # a run may find one big partition: the second core's process
+    (None, True, 2, 0),    # a dry run starts nothing
+    (2, False, 2, 0),      # every core has a worker: no slices, whatever the plan
+    (None, False, 1, 0),
+    (None, False, 16, runner.MAX_SPARE_SLICES),
+])
+def test_spare_slice_processes_before_the_plan(
+    tmp_path: Path, workers: int | None, dry_run: bool, cores: int, want: int
+) -> None:
+    config = RunConfig(PlanOptions(mode=Mode.DAILY, today=date(2026, 11, 25)),
+                       CompactSettings(tmp_root=tmp_path), workers=workers, dry_run=dry_run)
+    assert runner.spare_slices(config, cores) == want
+
+
 @pytest.mark.parametrize(("setting", "want"), [(None, "jemalloc"), ("system", "system"),
                                                ("mimalloc", "mimalloc")])
 def test_arrow_uses_jemalloc_unless_the_operator_names_a_pool(

@@ -266,6 +266,25 @@ def test_verification_polls_the_stop_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="slice processes need two cores")
+def test_a_plan_without_sliced_merges_stops_the_spare_before_compacting(jw: JobWorld) -> None:
+    """docs/guarantees.md "How a run works": the slice process started before the plan
+    is stopped as soon as the plan shows no merge that would use it."""
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    raw_dir = jw.cwd.parent / "raw"
+    write_partition(BIG, raw_dir)
+    write_partition(SMALL, raw_dir)
+    tmp_dir = jw.tmp / "scratch"
+    proc = jw.popen("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
+                    "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", "--workers", "1",
+                    env=jw.env_with(**SLOW_MERGE, **{marker: "1"}))
+    wait_for(lambda: any(tmp_dir.rglob("merge-*")), 30, "the first merge", proc)
+    assert slice_workers(marker) == []
+    result = jw.finish(proc, timeout=60)
+    assert result.code == 0, result.err
+    assert set(jw.outputs_of()) == {BIG.partition.state_key, SMALL.partition.state_key}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="slice processes need two cores")
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_signal_to_every_process_during_a_sliced_merge(jw: JobWorld, name: str) -> None:
     """Ctrl-C in a terminal and `systemctl stop` signal the job and its slice processes
@@ -279,7 +298,8 @@ def test_signal_to_every_process_during_a_sliced_merge(jw: JobWorld, name: str) 
     proc = jw.popen("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
                     "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", "--workers", "1",
                     env=env)
-    wait_for(lambda: len(slice_workers(marker)) >= 1, 30, "the slice process", proc)
+    # the run's spare slice process starts before the plan: wait for its job
+    wait_for(lambda: any(tmp_dir.rglob("slice-*.json")), 30, "the slice process", proc)
     time.sleep(0.3)
     for pid in [proc.pid, *slice_workers(marker)]:
         os.kill(pid, SIGNALS[name])

@@ -35,8 +35,11 @@ from compressor.merge import (
     MergeResourceError,
     MergeSettings,
     SliceFailed,
+    keep_spare_slices,
     merge_files,
+    start_spare_slices,
 )
+from compressor.merge.slices import SPARES
 from compressor.partition.compact import CompactSettings, compact_partition
 from compressor.partition.fetch import TempSpaceError, check_room, no_space
 from compressor.storage import LocalStore
@@ -288,6 +291,75 @@ def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
         job.wait()
         gate.touch()  # the slices start now, their parent already gone
         _assert_gone_within(marker, 20)
+    finally:
+        _kill_all(job, marker)
+
+
+# ------------------------------------------------------------- spares started ahead
+
+
+def test_spares_started_ahead_are_the_slice_processes_the_merge_uses(tmp_path):
+    """docs/guarantees.md "How a run works": a run starts its slice processes before it
+    plans; the merge takes them (none is left idle) and the bytes are a one-process
+    merge's."""
+    paths = write_partition(PartitionSpec(files=40, rows_per_file=200, seed=5), tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    start_spare_slices(2)
+    try:
+        spares = my_slice_workers()
+        assert len(spares) == 2 and SPARES.count() == 2
+        sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
+        assert SPARES.count() == 0  # both taken
+    finally:
+        keep_spare_slices(0)
+    assert sliced == one
+    assert result.passes >= 2  # it really ran in slices
+    assert set(spares).isdisjoint(my_slice_workers()) and my_slice_workers() == []
+
+
+def test_a_spare_that_died_is_replaced_by_a_new_process(tmp_path):
+    paths = write_partition(PartitionSpec(files=20, rows_per_file=100, seed=6), tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    start_spare_slices(1)
+    try:
+        (spare,) = my_slice_workers()
+        os.kill(spare, signal.SIGKILL)  # the OOM killer, while it waited for its job
+        deadline = time.monotonic() + 10
+        while spare in my_slice_workers():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sliced, _ = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=2)
+    finally:
+        keep_spare_slices(0)
+    assert sliced == one
+    assert my_slice_workers() == []
+
+
+def test_spares_the_plan_does_not_need_are_stopped(tmp_path):
+    start_spare_slices(3)
+    try:
+        assert len(my_slice_workers()) == 3
+        keep_spare_slices(1)
+        assert SPARES.count() == 1 and len(my_slice_workers()) == 1
+    finally:
+        keep_spare_slices(0)
+    assert SPARES.count() == 0 and my_slice_workers() == []
+
+
+def test_spares_of_a_job_killed_with_sigkill_end_with_it(tmp_path):
+    """A job killed while its spares wait for their jobs (during its plan) leaves none."""
+    marker = f"QLC_TEST_{uuid.uuid4().hex}"
+    script = ("import time; from compressor.merge import start_spare_slices; "
+              "start_spare_slices(2); time.sleep(60)")
+    job = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, marker: "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while len(slice_workers(marker)) < 2:
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        job.kill()
+        job.wait()
+        _assert_gone_within(marker, 10)
     finally:
         _kill_all(job, marker)
 

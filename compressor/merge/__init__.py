@@ -41,7 +41,12 @@ if TYPE_CHECKING:
     from compressor.merge.reading import read_columns, to_ms_array
     from compressor.merge.schema import conform, scan_inputs
     from compressor.merge.settings import DEFAULT_MEMORY_BUDGET, MergeResult, MergeSettings
-    from compressor.merge.slices import WORKER_MODULE, SliceFailed
+    from compressor.merge.slices import (
+        WORKER_MODULE,
+        SliceFailed,
+        keep_spare_slices,
+        start_spare_slices,
+    )
     from compressor.merge.writer import merge_files
 
 #: Each name the face offers -> the module of this package that defines it.
@@ -65,6 +70,8 @@ _HOME = {
     "to_ms_array": "reading",
     "WORKER_MODULE": "slices",
     "SliceFailed": "slices",
+    "keep_spare_slices": "slices",
+    "start_spare_slices": "slices",
     "DEFAULT_MEMORY_BUDGET": "settings",
     "MergeResult": "settings",
     "MergeSettings": "settings",
@@ -91,11 +98,13 @@ __all__ = [
     "Source",
     "choose_memory_pool",
     "conform",
+    "keep_spare_slices",
     "merge_files",
     "plan_runs",
     "read_columns",
     "scan_inputs",
     "source_name",
+    "start_spare_slices",
     "to_ms_array",
 ]
 

@@ -26,7 +26,7 @@ from compressor.merge.output import OutputWriter
 from compressor.merge.runs import PlannedMerge, never
 from compressor.merge.schema import InputSchema, scan_inputs
 from compressor.merge.settings import MergeResult, MergeSettings, input_figures
-from compressor.merge.slices import SliceFailed, SliceJob, SliceProcess
+from compressor.merge.slices import SPARES, SliceFailed, SliceJob, SliceProcess
 from compressor.merge.sorting import Sink
 from compressor.merge.spill import KWay, RunCursor, SpillWriter
 
@@ -132,8 +132,10 @@ def merge_in_slices(
         for n, part in enumerate(slices[1:], start=1):
             job = SliceJob([str(p) for p in part], str(files[n]), str(work / f"slice-{n}"),
                            child)
-            processes.append(SliceProcess(f"slice {n + 1} of {len(slices)}", job, str(part[0]),
-                                          work / f"slice-{n}.json"))
+            process = SPARES.take()
+            processes.append(process)
+            process.give(f"slice {n + 1} of {len(slices)}", job, str(part[0]),
+                         work / f"slice-{n}.json")
         own = scan_slice(slices[0])
         summaries = [_expect(process, "scanned", should_stop) for process in processes]
         if any(summary.schema != own.schema for summary in summaries):

@@ -28,6 +28,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,24 +123,41 @@ def rebuild_error(described: dict[str, Any], slice_name: str) -> BaseException:
 
 
 class SliceProcess:
-    """One running slice process: its job is a file named on its command line,
-    messages come on its stdout.
+    """One slice process. It is started before its job is known: it imports what it
+    needs (about a quarter of a second), then waits for the path of its job file on
+    its stdin; messages come on its stdout.
 
-    A file, not its stdin: a slice of thousands of paths is more than a pipe holds,
-    and writing it to a pipe would wait for the child to finish importing (a quarter
-    of a second) before this process could go on with its own slice.
+    A job file, not the job itself on stdin: a slice of thousands of paths is more
+    than a pipe holds, and writing it would wait for the child to finish importing
+    before this process could go on with its own slice. A path always fits.
     """
 
-    def __init__(self, name: str, job: SliceJob, first_path: str, job_file: Path) -> None:
+    def __init__(self) -> None:
+        self.name = "a slice process"
+        self.first_path = ""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE, str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._in = self._proc.stdin
+        self._out = self._proc.stdout
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def give(self, name: str, job: SliceJob, first_path: str, job_file: Path) -> None:
+        """Hand it its job. A process that is gone by then fails its first `receive`,
+        naming `first_path`."""
         self.name = name
         self.first_path = first_path
         job_file.write_bytes(job.to_json())
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, str(job_file), str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
-        )
-        assert self._proc.stdout is not None
-        self._out = self._proc.stdout
+        try:
+            self._in.write(os.fsencode(job_file) + b"\n")
+            self._in.close()
+        except BrokenPipeError:
+            pass
 
     def receive(self, should_stop: Callable[[], bool]) -> tuple[str, Any]:
         """The next message; MergeAborted on a stop request; an error naming the
@@ -189,7 +207,62 @@ class SliceProcess:
             except ProcessLookupError:
                 pass
         self._proc.wait()
-        self._out.close()
+        for pipe in (self._in, self._out):
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
+
+
+class Spares:
+    """Slice processes started ahead of their merge (docs/guarantees.md "How a run
+    works"): the run starts them before it plans, so their imports overlap the
+    plan instead of delaying the first merge's slices; the merge takes one where it
+    would start a process. A spare's job path is the only thing it waits for."""
+
+    def __init__(self) -> None:
+        self._idle: list[SliceProcess] = []
+        self._lock = threading.Lock()
+
+    def start(self, count: int) -> None:
+        with self._lock:
+            while len(self._idle) < count:
+                self._idle.append(SliceProcess())
+
+    def keep(self, count: int) -> None:
+        """Stop the spares beyond `count` (the plan needs no more)."""
+        with self._lock:
+            extra, self._idle = self._idle[count:], self._idle[:count]
+        for process in extra:
+            process.kill()
+
+    def take(self) -> SliceProcess:
+        """A spare that is still alive, else a new process."""
+        with self._lock:
+            while self._idle:
+                process = self._idle.pop(0)
+                if process.alive:
+                    return process
+                process.kill()
+        return SliceProcess()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+
+#: The process's spares: one set, as the cores they stand for are the machine's.
+SPARES = Spares()
+
+
+def start_spare_slices(count: int) -> None:
+    """Start `count` slice processes ahead of the merges that will use them."""
+    SPARES.start(count)
+
+
+def keep_spare_slices(count: int) -> None:
+    """Keep at most `count` spares; `keep_spare_slices(0)` stops them all."""
+    SPARES.keep(count)
 
 
 def _child_env() -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The child side of a slice process (compressor.merge.slices).
 
-`python -m compressor.merge.worker JOB_FILE PARENT_PID` reads its SliceJob (JSON),
-then: scans its slice's footers and sends ("scanned", SliceSummary); sorts the slice
+`python -m compressor.merge.worker PARENT_PID` imports what it needs, then waits for
+the path of its SliceJob (a JSON file) on its stdin (it may be started before its
+job is known: slices.Spares); an empty stdin ends it quietly. Given its job, it
+scans its slice's footers and sends ("scanned", SliceSummary); sorts the slice
 into the job's target file (Arrow IPC, uncompressed); sends ("done", figures). Any
 failure is sent as ("error", described) and ends the process with status 1, so the
 parent raises what a one-process merge would have raised.
@@ -42,7 +44,7 @@ def _die_with_parent(parent: int) -> None:
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if __name__ == "__main__":
-    _die_with_parent(int(sys.argv[2]))
+    _die_with_parent(int(sys.argv[1]))
 
 from pathlib import Path  # noqa: E402
 
@@ -55,7 +57,10 @@ from compressor.merge.slices import SliceJob, describe_error, send  # noqa: E402
 def main() -> int:
     choose_memory_pool()
     out = sys.stdout.buffer
-    job = SliceJob.from_json(Path(sys.argv[1]).read_bytes())
+    line = sys.stdin.buffer.readline().rstrip(b"\n")
+    if not line:  # a spare the job did not need
+        return 0
+    job = SliceJob.from_json(Path(os.fsdecode(line)).read_bytes())
     try:
         scanned = scan_slice([Path(p) for p in job.paths])
         send(out, ("scanned", scanned.summary()))

@@ -47,13 +47,13 @@ from compressor.partition.verify import Verified, verify_output
 from compressor.partition.workdir import work_dir
 from compressor.quality.metrics import DayQuality, QualityAccumulator
 from compressor.storage.base import (
+    InPlaceReader,
     Store,
     StoreError,
 )
 from compressor.text import utc_iso
 
 log = logging.getLogger(__name__)
-
 
 
 class BadInputError(Exception):
@@ -73,7 +73,6 @@ class BadInputError(Exception):
         super().__init__(f"{key}{column}: {cause.reason}{remedy}")
 
 
-
 @dataclass(frozen=True)
 class CompactSettings:
     tmp_root: Path
@@ -82,7 +81,6 @@ class CompactSettings:
     skip_corrupt: bool = False
     #: Raw bytes of one partition held in memory; the rest are fetched to temp files.
     fetch_budget_bytes: int = DEFAULT_FETCH_BUDGET
-
 
 
 @dataclass
@@ -96,13 +94,6 @@ class CompactResult:
     merge: MergeResult
     meta: Meta
     skipped_files: list[str] = field(default_factory=list)
-
-
-
-
-
-
-
 
 
 def compact_partition(
@@ -172,7 +163,6 @@ def compact_partition(
                              merged, final, skipped_keys)
 
 
-
 def _place(partition: Partition, fetched: Fetched, inputs: Partition) -> EdgeFigures | None:
     """Rows in their event day (compressor.partition.edges). A day placed by flush day
     on both midnights merges its own files whole; its figures still say so."""
@@ -192,12 +182,25 @@ def _fetch_budget(partition: Partition, settings: CompactSettings) -> int:
     their inputs as files (docs/guarantees.md "How a run works"). A partition that fits stays
     in memory and is merged in this process: fetching to temp files would cost
     more client CPU per object than the slices save."""
-    merge = settings.merge
-    budget = settings.fetch_budget_bytes
-    if (merge.processes > 1 and partition.file_count >= merge.parallel_min_files
-            and partition.total_bytes > budget):
+    if _sliceable(partition, settings) and partition.total_bytes > settings.fetch_budget_bytes:
         return 0
-    return budget
+    return settings.fetch_budget_bytes
+
+
+def may_merge_in_slices(partition: Partition, settings: CompactSettings, raw: Store) -> bool:
+    """Whether this partition's merge will run in slice processes: enough files,
+    cores for them, and its inputs as files (a local store's, in place; or temp
+    files, for a partition beyond the fetch budget). The run keeps spare slice
+    processes only for such a plan."""
+    if not _sliceable(partition, settings):
+        return False
+    in_place = isinstance(raw.data_reader(), InPlaceReader)
+    return in_place or partition.total_bytes > settings.fetch_budget_bytes
+
+
+def _sliceable(partition: Partition, settings: CompactSettings) -> bool:
+    merge = settings.merge
+    return merge.processes > 1 and partition.file_count >= merge.parallel_min_files
 
 
 def _lap(timings: dict[str, float] | None, step: str, since: float) -> float:
@@ -244,8 +247,6 @@ def _merge(
                         "corrupt" if exc.corrupt else "unusable", exc.reason)
             skipped.add(key)
             output.unlink(missing_ok=True)
-
-
 
 
 def build_meta(
