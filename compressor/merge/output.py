@@ -4,7 +4,7 @@ fixed-size row groups, adds seq and the constant columns, shows each group to th
 quality pass and writes it from a thread of its own.
 
 Separate because this is where the output bytes are decided: row groups of exactly
-`output_buffer_size` rows handed over in fixed chunks, whatever path sorted the rows
+`output_buffer_size` rows, in fixed chunks, whatever path sorted the rows
 (docs/guarantees.md "How a run works").
 """
 
@@ -38,9 +38,11 @@ class OutputWriter(Sink):
     """data.parquet: fixed-size row groups, seq and constant columns added, written
     by a background thread so compression overlaps with reading and sorting.
 
-    The writer thread also adds seq and the constant columns and calls on_batch, so
-    that work overlaps with reading too. At most one row group is handed over at
-    a time: the next waits until the writer has finished the previous one.
+    The rows are copied into the group's fixed chunks as they come (`_cut`), so a
+    group exists once, as the chunks the writer writes: the writer thread only adds
+    seq and the constant columns to each chunk (no copy of the rows) and calls
+    on_batch. At most one row group is handed over at a time: the next waits until
+    the writer has finished the previous one, so two groups are in memory at most.
     """
 
     def __init__(
@@ -60,10 +62,14 @@ class OutputWriter(Sink):
         self._result = result
         self.schema = output_schema(schema.schema)
         result.columns = self.schema.names
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        #: Rows not yet in a chunk (fewer than the next chunk takes).
+        self._tail: list[pa.Table] = []
+        self._tail_rows = 0
+        #: The group being filled: its chunks so far, and their rows.
+        self._group: list[pa.RecordBatch] = []
+        self._group_fill = 0
         self._last_ts: int | None = None
-        self._queue: queue.Queue[tuple[pa.Table, int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[pa.RecordBatch], int] | None] = queue.Queue()
         self._idle = threading.Semaphore(1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
@@ -109,58 +115,81 @@ class OutputWriter(Sink):
         if self._last_ts is not None and first < self._last_ts:
             raise RuntimeError(f"merge order violated: {first} after {self._last_ts}")
         self._last_ts = ts[-1].as_py()
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        while self._pending_rows >= self._group_rows:
-            self._emit(self._group_rows)
+        self._tail.append(table)
+        self._tail_rows += table.num_rows
+        self._cut(final=False)
 
     def _flush_all(self) -> None:
-        if self._pending_rows:
-            self._emit(self._pending_rows)
+        self._cut(final=True)
+        if self._group:
+            self._emit()
 
-    def _emit(self, rows: int) -> None:
-        pending = pa.concat_tables(self._pending)
-        group, rest = pending.slice(0, rows), pending.slice(rows)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
+    def _cut(self, final: bool) -> None:
+        """Copy the rows so far into contiguous chunks of _WRITE_CHUNK_ROWS, counted
+        from each group's first row (the last chunk of a group may be shorter), and
+        hand over each full group. Arrow's Parquet writer cuts pages at mini-batch
+        boundaries counted from each chunk's start, so the chunks, and with them the
+        bytes, must not depend on how the rows came."""
+        while self._tail_rows:
+            want = min(_WRITE_CHUNK_ROWS, self._group_rows - self._group_fill)
+            if self._tail_rows < want and not final:
+                return
+            take = min(want, self._tail_rows)
+            tail = self._tail[0] if len(self._tail) == 1 else pa.concat_tables(self._tail)
+            rest = tail.slice(take)
+            self._group.extend(tail.slice(0, take).combine_chunks().to_batches())
+            self._group_fill += take
+            self._tail = [rest] if rest.num_rows else []
+            self._tail_rows -= take
+            if self._group_fill == self._group_rows:
+                self._emit()
+
+    def _emit(self) -> None:
+        group, self._group, self._group_fill = self._group, [], 0
         first_seq = self._count(group)
         self._wait_for_writer()
         self._queue.put((group, first_seq))
 
-    def _count(self, group: pa.Table) -> int:
+    def _count(self, group: list[pa.RecordBatch]) -> int:
         """Account for `group` in the result; return the seq of its first row."""
         result = self._result
         first_seq = result.rows
         if result.ts_event_min is None:
-            result.ts_event_min = group.column(TS)[0].as_py()
-        result.ts_event_max = group.column(TS)[-1].as_py()
-        result.rows += group.num_rows
+            result.ts_event_min = group[0].column(TS)[0].as_py()
+        result.ts_event_max = group[-1].column(TS)[-1].as_py()
+        result.rows += sum(chunk.num_rows for chunk in group)
         result.row_groups += 1
         if result.rows // self._log_interval != first_seq // self._log_interval:
             log.info("merge progress: %d rows written", result.rows)
         return first_seq
 
-    def _complete(self, group: pa.Table, first_seq: int) -> pa.Table:
-        """Add seq and the constant columns, in output column order, in fixed chunks."""
-        rows = group.num_rows
-        columns = []
-        for out_field in self.schema:
-            name = out_field.name
-            if name == SEQ:
-                columns.append(pa.array(np.arange(first_seq, first_seq + rows, dtype=np.int64)))
-            elif name in self._input.constants:
-                columns.append(self._constant(name, out_field.type, rows))
-            else:
-                columns.append(group.column(name))
-        return _fixed_chunks(pa.Table.from_arrays(columns, schema=self.schema))
+    def _complete(self, group: list[pa.RecordBatch], first_seq: int) -> pa.Table:
+        """Add seq and the constant columns to each chunk, in output column order."""
+        chunks = []
+        seq = first_seq
+        for chunk in group:
+            rows = chunk.num_rows
+            columns = []
+            for out_field in self.schema:
+                name = out_field.name
+                if name == SEQ:
+                    columns.append(pa.array(np.arange(seq, seq + rows, dtype=np.int64)))
+                elif name in self._input.constants:
+                    columns.append(self._constant(name, out_field.type, rows))
+                else:
+                    columns.append(chunk.column(name))
+            chunks.append(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+            seq += rows
+        return pa.Table.from_batches(chunks, schema=self.schema)
 
     def _constant(self, name: str, type_: pa.DataType, rows: int) -> pa.Array:
-        """A constant column of `rows` rows; every full row group reuses one array."""
+        """A constant column of `rows` rows: a slice of one array every chunk shares."""
         cached = self._constants.get(name)
-        if cached is None or len(cached) != rows:
-            cached = pa.repeat(pa.scalar(self._input.constants[name], type_), rows)
+        if cached is None or len(cached) < rows:
+            cached = pa.repeat(pa.scalar(self._input.constants[name], type_),
+                               max(rows, _WRITE_CHUNK_ROWS))
             self._constants[name] = cached
-        return cached
+        return cached.slice(0, rows)
 
     def _wait_for_writer(self) -> None:
         """Block until the previous row group is written: one complete group in memory."""
@@ -179,7 +208,7 @@ class OutputWriter(Sink):
                     # allocator's cache makes RSS drift above the budget.
                     pa.default_memory_pool().release_unused()
                     table = self._complete(*item)
-                    del item  # the rows now live in `table`'s own chunks: free the sources
+                    del item
                     if self._on_batch is not None:
                         self._on_batch(table)
                     assert self._writer is not None
@@ -190,19 +219,6 @@ class OutputWriter(Sink):
             finally:
                 item = None
                 self._idle.release()
-
-
-def _fixed_chunks(table: pa.Table) -> pa.Table:
-    """The same rows as contiguous chunks of _WRITE_CHUNK_ROWS, whatever they came as.
-
-    Arrow's Parquet writer cuts pages at mini-batch boundaries counted from each
-    chunk's start, so chunking must not depend on how the rows were produced.
-    """
-    batches = []
-    for offset in range(0, table.num_rows, _WRITE_CHUNK_ROWS):
-        piece = table.slice(offset, _WRITE_CHUNK_ROWS).combine_chunks()
-        batches.extend(piece.to_batches())
-    return pa.Table.from_batches(batches, schema=table.schema)
 
 
 def delta_columns(schema: pa.Schema) -> list[str]:
