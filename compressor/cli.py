@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 
 from compressor import runner
 from compressor.discovery import Filters
+from compressor.eventday import settled
 from compressor.layout import format_day, parse_day
 from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import setup_logging
@@ -286,12 +287,25 @@ def repair_state(compact: Store) -> int:
     return EXIT_OK
 
 
+def demo_today(today: date, now: datetime) -> date:
+    """The day the demo runs as: today, unless rows of yesterday may still arrive under
+    today's folder (the first hour after midnight, docs/guarantees.md "Rows belong to
+    their event day"), which would leave yesterday waiting and the demo with no ready
+    day; then yesterday, so that every demo day is ready whenever the demo runs."""
+    yesterday = today - timedelta(days=1)
+    if settled(format_day(yesterday), [], now):
+        return today
+    log.info("demo: %s may still get rows until an hour after midnight: the demo runs "
+             "as of %s", format_day(yesterday), format_day(yesterday))
+    return yesterday
+
+
 def run_demo(args: argparse.Namespace, stop: StopFlag) -> int:
     """Generate a small lake, backfill every demo day, then a catch-up marks them ready."""
     from compressor.demo import write_demo_lake
 
     root: Path = args.demo
-    today = _today(args)
+    today = demo_today(_today(args), datetime.now(UTC))
     days = [format_day(today - timedelta(days=n)) for n in range(DEMO_DAYS, 0, -1)]
     try:
         (root / "raw").mkdir(parents=True, exist_ok=True)

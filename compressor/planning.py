@@ -447,7 +447,8 @@ def build_plan(raw: Store, compact: Store, state: StateView, options: PlanOption
     if options.filtered:
         ready, empty = [], {}  # a narrowed run never vouches for a whole day
     if last is None and ready:
-        _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]])
+        _warn_fresh_start(ready[0], [d for d in inventory.dates if d < ready[0]
+                                     and not _compacted(inventory.partitions(d), state)])
     return Plan(options.mode, format_day(options.today), days.run, ready, last, planned, empty,
                 event_day_from, lowers, state.days_by_flush_rule())
 
@@ -475,10 +476,16 @@ def _with_cutover_day(days: Days, old_cutover: str, inventory: Inventory) -> Day
     return replace(days, run=sorted([*days.run, old_cutover]))
 
 
+def _compacted(pids: Sequence[PartitionId], state: StateView) -> bool:
+    """Whether every raw partition of a day has a `success` entry (a backfill made it)."""
+    return all((entry := state.get(pid)) is not None and entry.status == "success"
+               for pid in pids)
+
+
 def _warn_fresh_start(first: str, older: Sequence[str]) -> None:
-    """A first run vouches for its day only; the raw days before it stay uncompacted yet
-    fall under the watermark it sets (docs/operations.md "compacted/_state.json"): say so,
-    with the fix."""
+    """A first run vouches for its day only; the raw days before it that no backfill
+    compacted yet fall under the watermark it sets (docs/operations.md
+    "compacted/_state.json"): say so, with the fix."""
     if older:
         log.warning("fresh start: no last_compacted_date yet, so %s is compacted and becomes "
                     "it; the %d raw days before it (%s..%s) are not compacted, yet readers "

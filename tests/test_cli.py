@@ -15,13 +15,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from compressor import runner
+from compressor import cli, runner
 from compressor.demo import PartitionSpec, file_bytes, file_names, rows_in_file, special_files
 from compressor.job import RunReport, Status
 from compressor.layout import LOCKS_PREFIX, PartitionId
@@ -514,9 +514,21 @@ def test_demo(tmp_path: Path, world: World) -> None:
     r = world.run("--demo", str(tmp_path / "demo"), "--today", TODAY)
     assert r.code == 0, r.err
     assert "last_compacted_date: 20261124" in r.out
+    assert "fresh start" not in r.err  # the demo backfilled the days before its catch-up
     state = json.loads((tmp_path / "demo/compact/compacted/_state.json").read_text())
     assert len(state["partitions"]) == 36
     assert {v["status"] for v in state["partitions"].values()} == {"success"}
+
+
+@pytest.mark.parametrize(("now", "want"), [
+    ("2026-11-25T00:10:00", "20261124"),  # yesterday's last rows may still arrive
+    ("2026-11-25T00:59:59", "20261124"),
+    ("2026-11-25T01:00:00", "20261125"),  # settled: the grace hour has passed
+    ("2026-11-26T03:00:00", "20261125"),  # --today in the past
+])
+def test_the_demo_runs_as_of_a_day_whose_yesterday_is_settled(now: str, want: str) -> None:
+    got = cli.demo_today(date(2026, 11, 25), datetime.fromisoformat(now).replace(tzinfo=UTC))
+    assert f"{got:%Y%m%d}" == want
 
 
 def _name(spec: PartitionSpec, slot: int) -> str:
