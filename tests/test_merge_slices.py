@@ -385,3 +385,14 @@ def _kill_all(job: subprocess.Popen[bytes], marker: str) -> None:
     job.kill()
     for pid in slice_workers(marker):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_a_slice_process_imports_this_checkout(tmp_path):
+    """The child's PYTHONPATH starts with the directory that holds this `compressor`
+    package: a job run from a checkout that is not installed (or beside another
+    install) starts slices of its own code, not whatever `compressor` is installed."""
+    from compressor.merge.slices import _child_env
+
+    first = Path(_child_env()["PYTHONPATH"].split(os.pathsep)[0])
+    assert (first / "compressor" / "merge" / "slices.py").resolve() == Path(
+        sys.modules["compressor.merge.slices"].__file__).resolve()

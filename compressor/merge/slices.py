@@ -268,7 +268,7 @@ def keep_spare_slices(count: int) -> None:
 def _child_env() -> dict[str, str]:
     """The parent's environment, with this package importable however it was found."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding compressor/
     paths = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = root if not paths else f"{root}{os.pathsep}{paths}"
     return env
