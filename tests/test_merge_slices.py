@@ -396,3 +396,14 @@ def test_a_slice_process_imports_this_checkout(tmp_path):
     first = Path(_child_env()["PYTHONPATH"].split(os.pathsep)[0])
     assert (first / "compressor" / "merge" / "slices.py").resolve() == Path(
         sys.modules["compressor.merge.slices"].__file__).resolve()
+
+
+def test_a_slice_process_ignores_a_compressor_in_the_working_directory(tmp_path, monkeypatch):
+    paths = write_partition(PartitionSpec(files=12, rows_per_file=50, seed=8), tmp_path / "raw")
+    one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
+    other = tmp_path / "cwd" / "compressor"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('the wrong compressor')\n")
+    monkeypatch.chdir(other.parent)
+    sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=2)
+    assert sliced == one and result.passes >= 2

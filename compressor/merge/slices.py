@@ -136,7 +136,9 @@ class SliceProcess:
         self.name = "a slice process"
         self.first_path = ""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, str(os.getpid())],
+            # -P: not the working directory first on sys.path, which may hold
+            # another `compressor` (a checkout the operator runs from)
+            [sys.executable, "-P", "-m", WORKER_MODULE, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(), close_fds=True,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
