@@ -298,6 +298,16 @@ def test_a_job_killed_while_its_slices_start_leaves_no_slice_process(tmp_path):
 # ------------------------------------------------------------- spares started ahead
 
 
+def _started(count: int) -> list[int]:
+    """This process's slice processes, once `count` of them have exec'd (a child just
+    forked still shows this process's command line)."""
+    deadline = time.monotonic() + 20
+    while len(found := my_slice_workers()) < count:
+        assert time.monotonic() < deadline, f"only {found} of {count} started"
+        time.sleep(0.01)
+    return found
+
+
 def test_spares_started_ahead_are_the_slice_processes_the_merge_uses(tmp_path):
     """docs/guarantees.md "How a run works": a run starts its slice processes before it
     plans; the merge takes them (none is left idle) and the bytes are a one-process
@@ -306,8 +316,8 @@ def test_spares_started_ahead_are_the_slice_processes_the_merge_uses(tmp_path):
     one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
     start_spare_slices(2)
     try:
-        spares = my_slice_workers()
-        assert len(spares) == 2 and SPARES.count() == 2
+        spares = _started(2)
+        assert SPARES.count() == 2
         sliced, result = run(paths, tmp_path / "sliced.parquet", tmp_path, processes=3)
         assert SPARES.count() == 0  # both taken
     finally:
@@ -322,7 +332,7 @@ def test_a_spare_that_died_is_replaced_by_a_new_process(tmp_path):
     one, _ = run(paths, tmp_path / "one.parquet", tmp_path)
     start_spare_slices(1)
     try:
-        (spare,) = my_slice_workers()
+        (spare,) = _started(1)
         os.kill(spare, signal.SIGKILL)  # the OOM killer, while it waited for its job
         deadline = time.monotonic() + 10
         while spare in my_slice_workers():
@@ -338,7 +348,7 @@ def test_a_spare_that_died_is_replaced_by_a_new_process(tmp_path):
 def test_spares_the_plan_does_not_need_are_stopped(tmp_path):
     start_spare_slices(3)
     try:
-        assert len(my_slice_workers()) == 3
+        assert len(_started(3)) == 3
         keep_spare_slices(1)
         assert SPARES.count() == 1 and len(my_slice_workers()) == 1
     finally:
