@@ -354,6 +354,7 @@ def job_once(case: Case, rep: int, workers: int | None, name: str,
         args += ["--workers", str(workers)]
     if case.memory_budget is not None:
         args += ["--memory-budget", case.memory_budget]
+    bucket: str | None = None
     if case.s3 is None or name == "job_local":  # job_local: the same job on the local lake
         compact = run_dir / "compact"
         compact.mkdir()
@@ -392,11 +393,13 @@ def job_once(case: Case, rep: int, workers: int | None, name: str,
     if keep_output_of is not None and sample.status == "ok":
         prefix = keep_output_of.relative_to(case.lake).as_posix() + "/data.parquet"
         target = case.work / f"{name}-last.parquet"
-        if case.s3 is None:
+        if bucket is None:
             shutil.copyfile(run_dir / "compact" / prefix, target)
         else:
+            assert case.s3 is not None
             case.s3.client.download_file(bucket, prefix, str(target))
-    if case.s3 is not None:
+    if bucket is not None:
+        assert case.s3 is not None
         case.s3.drop_bucket(bucket)
     if sample.status == "ok":
         shutil.rmtree(run_dir, ignore_errors=True)
