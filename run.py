@@ -2,7 +2,7 @@
 """Entry point: `python3 run.py --help`."""
 import sys
 
-from compressor.cli import main
+from compressor.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

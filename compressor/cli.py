@@ -27,7 +27,7 @@ from compressor.eventday import settled
 from compressor.layout import format_day, parse_day
 from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import setup_logging
-from compressor.merge import MergeSettings, choose_memory_pool
+from compressor.merge import MergeSettings, choose_memory_pool, keep_spare_slices
 from compressor.options import PROG, UsageError, build_parser, parse_size
 from compressor.partition.compact import CompactSettings
 from compressor.planning import (
@@ -352,6 +352,9 @@ def _check_one_action(args: argparse.Namespace) -> None:
 
 def _dispatch(args: argparse.Namespace, stop: StopFlag) -> int:
     _check_one_action(args)
+    if args.demo is None and (args.quality_report or args.repair_state or args.dry_run
+                              or args.mode in (Mode.CLEANUP, Mode.VERIFY)):
+        keep_spare_slices(0)  # started by compressor.launch; nothing here merges
     if args.demo is not None:
         return run_demo(args, stop)
     env = load_env(args.env_file, os.environ)
@@ -406,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    finally:
+        keep_spare_slices(0)
     if stop.exit_code is not None:
         _exit_now(stop.exit_code)
     return code

@@ -25,7 +25,7 @@ from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, PartitionId
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner
-from compressor.merge import keep_spare_slices, start_spare_slices
+from compressor.merge import keep_spare_slices, spares_for, start_spare_slices
 from compressor.observe import RunObserver
 from compressor.partition.compact import CompactSettings, may_merge_in_slices
 from compressor.partition.workdir import clean_stale_tmp
@@ -36,9 +36,6 @@ from compressor.storage import Store, StoreConfigError, StoreError
 from compressor.text import human_size, one_line
 
 log = logging.getLogger(__name__)
-
-#: Most slice processes a run starts before it knows its plan (`spare_slices`).
-MAX_SPARE_SLICES = 3
 
 
 class TmpDirError(ValueError):
@@ -148,7 +145,9 @@ def run(
     observer = RunObserver(config.run_id, metrics_file=config.metrics_file,
                            summary_json=config.summary_json, progress=config.progress,
                            enabled=not config.dry_run)
-    start_spare_slices(spare_slices(config))
+    spares = spare_slices(config)
+    keep_spare_slices(spares)  # the command may have started them before its imports
+    start_spare_slices(spares)
     try:
         result = _run(config, raw, compact, should_stop, observer)
     except BaseException as exc:
@@ -166,10 +165,9 @@ def spare_slices(config: RunConfig, cores: int | None = None) -> int:
     A run may find one big partition to compact, whose merge then takes every core;
     started now, the processes import while the run plans, not while that merge
     waits for them. A plan that needs fewer stops the rest (`execute`)."""
-    cores = cores or os.cpu_count() or 1
-    if config.dry_run or (config.workers or 1) >= cores:
+    if config.dry_run:
         return 0
-    return min(MAX_SPARE_SLICES, cores - 1)
+    return spares_for(cores or os.cpu_count() or 1, config.workers)
 
 
 def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool],

@@ -781,7 +781,7 @@ def test_workers_and_slice_processes_from_cores_budget_and_partitions(
     (None, True, 2, 0),    # a dry run starts nothing
     (2, False, 2, 0),      # every core has a worker: no slices, whatever the plan
     (None, False, 1, 0),
-    (None, False, 16, runner.MAX_SPARE_SLICES),
+    (None, False, 16, 3),     # at most three
 ])
 def test_spare_slice_processes_before_the_plan(
     tmp_path: Path, workers: int | None, dry_run: bool, cores: int, want: int

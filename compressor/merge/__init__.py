@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         WORKER_MODULE,
         SliceFailed,
         keep_spare_slices,
+        spares_for,
         start_spare_slices,
     )
     from compressor.merge.writer import merge_files
@@ -72,6 +73,7 @@ _HOME = {
     "SliceFailed": "slices",
     "keep_spare_slices": "slices",
     "start_spare_slices": "slices",
+    "spares_for": "slices",
     "DEFAULT_MEMORY_BUDGET": "settings",
     "MergeResult": "settings",
     "MergeSettings": "settings",
@@ -104,6 +106,7 @@ __all__ = [
     "read_columns",
     "scan_inputs",
     "source_name",
+    "spares_for",
     "start_spare_slices",
     "to_ms_array",
 ]

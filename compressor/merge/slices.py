@@ -255,10 +255,20 @@ class Spares:
 
 #: The process's spares: one set, as the cores they stand for are the machine's.
 SPARES = Spares()
+#: Most spares a run starts before it knows its plan: one per core beyond the first.
+MAX_SPARE_SLICES = 3
+
+
+def spares_for(cores: int, workers: int | None) -> int:
+    """Spare slice processes for a run on `cores` with `workers` (None: chosen from the
+    plan): none when the workers fill the cores, else one per other core."""
+    if (workers or 1) >= cores:
+        return 0
+    return min(MAX_SPARE_SLICES, cores - 1)
 
 
 def start_spare_slices(count: int) -> None:
-    """Start `count` slice processes ahead of the merges that will use them."""
+    """Start slice processes ahead of the merges that will use them, up to `count`."""
     SPARES.start(count)
 
 
