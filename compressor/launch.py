@@ -4,10 +4,10 @@ processes, then import and run the command line (compressor.cli).
 Why first: importing the job (pyarrow, numpy, boto3) takes this process about a third
 of a second, during which the other cores are idle. A slice process started now
 imports in that time, so the first merge of one big partition finds it ready
-(docs/guarantees.md "How a run works"). Only the standard library and
-compressor.merge.slices (itself standard library only) are imported before it. The
-command line stops the spares its arguments do not need as soon as it has parsed
-them, and every spare when it ends.
+(docs/guarantees.md "How a run works"). Only the standard library and the merge
+package's face (which loads merge/slices.py alone, standard library only) are
+imported before it. The command line stops the spares its arguments do not need as
+soon as it has parsed them, and every spare when it ends.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from compressor.merge.slices import spares_for, start_spare_slices
+from compressor.merge import spares_for, start_spare_slices
 
 #: Arguments after which the command compacts nothing: no spare is started for them.
 _NO_MERGE = frozenset({"-h", "--help", "--version", "--dry-run", "--quality-report",
