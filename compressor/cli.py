@@ -27,7 +27,7 @@ from compressor.eventday import settled
 from compressor.layout import format_day, parse_day
 from compressor.lease import DEFAULT_TTL_S
 from compressor.logs import setup_logging
-from compressor.merge import MergeSettings, choose_memory_pool, keep_spare_slices
+from compressor.merge import MergeSettings, choose_memory_pool, keep_spare_slices, spare_limit
 from compressor.options import PROG, UsageError, build_parser, parse_size
 from compressor.partition.compact import CompactSettings
 from compressor.planning import (
@@ -100,6 +100,13 @@ def _today(args: argparse.Namespace) -> date:
         raise UsageError(f"--today {args.today} is after today's real UTC date "
                          f"{format_day(real)}; only past days can be compacted")
     return today
+
+
+def _spare_limit(env: Mapping[str, str]) -> int:
+    try:
+        return spare_limit(env)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def lease_ttl(env: Mapping[str, str]) -> float:
@@ -223,6 +230,7 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         today_given=bool(args.today),
         dry_run=args.dry_run,
         lease_ttl_s=lease_ttl(env),
+        spare_limit=_spare_limit(env),
         primary_exchange=args.primary_exchange.lower(),
         workers=args.workers,
         metrics_file=args.metrics_file,

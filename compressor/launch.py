@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from compressor.merge import spares_for, start_spare_slices
+from compressor.merge import spare_limit, spares_for, start_spare_slices
 
 #: Arguments after which the command compacts nothing: no spare is started for them.
 _NO_MERGE = frozenset({"-h", "--help", "--version", "--dry-run", "--quality-report",
@@ -26,7 +26,11 @@ _NO_MERGE = frozenset({"-h", "--help", "--version", "--dry-run", "--quality-repo
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not _NO_MERGE.intersection(args):
-        start_spare_slices(spares_for(os.cpu_count() or 1, None))
+        try:
+            limit = spare_limit(os.environ)
+        except ValueError:  # the command line names the variable, exit 2
+            limit = 0
+        start_spare_slices(spares_for(os.cpu_count() or 1, None, limit))
     from compressor.cli import main as cli_main
 
     return cli_main(args)

@@ -25,7 +25,12 @@ from compressor.clock import StoreClock
 from compressor.job import Job, RunReport
 from compressor.layout import PROBE_PREFIX, PartitionId
 from compressor.lease import DEFAULT_SKEW_S, DEFAULT_TTL_S, LeaseManager, LeaseOwner
-from compressor.merge import keep_spare_slices, spares_for, start_spare_slices
+from compressor.merge import (
+    MAX_SPARE_SLICES,
+    keep_spare_slices,
+    spares_for,
+    start_spare_slices,
+)
 from compressor.observe import RunObserver
 from compressor.partition.compact import CompactSettings, may_merge_in_slices
 from compressor.partition.workdir import clean_stale_tmp
@@ -55,6 +60,8 @@ class RunConfig:
     dry_run: bool = False
     lease_ttl_s: float = DEFAULT_TTL_S
     primary_exchange: str = DEFAULT_PRIMARY_EXCHANGE
+    #: Most spare slice processes (MERGE_SPARE_SLICES; `spare_slices`).
+    spare_limit: int = MAX_SPARE_SLICES
     #: Partitions compacted at once; None: `default_workers` of the cores and budget.
     workers: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -167,7 +174,7 @@ def spare_slices(config: RunConfig, cores: int | None = None) -> int:
     waits for them. A plan that needs fewer stops the rest (`execute`)."""
     if config.dry_run:
         return 0
-    return spares_for(cores or os.cpu_count() or 1, config.workers)
+    return spares_for(cores or os.cpu_count() or 1, config.workers, config.spare_limit)
 
 
 def _run(config: RunConfig, raw: Store, compact: Store, should_stop: Callable[[], bool],

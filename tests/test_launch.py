@@ -35,9 +35,34 @@ def test_no_spares_for_a_command_that_cannot_merge(started: list[int], argv: lis
 
 @pytest.mark.parametrize("argv", [[], ["--mode", "daily"], ["--mode", "backfill",
                                                              "--date-from", "20261124"]])
-def test_spares_for_a_command_that_may_merge(started: list[int], argv: list[str]) -> None:
+def test_spares_for_a_command_that_may_merge(
+    started: list[int], argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MERGE_SPARE_SLICES", raising=False)  # the default, not the suite's 0
     assert launch.main(argv) == 0
-    assert started == [launch.spares_for(os.cpu_count() or 1, None)]
+    assert started == [min(3, (os.cpu_count() or 1) - 1)]
+
+
+@pytest.mark.parametrize(("value", "want"), [("0", 0), ("1", 1), ("x", 0), ("9", 0)])
+def test_merge_spare_slices_bounds_them(
+    started: list[int], monkeypatch: pytest.MonkeyPatch, value: str, want: int
+) -> None:
+    """0..3 is the most spares; a bad value starts none (the CLI then exits 2 on it)."""
+    monkeypatch.setenv("MERGE_SPARE_SLICES", value)
+    assert launch.main([]) == 0
+    assert started == [min(want, max(0, (os.cpu_count() or 1) - 1))]
+
+
+def test_a_bad_merge_spare_slices_is_a_usage_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MERGE_SPARE_SLICES", "many")
+    (tmp_path / "raw" / "exchange=binance").mkdir(parents=True)
+    code = cli.main(["--raw", str(tmp_path / "raw"), "--compact", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: MERGE_SPARE_SLICES: expected 0 to 3, got 'many'" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("mode", ["verify", "cleanup"])

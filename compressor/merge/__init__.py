@@ -42,9 +42,11 @@ if TYPE_CHECKING:
     from compressor.merge.schema import conform, scan_inputs
     from compressor.merge.settings import DEFAULT_MEMORY_BUDGET, MergeResult, MergeSettings
     from compressor.merge.slices import (
+        MAX_SPARE_SLICES,
         WORKER_MODULE,
         SliceFailed,
         keep_spare_slices,
+        spare_limit,
         spares_for,
         start_spare_slices,
     )
@@ -70,10 +72,12 @@ _HOME = {
     "source_name": "inputs",
     "to_ms_array": "reading",
     "WORKER_MODULE": "slices",
+    "MAX_SPARE_SLICES": "slices",
     "SliceFailed": "slices",
     "keep_spare_slices": "slices",
     "start_spare_slices": "slices",
     "spares_for": "slices",
+    "spare_limit": "slices",
     "DEFAULT_MEMORY_BUDGET": "settings",
     "MergeResult": "settings",
     "MergeSettings": "settings",
@@ -83,6 +87,7 @@ _HOME = {
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "MAX_SPARE_SLICES",
     "SEQ",
     "WORKER_MODULE",
     "BadTsEventTypeError",
@@ -106,6 +111,7 @@ __all__ = [
     "read_columns",
     "scan_inputs",
     "source_name",
+    "spare_limit",
     "spares_for",
     "start_spare_slices",
     "to_ms_array",

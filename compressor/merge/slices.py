@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -257,14 +257,28 @@ class Spares:
 SPARES = Spares()
 #: Most spares a run starts before it knows its plan: one per core beyond the first.
 MAX_SPARE_SLICES = 3
+#: The environment variable that lowers it (0: no spares; docs/operations.md).
+SPARES_VARIABLE = "MERGE_SPARE_SLICES"
 
 
-def spares_for(cores: int, workers: int | None) -> int:
+def spare_limit(environ: Mapping[str, str]) -> int:
+    """MERGE_SPARE_SLICES, else MAX_SPARE_SLICES; ValueError (one line naming the
+    variable) for anything but 0..MAX_SPARE_SLICES."""
+    text = environ.get(SPARES_VARIABLE, "").strip()
+    if not text:
+        return MAX_SPARE_SLICES
+    if not text.isdigit() or int(text) > MAX_SPARE_SLICES:
+        raise ValueError(f"{SPARES_VARIABLE}: expected 0 to {MAX_SPARE_SLICES}, got {text!r}")
+    return int(text)
+
+
+def spares_for(cores: int, workers: int | None, limit: int = MAX_SPARE_SLICES) -> int:
     """Spare slice processes for a run on `cores` with `workers` (None: chosen from the
-    plan): none when the workers fill the cores, else one per other core."""
+    plan): none when the workers fill the cores, else one per other core, at most
+    `limit`."""
     if (workers or 1) >= cores:
         return 0
-    return min(MAX_SPARE_SLICES, cores - 1)
+    return min(limit, cores - 1)
 
 
 def start_spare_slices(count: int) -> None:
