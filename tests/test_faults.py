@@ -276,7 +276,7 @@ def test_a_plan_without_sliced_merges_stops_the_spare_before_compacting(jw: JobW
     tmp_dir = jw.tmp / "scratch"
     proc = jw.popen("--mode", "daily", "--today", TODAY, "--raw", str(raw_dir),
                     "--tmp-dir", str(tmp_dir), "--memory-budget", "1M", "--workers", "1",
-                    env=jw.env_with(**SLOW_MERGE, MERGE_SPARE_SLICES=None, **{marker: "1"}))
+                    env=jw.env_with(MERGE_SPARE_SLICES=None, **{marker: "1"}))
     wait_for(lambda: any(tmp_dir.rglob("merge-*")), 30, "the first merge", proc)
     assert slice_workers(marker) == []
     result = jw.finish(proc, timeout=60)
