@@ -218,9 +218,10 @@ class SliceProcess:
 
 class Spares:
     """Slice processes started ahead of their merge (docs/guarantees.md "How a run
-    works"): the run starts them before it plans, so their imports overlap the
-    plan instead of delaying the first merge's slices; the merge takes one where it
-    would start a process. A spare's job path is the only thing it waits for."""
+    works"): the command starts them before its own imports (compressor/launch.py)
+    and the run tops them up before it plans, so their imports overlap the job's
+    instead of delaying the first merge's slices; the merge takes one where it would
+    start a process. A spare's job path is the only thing it waits for."""
 
     def __init__(self) -> None:
         self._idle: list[SliceProcess] = []
